@@ -1,0 +1,99 @@
+"""Query-string and body parsing with dockerd's rules.
+
+Booleans follow moby's ``httputils.BoolValue``: false for "", 0, no, false, none
+(any case), true otherwise; docker-py sends Python reprs ("True"/"False").
+JSON bodies follow ``httputils.CheckForJSON``/``ReadJSON`` of current dockerd.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from engine.errors import InvalidParameter
+
+_FALSE = frozenset({"", "0", "no", "false", "none"})
+MAX_JSON_BODY = 64 * 1024 * 1024
+
+
+def bool_value(raw: str | None, default: bool = False) -> bool:
+    if raw is None:
+        return default
+    return raw.strip().lower() not in _FALSE
+
+
+def bool_param(request: web.Request, name: str, default: bool = False) -> bool:
+    return bool_value(request.query.get(name), default)
+
+
+def int_param(request: web.Request, name: str, default: int | None = None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidParameter(f"invalid value for {name}: {raw!r}: invalid syntax") from None
+
+
+def filters_param(request: web.Request, allowed: frozenset[str] | set[str]) -> dict[str, list[str]]:
+    """Parse ``filters`` in the map form ``{"k":{"v":true}}`` or the legacy ``{"k":["v"]}``."""
+    return parse_filters(request.query.get("filters"), allowed)
+
+
+def parse_filters(raw: str | None, allowed: frozenset[str] | set[str]) -> dict[str, list[str]]:
+    if raw is None or raw.strip() == "":
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidParameter(f"invalid filter: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidParameter("invalid filter: expected a JSON object")
+    result: dict[str, list[str]] = {}
+    for key, value in data.items():
+        if key not in allowed:
+            raise InvalidParameter(f"invalid filter '{key}'")
+        if isinstance(value, dict):
+            result[key] = [str(k) for k, on in value.items() if on]
+        elif isinstance(value, list):
+            result[key] = [str(v) for v in value]
+        elif isinstance(value, str):
+            result[key] = [value]
+        else:
+            raise InvalidParameter(f"invalid filter: bad value for '{key}'")
+    return result
+
+
+async def read_json(request: web.Request) -> Any:
+    """The JSON body, or None when the body is empty. Errors are dockerd's 400 messages."""
+    body = await request.read()
+    if not body.strip():
+        return None
+    content_type = request.headers.get("Content-Type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise InvalidParameter(
+            f"unsupported Content-Type header ({content_type}): must be 'application/json'"
+        )
+    decoder = json.JSONDecoder()
+    text = body.decode("utf-8", errors="replace")
+    try:
+        value, end = decoder.raw_decode(text, _skip_ws(text, 0))
+    except RecursionError:
+        raise InvalidParameter("invalid JSON: exceeded max depth") from None
+    except ValueError as exc:
+        raise InvalidParameter(f"invalid JSON: {exc}") from None
+    if text[end:].strip():
+        raise InvalidParameter("unexpected content after JSON")
+    return value
+
+
+def _skip_ws(text: str, index: int) -> int:
+    while index < len(text) and text[index] in " \t\r\n":
+        index += 1
+    return index

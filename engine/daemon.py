@@ -1,0 +1,75 @@
+"""Engine: the composition root. Builds the managers from the config, restores, closes.
+
+No logic lives here beyond wiring and ordering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+
+from engine.config import EngineConfig
+from engine.containers.manager import ContainerManager
+from engine.events import EventBus
+from engine.images.manager import ImageManager
+from engine.layout import Layout
+from engine.runtime.cli import RuncCLI
+from engine.runtime.conmon import ConmonMonitor
+from engine.snapshots.overlay import OverlaySnapshotter
+from engine.store.atomic import ensure_dir
+from engine.store.content import ContentStore
+from engine.store.db import Database
+from engine.system.info import SystemInfo
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.layout = Layout(data_root=config.data_root, exec_root=config.exec_root)
+        self.db = Database(self.layout.db_path)
+        self.events = EventBus()
+        self.content = ContentStore(self.layout)
+        self.snapshotter = OverlaySnapshotter(self.layout, self.db)
+        self.images = ImageManager(self.layout, self.db, self.events, self.content, self.snapshotter)
+        self.runtimes = RuncCLI.from_config(config, self.layout)
+        self.monitor = ConmonMonitor(self.layout)
+        self.containers = ContainerManager(
+            config=config,
+            layout=self.layout,
+            db=self.db,
+            events=self.events,
+            images=self.images,
+            snapshotter=self.snapshotter,
+            runtimes=self.runtimes,
+            monitor=self.monitor,
+        )
+        self.images.set_usage_source(self.containers.containers_using_image)
+        self.system = SystemInfo(config, self.layout, self.runtimes)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._prepare_dirs)
+        await self.db.open()
+        await self.content.cleanup()
+        await self.snapshotter.cleanup()
+        await self.images.load()
+        await self.system.probe(self.runtimes)
+        await self.containers.restore()
+        log.info("engine started (data root %s)", self.layout.data_root)
+
+    def _prepare_dirs(self) -> None:
+        for path, mode in self.layout.persistent_dirs() + self.layout.volatile_dirs():
+            ensure_dir(path, mode)
+        # tmp/ holds only unfinished work of a previous run: nothing in it is referenced.
+        for entry in self.layout.tmp_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+    async def close(self) -> None:
+        await self.containers.close()
+        await self.db.close()
+        log.info("engine closed")

@@ -1,0 +1,74 @@
+"""The engine's SQLite schema: the source of truth for every object.
+
+    images          one row per image config (id = sha256 of the config blob)
+      └─ image_layers   ordered diff ids of the image, each naming a layer row
+    snapshots       overlay snapshots: committed layers and containers' rw layers
+    layers          one row per unpacked layer (chain id) → its committed snapshot
+    tags            repository:tag → image (a name points at one image)
+    digests         repository@digest → image (RepoDigests)
+    containers      immutable config (JSON) + small mutable state columns
+    meta            key/value: schema version, daemon id
+
+A file on disk (blob, snapshot, container directory) is referenced by a committed row
+or is garbage: the start-up sweep removes what no row names (architecture §3).
+
+Migrations are ordered; ``SCHEMA_VERSION`` is the number of them. Never edit a
+released migration: add a new one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: images, layers, containers
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE snapshots (
+        key      TEXT PRIMARY KEY,               -- chain id (committed) or container id / temp key
+        dir      TEXT NOT NULL UNIQUE,           -- directory name under snapshots/
+        parent   TEXT REFERENCES snapshots(key),
+        kind     TEXT NOT NULL CHECK (kind IN ('active', 'committed')),
+        created  REAL NOT NULL
+    );
+    CREATE TABLE layers (
+        chain_id     TEXT PRIMARY KEY,           -- sha256:... (OCI chain id)
+        diff_id      TEXT NOT NULL,              -- sha256 of the uncompressed tar
+        parent       TEXT REFERENCES layers(chain_id),
+        snapshot_key TEXT NOT NULL UNIQUE REFERENCES snapshots(key),
+        size         INTEGER NOT NULL,           -- bytes unpacked
+        blob_digest  TEXT,                       -- compressed blob in the content store, if kept
+        created      REAL NOT NULL
+    );
+    CREATE TABLE images (
+        id          TEXT PRIMARY KEY,            -- sha256:<hex of config blob>
+        config      TEXT NOT NULL,               -- the image config JSON, verbatim
+        top_layer   TEXT REFERENCES layers(chain_id),
+        size        INTEGER NOT NULL,
+        created     REAL NOT NULL,               -- image's own Created (unix seconds)
+        loaded      REAL NOT NULL,               -- when it arrived here
+        last_tag    REAL
+    );
+    CREATE TABLE tags (
+        ref       TEXT PRIMARY KEY,              -- normalised "docker.io/library/busybox:latest"
+        image_id  TEXT NOT NULL REFERENCES images(id)
+    );
+    CREATE INDEX tags_image ON tags(image_id);
+    CREATE TABLE digests (
+        ref       TEXT PRIMARY KEY,              -- "docker.io/library/busybox@sha256:..."
+        image_id  TEXT NOT NULL REFERENCES images(id)
+    );
+    CREATE TABLE containers (
+        id           TEXT PRIMARY KEY,
+        name         TEXT NOT NULL UNIQUE,       -- without the leading '/'
+        image_id     TEXT NOT NULL REFERENCES images(id),
+        config       TEXT NOT NULL,              -- immutable create config (JSON)
+        state        TEXT NOT NULL,              -- mutable state (JSON)
+        created      REAL NOT NULL
+    );
+    CREATE INDEX containers_image ON containers(image_id);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: wharfd against the real dockerd, same machine, same run.
+
+Starts wharfd and (when installed) dockerd, each in its own network namespace with its
+own temporary roots (the test harness classes), imports the same busybox image into
+both, then measures each metric in interleaved passes (wharfd, dockerd, dockerd, wharfd,
+...) and prints medians and the ratio wharfd / dockerd. Absolute numbers drift between
+runs on shared machines: the ratio within one run is the figure to quote.
+
+Each metric runs on its own: one that fails (for a daemon) prints why and the others go
+on. Not part of the test suite; run it as root:
+
+    .venv/bin/python bench/run.py [--quick] [--only run_true,attach] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.harness import rawhttp  # noqa: E402
+from tests.harness.busybox import BusyboxArtifacts  # noqa: E402
+from tests.harness.cli import docker_binary, import_busybox  # noqa: E402
+from tests.harness.daemon import (  # noqa: E402
+    BaseDaemon,
+    DaemonProcess,
+    DockerdReference,
+    dockerd_unavailable_reason,
+    process_name,
+    process_rss_kib,
+    wharfd_unavailable_reason,
+)
+
+MiB = 1 << 20
+
+
+class MetricError(Exception):
+    """A metric could not be measured for one daemon (message says why)."""
+
+
+@dataclass
+class Metric:
+    key: str
+    title: str
+    unit: str
+    better: str  # "lower" or "higher"
+    goal: str  # from docs/performance.md: ratio to dockerd, or an absolute figure
+    func: Callable[[BaseDaemon, argparse.Namespace], float]
+    heavy: bool = False
+    results: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def docker(d: BaseDaemon, *args: str, timeout: float = 120, **kw: Any,
+           ) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([docker_binary(), *args], env=d.env, capture_output=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+
+
+def docker_ok(d: BaseDaemon, *args: str, timeout: float = 120) -> str:
+    r = docker(d, *args, timeout=timeout)
+    if r.returncode != 0:
+        raise MetricError(f"docker {' '.join(args)} exited {r.returncode}: "
+                          f"{r.stderr.decode(errors='replace').strip()[:300]}")
+    return r.stdout.decode()
+
+
+def api(d: BaseDaemon, conn: rawhttp.Connection | None, method: str, url: str,
+        body: Any = None, expect: tuple[int, ...] = (200, 201, 204),
+        timeout: float = 120) -> Any:
+    try:
+        if conn is None:
+            r = rawhttp.request(d.socket, method, url, body, timeout=timeout)
+        else:
+            r = conn.request(method, url, body, timeout=timeout)
+    except (OSError, rawhttp.HTTPError, TimeoutError) as e:
+        raise MetricError(f"{method} {url}: {type(e).__name__}: {e}") from e
+    if r.status not in expect:
+        raise MetricError(f"{method} {url}: HTTP {r.status} {r.text.strip()[:300]}")
+    if r.body and (r.header("Content-Type") or "").startswith("application/json"):
+        return r.json()
+    return r.body
+
+
+def remove_all_containers(d: BaseDaemon) -> None:
+    try:
+        for c in d.containers(all=True):
+            rawhttp.request(d.socket, "DELETE", f"/containers/{c['Id']}?force=1&v=1",
+                            timeout=60)
+    except Exception as e:
+        print(f"    (cleanup of {d.kind} containers failed: {e})", file=sys.stderr)
+
+
+def count_stream(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, float]:
+    """Run argv, count stdout bytes; returns (bytes, seconds from spawn to EOF+exit)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    assert p.stdout is not None
+    n = 0
+    fd = p.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    while True:
+        chunk = os.read(fd, MiB)
+        if not chunk:
+            break
+        n += len(chunk)
+        if time.monotonic() > deadline:
+            p.kill()
+            raise MetricError(f"timed out after {timeout}s with {n} bytes read")
+    try:
+        rc = p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired as e:
+        p.kill()
+        raise MetricError("command did not exit after its output ended") from e
+    dt = time.perf_counter() - t0
+    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+    if rc != 0:
+        raise MetricError(f"{' '.join(argv[1:4])}... exited {rc}: {err.strip()[:300]}")
+    return n, dt
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+def m_run_true(d: BaseDaemon, a: argparse.Namespace) -> float:
+    t0 = time.perf_counter()
+    docker_ok(d, "run", "--rm", "busybox", "true", timeout=60)
+    return (time.perf_counter() - t0) * 1000
+
+
+def m_api_lifecycle(d: BaseDaemon, a: argparse.Namespace) -> float:
+    with rawhttp.Connection(d.socket, timeout=60) as conn:
+        t0 = time.perf_counter()
+        cid = api(d, conn, "POST", "/containers/create",
+                  {"Image": "busybox", "Cmd": ["true"]})["Id"]
+        api(d, conn, "POST", f"/containers/{cid}/start")
+        res = api(d, conn, "POST", f"/containers/{cid}/wait")
+        api(d, conn, "DELETE", f"/containers/{cid}")
+        dt = time.perf_counter() - t0
+    if not isinstance(res, dict) or res.get("StatusCode") != 0:
+        raise MetricError(f"wait returned {res!r}")
+    return dt * 1000
+
+
+def m_seq_create_start(d: BaseDaemon, a: argparse.Namespace) -> float:
+    ids: list[str] = []
+    try:
+        with rawhttp.Connection(d.socket, timeout=60) as conn:
+            t0 = time.perf_counter()
+            for _ in range(a.seq_n):
+                cid = api(d, conn, "POST", "/containers/create",
+                          {"Image": "busybox", "Cmd": ["sleep", "3600"]})["Id"]
+                ids.append(cid)
+                api(d, conn, "POST", f"/containers/{cid}/start")
+            return time.perf_counter() - t0
+    finally:
+        for cid in ids:
+            try:
+                rawhttp.request(d.socket, "DELETE", f"/containers/{cid}?force=1", timeout=60)
+            except Exception:
+                pass
+
+
+def m_attach(d: BaseDaemon, a: argparse.Namespace) -> float:
+    n, dt = count_stream(
+        [docker_binary(), "run", "--rm", "busybox", "dd", "if=/dev/zero", "bs=1M",
+         f"count={a.mib}"], d.env, timeout=600)
+    if n != a.mib * MiB:
+        raise MetricError(f"read {n} bytes, expected {a.mib * MiB}")
+    return n / MiB / dt
+
+
+def m_logs(d: BaseDaemon, a: argparse.Namespace) -> float:
+    name = f"bench-logs-{os.getpid()}"
+    try:
+        docker_ok(d, "run", "-d", "--name", name, "busybox", "dd", "if=/dev/zero", "bs=1M",
+                  f"count={a.mib}")
+        status = docker_ok(d, "wait", name, timeout=600).strip()
+        if status != "0":
+            raise MetricError(f"dd container exited {status}")
+        n, dt = count_stream([docker_binary(), "logs", name], d.env, timeout=600)
+        if n != a.mib * MiB:
+            raise MetricError(f"docker logs gave {n} bytes, expected {a.mib * MiB}")
+        return n / MiB / dt
+    finally:
+        docker(d, "rm", "-f", name, timeout=60)
+
+
+def m_helper_rss(d: BaseDaemon, a: argparse.Namespace) -> float:
+    n = a.rss_containers
+    ids: list[str] = []
+    try:
+        for _ in range(n):
+            cid = api(d, None, "POST", "/containers/create",
+                      {"Image": "busybox", "Cmd": ["sleep", "3600"]})["Id"]
+            ids.append(cid)
+            api(d, None, "POST", f"/containers/{cid}/start")
+        time.sleep(1.0)
+        helpers = d.helper_pids()
+        if not helpers:
+            names = sorted({process_name(p) for p in d.netns_pids()})
+            raise MetricError(f"no {'/'.join(d.helper_names)} process found in the daemon's "
+                              f"netns (saw: {', '.join(names) or 'nothing'})")
+        total_kib = sum(process_rss_kib(p) for p in helpers)
+        return float(total_kib / 1024 / n)
+    finally:
+        for cid in ids:
+            try:
+                rawhttp.request(d.socket, "DELETE", f"/containers/{cid}?force=1", timeout=60)
+            except Exception:
+                pass
+
+
+def m_idle_rss(d: BaseDaemon, a: argparse.Namespace) -> float:
+    if d.containers(all=False):
+        raise MetricError("containers are still running; not idle")
+    time.sleep(0.5)
+    pids = d.netns_pids()
+    if not pids:
+        raise MetricError("no daemon process found")
+    return sum(process_rss_kib(p) for p in pids) / 1024
+
+
+METRICS = [
+    Metric("run_true", "docker run --rm busybox true (CLI wall)", "ms", "lower", "<= 0.33x",
+           m_run_true),
+    Metric("api_lifecycle", "create+start+wait+delete `true` via API", "ms", "lower",
+           "<= 0.33x", m_api_lifecycle),
+    Metric("seq_create_start", "N sequential create+start (API)", "s", "lower", "<= 0.3x",
+           m_seq_create_start, heavy=True),
+    Metric("attach", "attach: docker run dd of N MiB to stdout", "MiB/s", "higher", ">= 10x",
+           m_attach, heavy=True),
+    Metric("logs", "docker logs of N MiB of zeros", "MiB/s", "higher", ">= 20x", m_logs,
+           heavy=True),
+    Metric("helper_rss", "helper RSS per running container", "MiB", "lower", "<= 2 MiB",
+           m_helper_rss, heavy=True),
+    Metric("idle_rss", "engine RSS idle, all its processes", "MiB", "lower", "<= 60 MiB",
+           m_idle_rss),
+]
+
+
+# -- driver ---------------------------------------------------------------------------------
+
+def start_daemons(a: argparse.Namespace, bb: BusyboxArtifacts) -> list[BaseDaemon]:
+    daemons: list[BaseDaemon] = []
+    wanted: list[type[BaseDaemon]] = []
+    if not a.no_wharfd:
+        reason = wharfd_unavailable_reason()
+        if reason:
+            print(f"wharfd: cannot run here: {reason}")
+        else:
+            wanted.append(DaemonProcess)
+    if not a.no_dockerd:
+        reason = dockerd_unavailable_reason()
+        if reason:
+            print(f"dockerd: not measured: {reason}")
+        else:
+            wanted.append(DockerdReference)
+    for cls in wanted:
+        d = cls()
+        try:
+            t0 = time.perf_counter()
+            d.start()
+            import_busybox(d, bb.tar_path)
+            print(f"{d.kind}: started in {time.perf_counter() - t0:.2f}s "
+                  f"(pid {d.pid}, netns {d.netns.name})")
+            daemons.append(d)
+        except Exception as e:
+            print(f"{d.kind}: FAILED to start or import busybox: {e}")
+            d.cleanup()
+    return daemons
+
+
+def run_metric(m: Metric, daemons: list[BaseDaemon], a: argparse.Namespace) -> None:
+    passes = a.heavy_passes if m.heavy else a.passes
+    for i in range(passes):
+        order = daemons if i % 2 == 0 else list(reversed(daemons))
+        for d in order:
+            if d.kind in m.errors:
+                continue
+            try:
+                v = m.func(d, a)
+            except MetricError as e:
+                m.errors[d.kind] = str(e)
+            except Exception as e:
+                m.errors[d.kind] = f"{type(e).__name__}: {e}"
+                if a.verbose:
+                    traceback.print_exc()
+            else:
+                m.results.setdefault(d.kind, []).append(v)
+    for d in daemons:
+        remove_all_containers(d)
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def report(metrics: list[Metric], kinds: list[str], a: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    print()
+    hdr = f"{'metric':<44} {'unit':>6} {'wharfd':>9} {'dockerd':>9} {'ratio':>7}  goal"
+    print(hdr)
+    print("-" * len(hdr) + "-" * 10)
+    for m in metrics:
+        med = {k: statistics.median(v) for k, v in m.results.items() if v}
+        w, dk = med.get("wharfd"), med.get("dockerd")
+        ratio = w / dk if w is not None and dk else None
+        title = m.title.replace("N MiB", f"{a.mib} MiB").replace("N sequential",
+                                                                   f"{a.seq_n} sequential")
+        print(f"{title[:44]:<44} {m.unit:>6} {fmt(w):>9} {fmt(dk):>9} "
+              f"{(f'{ratio:.2f}x' if ratio else '-'):>7}  {m.goal} ({m.better} is better)")
+        for kind, err in m.errors.items():
+            print(f"    {kind}: FAILED: {err}")
+        out[m.key] = {
+            "title": title, "unit": m.unit, "better": m.better, "goal": m.goal,
+            "samples": m.results, "median": med, "ratio": ratio, "errors": m.errors,
+        }
+    missing = [k for k in ("wharfd", "dockerd") if k not in kinds]
+    if missing:
+        print(f"\n(not running: {', '.join(missing)}; ratios need both)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer passes (3 light, 1 heavy)")
+    p.add_argument("--passes", type=int, default=None, help="passes of light metrics (7)")
+    p.add_argument("--heavy-passes", type=int, default=None, help="passes of heavy ones (3)")
+    p.add_argument("--only", default="", help="comma-separated metric keys: "
+                   + ",".join(m.key for m in METRICS))
+    p.add_argument("--seq-n", type=int, default=100, help="containers in seq_create_start")
+    p.add_argument("--mib", type=int, default=256, help="MiB for attach and logs")
+    p.add_argument("--rss-containers", type=int, default=10, help="containers for helper_rss")
+    p.add_argument("--no-dockerd", action="store_true")
+    p.add_argument("--no-wharfd", action="store_true")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("-v", "--verbose", action="store_true")
+    a = p.parse_args(argv)
+    a.passes = a.passes or (3 if a.quick else 7)
+    a.heavy_passes = a.heavy_passes or (1 if a.quick else 3)
+
+    if os.geteuid() != 0:
+        print("bench/run.py needs root (network namespaces, runc, cgroups)", file=sys.stderr)
+        return 2
+    metrics = METRICS
+    if a.only:
+        keys = {k.strip() for k in a.only.split(",") if k.strip()}
+        unknown = keys - {m.key for m in METRICS}
+        if unknown:
+            p.error(f"unknown metric(s): {', '.join(sorted(unknown))}")
+        metrics = [m for m in METRICS if m.key in keys]
+
+    # SIGTERM unwinds like Ctrl-C, so the daemons are always cleaned up
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    bb = BusyboxArtifacts.create()
+    daemons: list[BaseDaemon] = []
+    try:
+        daemons = start_daemons(a, bb)
+        if not daemons:
+            print("no daemon could be started; nothing to measure", file=sys.stderr)
+            return 1
+        print(f"passes: {a.passes} light, {a.heavy_passes} heavy; order alternates per pass")
+        for m in metrics:
+            t0 = time.perf_counter()
+            print(f"  {m.key} ...", end="", flush=True)
+            run_metric(m, daemons, a)
+            print(f" {time.perf_counter() - t0:.1f}s")
+        results = report(metrics, [d.kind for d in daemons], a)
+        if a.json:
+            a.json.write_text(json.dumps(results, indent=2) + "\n")
+        failed = any(m.errors for m in metrics)
+        return 1 if failed else 0
+    finally:
+        for d in daemons:
+            left = d.cleanup()
+            if left:
+                print(f"{d.kind}: left behind after cleanup: {left}", file=sys.stderr)
+        bb.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

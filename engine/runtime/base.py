@@ -10,7 +10,10 @@ Lifecycle of one container (all paths come from ``engine.layout.Layout``)::
     await runtime.start(handle.container_id)  # `runc start`: created → running
     code = await monitor.wait_exit(handle)    # event driven (pidfd on conmon), exit status
     await runtime.delete(handle.container_id) # forget runtime state
-    monitor.cleanup(handle)                   # remove conmon's leftovers
+    monitor.cleanup(container_id, bundle)     # remove conmon's leftovers
+
+``load``, ``exit_code`` and ``cleanup`` do small blocking file I/O: call them through
+``asyncio.to_thread``.
 
 After a daemon restart the handle is rebuilt from disk with ``monitor.load(container_id)``
 (None when conmon is gone), and ``monitor.exit_code(container_id)`` reads the exit file

@@ -489,6 +489,15 @@ class ConmonMonitor:
             code = _read_int(self._persist_dir(container_id) / "exit")
         return code
 
+    def exit_time(self, container_id: str) -> float | None:
+        """When conmon recorded the exit (the exit file's mtime), for FinishedAt."""
+        for path in (self._exit_file(container_id), self._persist_dir(container_id) / "exit"):
+            try:
+                return path.stat().st_mtime
+            except OSError:
+                continue
+        return None
+
     def _verified_conmon_pid(self, cid: str) -> int | None:
         pid = _read_int(self._conmon_pidfile(cid))
         return pid if pid is not None and _is_conmon_of(pid, cid) else None

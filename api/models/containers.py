@@ -1,0 +1,296 @@
+"""Wire models for containers: the create body in, inspect and list objects out.
+
+The create body is type-checked like the Go server decodes it (a wrong JSON type is a
+400 "invalid JSON: json: cannot unmarshal …"); unknown fields are ignored. Keys of
+HostConfig that we do not model are kept as sent, because inspect echoes them back.
+"""
+
+from __future__ import annotations
+
+import shlex
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from engine.containers.model import ZERO_TIME, ContainerView
+from engine.containers.state import Status
+from engine.errors import InvalidParameter
+
+StrList = list[str] | None
+
+
+def _str_slice(value: Any) -> Any:
+    # Go's strslice accepts a JSON string as a one-element list.
+    if isinstance(value, str):
+        return [value]
+    return value
+
+
+class ContainerConfigIn(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    Hostname: str = ""
+    Domainname: str = ""
+    User: str = ""
+    AttachStdin: bool = False
+    AttachStdout: bool = False
+    AttachStderr: bool = False
+    ExposedPorts: dict[str, dict[str, Any]] | None = None
+    Tty: bool = False
+    OpenStdin: bool = False
+    StdinOnce: bool = False
+    Env: StrList = None
+    Cmd: StrList = None
+    Healthcheck: dict[str, Any] | None = None
+    ArgsEscaped: bool | None = None
+    Image: str = ""
+    Volumes: dict[str, dict[str, Any]] | None = None
+    WorkingDir: str = ""
+    Entrypoint: StrList = None
+    NetworkDisabled: bool | None = None
+    MacAddress: str | None = None
+    OnBuild: StrList = None
+    Labels: dict[str, str] | None = None
+    StopSignal: str | None = None
+    StopTimeout: int | None = None
+    Shell: StrList = None
+
+    _slices = field_validator("Cmd", "Entrypoint", "Shell", mode="before")(_str_slice)
+
+
+class HostConfigIn(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    Binds: StrList = None
+    NetworkMode: str = ""
+    AutoRemove: bool = False
+    Privileged: bool = False
+    ReadonlyRootfs: bool = False
+    CapAdd: StrList = None
+    CapDrop: StrList = None
+    SecurityOpt: StrList = None
+    ExtraHosts: StrList = None
+    Dns: StrList = None
+    DnsSearch: StrList = None
+    DnsOptions: StrList = None
+    ConsoleSize: list[int] | None = None
+    Memory: int = 0
+    MemorySwap: int = 0
+    NanoCpus: int = 0
+    CpuShares: int = 0
+    CpuPeriod: int = 0
+    CpuQuota: int = 0
+    PidsLimit: int | None = None
+    ShmSize: int = 0
+    Runtime: str = ""
+    Init: bool | None = None
+    RestartPolicy: dict[str, Any] | None = None
+    LogConfig: dict[str, Any] | None = None
+
+
+class CreateBody(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    HostConfig: HostConfigIn | None = None
+    NetworkingConfig: dict[str, Any] | None = None
+
+
+_GO_TYPES = {bool: "bool", int: "number", float: "number", str: "string", list: "array",
+             dict: "object", type(None): "null"}
+
+
+def parse_create_body(data: Any) -> dict[str, Any]:
+    """Validate a create body; return plain dicts in Docker's shapes (Config keys at top)."""
+    if data is None:
+        raise InvalidParameter("Config cannot be empty in order to create a container")
+    if not isinstance(data, dict):
+        raise InvalidParameter(
+            f"invalid JSON: json: cannot unmarshal {_GO_TYPES.get(type(data), 'value')} into "
+            "Go value of type container.CreateRequest"
+        )
+    try:
+        config = ContainerConfigIn.model_validate(data)
+        wrapper = CreateBody.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidParameter(_unmarshal_message(exc)) from None
+    result = config.model_dump()
+    host = wrapper.HostConfig.model_dump() if wrapper.HostConfig is not None else {}
+    result["HostConfig"] = host
+    result["NetworkingConfig"] = wrapper.NetworkingConfig or {}
+    return result
+
+
+def _unmarshal_message(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    location = ".".join(str(part) for part in error.get("loc", ()) if not isinstance(part, int))
+    got = _GO_TYPES.get(type(error.get("input")), "value")
+    expected = error.get("type", "").split("_", 1)[0] or "value"
+    field = location or "body"
+    return (
+        f"invalid JSON: json: cannot unmarshal {got} into Go struct field "
+        f"ContainerConfigWrapper.{field} of type {expected}"
+    )
+
+
+# --------------------------------------------------------------------------- output
+def _human_duration(seconds: float) -> str:
+    """go-units HumanDuration, as in `Up 2 seconds` / `Exited (0) 3 minutes ago`."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = s // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(seconds / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{hours // 24 // 365} years"
+
+
+def _parse_time(value: str) -> float:
+    if not value or value == ZERO_TIME:
+        return 0.0
+    main, _, rest = value.partition(".")
+    fraction = rest.rstrip("Z")
+    stamp = datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+    return stamp + (float("0." + fraction) if fraction.isdigit() else 0.0)
+
+
+def status_text(view: ContainerView, now: float) -> str:
+    state = view.state
+    if state.status == Status.RUNNING:
+        return f"Up {_human_duration(now - _parse_time(state.started_at))}"
+    if state.status == Status.PAUSED:
+        return f"Up {_human_duration(now - _parse_time(state.started_at))} (Paused)"
+    if state.status == Status.RESTARTING:
+        ago = _human_duration(now - _parse_time(state.finished_at))
+        return f"Restarting ({state.exit_code}) {ago} ago"
+    if state.status == Status.REMOVING:
+        return "Removal In Progress"
+    if state.status == Status.DEAD:
+        return "Dead"
+    if state.status == Status.EXITED:
+        ago = _human_duration(now - _parse_time(state.finished_at))
+        return f"Exited ({state.exit_code}) {ago} ago"
+    return "Created"
+
+
+def _list_state(view: ContainerView) -> str:
+    return view.state.status.value
+
+
+def inspect_state(view: ContainerView) -> dict[str, Any]:
+    state = view.state
+    status = state.status
+    return {
+        "Status": status.value,
+        "Running": status in (Status.RUNNING, Status.PAUSED),
+        "Paused": status == Status.PAUSED,
+        "Restarting": status == Status.RESTARTING,
+        "OOMKilled": state.oom_killed,
+        "Dead": status == Status.DEAD,
+        "Pid": state.pid,
+        "ExitCode": state.exit_code,
+        "Error": state.error,
+        "StartedAt": state.started_at,
+        "FinishedAt": state.finished_at,
+    }
+
+
+def inspect_body(
+    view: ContainerView, *, log_path: str, bundle: str, rootfs_upper: str | None = None
+) -> dict[str, Any]:
+    cfg = view.config
+    host_config = dict(cfg.host_config)
+    network_mode = host_config.get("NetworkMode") or "default"
+    network_name = "bridge" if network_mode == "default" else network_mode
+    return {
+        "Id": cfg.id,
+        "Created": cfg.created,
+        "Path": cfg.path,
+        "Args": list(cfg.args),
+        "State": inspect_state(view),
+        "Image": cfg.image_id,
+        "ResolvConfPath": f"{bundle}/resolv.conf",
+        "HostnamePath": f"{bundle}/hostname",
+        "HostsPath": f"{bundle}/hosts",
+        "LogPath": log_path,
+        "Name": f"/{cfg.name}",
+        "RestartCount": view.state.restart_count,
+        "Driver": cfg.driver,
+        "Platform": cfg.platform,
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": list(view.exec_ids) or None,
+        "HostConfig": host_config,
+        "GraphDriver": {
+            "Name": cfg.driver,
+            "Data": {"MergedDir": f"{bundle}/rootfs", "UpperDir": rootfs_upper or ""},
+        },
+        "Mounts": [],
+        "Config": dict(cfg.config),
+        "NetworkSettings": {
+            "Bridge": "",
+            "SandboxID": "",
+            "SandboxKey": "",
+            "Ports": {},
+            "HairpinMode": False,
+            "LinkLocalIPv6Address": "",
+            "LinkLocalIPv6PrefixLen": 0,
+            "SecondaryIPAddresses": None,
+            "SecondaryIPv6Addresses": None,
+            "EndpointID": "",
+            "Gateway": "",
+            "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0,
+            "IPAddress": "",
+            "IPPrefixLen": 0,
+            "IPv6Gateway": "",
+            "MacAddress": "",
+            "Networks": {
+                network_name: {
+                    "IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "",
+                    "DriverOpts": None, "GwPriority": 0, "NetworkID": "", "EndpointID": "",
+                    "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
+                    "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": None,
+                }
+            } if network_mode not in ("host",) else {},
+        },
+    }
+
+
+def list_item(view: ContainerView, now: float) -> dict[str, Any]:
+    cfg = view.config
+    command = " ".join(shlex.quote(part) if part else "''" for part in [cfg.path, *cfg.args])
+    network_mode = cfg.host_config.get("NetworkMode") or "default"
+    return {
+        "Id": cfg.id,
+        "Names": [f"/{cfg.name}"],
+        "Image": cfg.image_ref,
+        "ImageID": cfg.image_id,
+        "Command": command,
+        "Created": int(_parse_time(cfg.created)),
+        "Ports": [],
+        "Labels": cfg.labels,
+        "State": _list_state(view),
+        "Status": status_text(view, now),
+        "HostConfig": {"NetworkMode": network_mode},
+        "NetworkSettings": {"Networks": {}},
+        "Mounts": [],
+    }

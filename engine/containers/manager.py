@@ -1,0 +1,758 @@
+"""ContainerManager: create, start, stop, kill, wait, attach, logs, remove, restore.
+
+State changes follow one pattern: take the container's lock, act, commit the new state
+to SQLite, then publish a new frozen ``ContainerView`` (readers never lock). Exit codes
+come from conmon's exit file, never only from memory, so they survive a daemon crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from engine.config import EngineConfig
+from engine.containers import createconfig, etcfiles, listing, naming
+from engine.containers.logs import LogRecord, read_logs
+from engine.containers.model import ContainerConfig, ContainerState, ContainerView
+from engine.containers.runspec import build_container_spec, validate_host_config
+from engine.containers.signals import parse_signal, signal_name
+from engine.containers.state import ACTIVE, Status
+from engine.containers.streams import ContainerIO, Session, StreamSet
+from engine.errors import (
+    Conflict,
+    EngineError,
+    InvalidParameter,
+    NotFound,
+    NotModified,
+    SystemError_,
+)
+from engine.events import EventBus
+from engine.ids import new_id, resolve
+from engine.images.manager import ImageManager
+from engine.layout import Layout
+from engine.locks import KeyedLock
+from engine.networks import netns
+from engine.runtime.base import MonitorHandle, MonitorLaunch, OCIRuntime, RuntimeCreateError
+from engine.runtime.conmon import ConmonMonitor
+from engine.snapshots import mount as mounting
+from engine.snapshots.overlay import OverlaySnapshotter
+from engine.store.atomic import atomic_write, fsync_dir
+from engine.store.db import Database
+
+log = logging.getLogger(__name__)
+
+WAIT_CONDITIONS = frozenset({"not-running", "next-exit", "removed"})
+DEFAULT_STOP_TIMEOUT = 10
+KILL_WAIT = 10.0
+LIST_FILTERS = frozenset(
+    {"id", "name", "label", "status", "ancestor", "exited", "before", "since", "health",
+     "isolation", "is-task", "network", "publish", "expose", "volume"}
+)
+
+
+def now_rfc3339(at: float | None = None) -> str:
+    """RFC 3339 UTC with nanoseconds; ``at`` (unix seconds) instead of now when given."""
+    ns = time.time_ns() if at is None else int(at * 1_000_000_000)
+    stamp = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{ns % 1_000_000_000:09d}Z"
+
+
+def _start_exit_code(message: str) -> int:
+    """dockerd's mapping of a failed start to an exit code (and `docker run`'s)."""
+    lowered = message.lower()
+    if "permission denied" in lowered or "is a directory" in lowered:
+        return 126
+    return 127
+
+
+def _start_error(message: str) -> EngineError:
+    lowered = message.lower()
+    if any(s in lowered for s in ("executable file not found", "no such file or directory",
+                                  "permission denied", "is a directory")):
+        return InvalidParameter(message)
+    return SystemError_(message)
+
+
+class ContainerManager:
+    def __init__(
+        self,
+        *,
+        config: EngineConfig,
+        layout: Layout,
+        db: Database,
+        events: EventBus,
+        images: ImageManager,
+        snapshotter: OverlaySnapshotter,
+        runtimes: dict[str, Any],
+        monitor: ConmonMonitor,
+    ) -> None:
+        self._config = config
+        self._layout = layout
+        self._db = db
+        self._events = events
+        self._images = images
+        self._snapshotter = snapshotter
+        self._runtimes: dict[str, OCIRuntime] = runtimes
+        self._monitor = monitor
+        self._views: dict[str, ContainerView] = {}
+        self._locks = KeyedLock()
+        self._name_lock = asyncio.Lock()
+        self._io: dict[str, ContainerIO] = {}
+        self._handles: dict[str, MonitorHandle] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._exit_waiters: dict[str, list[asyncio.Future[int]]] = {}
+        self._removal_waiters: dict[str, list[asyncio.Future[int]]] = {}
+        self._removing: set[str] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ read side
+    def get(self, ref: str) -> ContainerView:
+        return resolve(ref, self._views, lambda v: v.name, _no_such_container)
+
+    def views(self) -> list[ContainerView]:
+        return list(self._views.values())
+
+    def counts(self) -> dict[str, int]:
+        running = sum(1 for v in self._views.values() if v.state.status == Status.RUNNING)
+        paused = sum(1 for v in self._views.values() if v.state.status == Status.PAUSED)
+        total = len(self._views)
+        return {"total": total, "running": running, "paused": paused,
+                "stopped": total - running - paused}
+
+    def containers_using_image(self, image_id: str) -> list[tuple[str, bool]]:
+        return [(v.id, v.running) for v in self._views.values() if v.config.image_id == image_id]
+
+    def is_running(self, container_id: str) -> bool:
+        view = self._views.get(container_id)
+        return view is not None and view.running
+
+    def log_path(self, container_id: str) -> Path:
+        return self._layout.container_log(container_id)
+
+    def runtime_name(self, view: ContainerView) -> str:
+        return view.config.host_config.get("Runtime") or self._config.default_runtime
+
+    async def list_views(
+        self, *, all_: bool, limit: int | None, filters: dict[str, list[str]]
+    ) -> list[ContainerView]:
+        unknown = set(filters) - LIST_FILTERS
+        if unknown:
+            raise InvalidParameter(f"invalid filter '{sorted(unknown)[0]}'")
+        ancestors: dict[str, set[str]] = {}
+        for ref in filters.get("ancestor", []):
+            try:
+                ancestors[ref] = {(await self._images.get(ref)).id}
+            except NotFound:
+                ancestors[ref] = set()
+        return listing.select(
+            self._views.values(), all_=all_, limit=limit, filters=filters, image_matches=ancestors
+        )
+
+    # ------------------------------------------------------------------ create
+    async def create(
+        self, body: dict[str, Any], name: str | None, platform: str | None = None
+    ) -> tuple[str, list[str]]:
+        config_in = dict(body)
+        host_in = dict(config_in.pop("HostConfig", None) or {})
+        networking = dict(config_in.pop("NetworkingConfig", None) or {})
+        image_ref = config_in.get("Image") or ""
+        if name:
+            name = naming.validate_name(name)
+        if not image_ref:
+            raise InvalidParameter("No image specified")  # dockerd: config without Image
+        image = await self._images.get(image_ref)
+        createconfig.validate_env(config_in.get("Env") or [])
+        createconfig.validate_restart_policy(host_in)
+        runtime = host_in.get("Runtime") or ""
+        if runtime and runtime not in self._runtimes:
+            raise InvalidParameter(f"Unknown runtime specified {runtime}")
+
+        container_id = new_id()
+        merged = createconfig.merge_image_config(config_in, image.config.get("config") or {})
+        argv = createconfig.command_line(merged)
+        config = createconfig.fill_config(merged, image_ref, container_id[:12])
+        host_config = createconfig.fill_host_config(host_in)
+        record = ContainerConfig(
+            id=container_id,
+            name="",
+            image_ref=image_ref,
+            image_id=image.id,
+            created=now_rfc3339(),
+            config=config,
+            host_config=host_config,
+            networking=networking,
+            path=argv[0],
+            args=tuple(argv[1:]),
+        )
+        # The OCI spec is built at start (it needs the mounted rootfs); check its inputs now
+        # so that bad values are a 400 at create, as in current dockerd.
+        await asyncio.to_thread(validate_host_config, record, self._config, self._layout)
+        async with self._name_lock:
+            chosen = name or naming.generate_name({v.name for v in self._views.values()})
+            self._check_name_free(chosen)
+            record = ContainerConfig(**{**record.__dict__, "name": chosen})
+            # Reserve the name in the view before any await, so a racing create gets 409.
+            self._views[container_id] = ContainerView(record, ContainerState())
+        try:
+            await self._materialise(record, image.top_layer)
+        except BaseException:
+            self._views.pop(container_id, None)
+            raise
+        self._emit(self._views[container_id], "create")
+        return container_id, []
+
+    def _check_name_free(self, name: str) -> None:
+        for view in self._views.values():
+            if view.name == name:
+                raise Conflict(
+                    f'Conflict. The container name "/{name}" is already in use by container '
+                    f'"{view.id}". You have to remove (or rename) that container to be able '
+                    "to reuse that name."
+                )
+
+    async def _materialise(self, record: ContainerConfig, parent_layer: str | None) -> None:
+        """Snapshot, bundle directory, then the row: the row commits last (crash safety)."""
+        await self._snapshotter.prepare(record.id, parent_layer)
+        try:
+            await asyncio.to_thread(self._write_bundle_dir, record)
+            state = ContainerState()
+            await self._db.transaction(
+                lambda conn: conn.execute(
+                    "INSERT INTO containers (id, name, image_id, config, state, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (record.id, record.name, record.image_id, record.to_json(),
+                     state.to_json(), time.time()),
+                )
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(
+                    shutil.rmtree, self._layout.container_dir(record.id), True
+                )
+                await self._snapshotter.remove(record.id)
+            raise
+
+    def _write_bundle_dir(self, record: ContainerConfig) -> None:
+        staging = self._layout.tmp_dir / f"ctr-{record.id}"
+        staging.mkdir(mode=0o710)
+        (staging / "rootfs").mkdir(mode=0o755)
+        hc = record.host_config
+        files = {
+            "hostname": etcfiles.hostname_file(record.config["Hostname"]),
+            "hosts": etcfiles.hosts_file(hc.get("ExtraHosts") or []),
+            "resolv.conf": etcfiles.resolv_conf(
+                Path("/etc/resolv.conf"), hc.get("Dns") or [], hc.get("DnsSearch") or [],
+                hc.get("DnsOptions") or [],
+            ),
+        }
+        for file_name, data in files.items():
+            atomic_write(staging / file_name, data, mode=0o644)
+        fsync_dir(staging)
+        staging.rename(self._layout.container_dir(record.id))
+        fsync_dir(self._layout.containers_dir)
+
+    # ------------------------------------------------------------------ start
+    async def start(self, ref: str) -> None:
+        view = self.get(ref)
+        async with self._locks.hold(view.id):
+            view = self._views[view.id]
+            status = view.state.status
+            if status == Status.RUNNING:
+                raise NotModified("container already started")
+            if status == Status.PAUSED:
+                raise Conflict("cannot start a paused container, try unpause instead")
+            if status in (Status.REMOVING, Status.DEAD) or view.id in self._removing:
+                raise Conflict(f"container {view.id} is marked for removal and cannot be started")
+            await self._start_locked(view)
+
+    async def _start_locked(self, view: ContainerView) -> None:
+        cid = view.id
+        runtime = self._runtimes.get(self.runtime_name(view))
+        if runtime is None:
+            raise InvalidParameter(f"Unknown runtime specified {self.runtime_name(view)}")
+        try:
+            handle = await self._launch(view, runtime)
+        except EngineError as exc:
+            await self._record_start_failure(view, exc)
+            raise
+        state = view.state.evolve(
+            status=Status.RUNNING, pid=handle.init_pid, conmon_pid=handle.conmon_pid,
+            exit_code=0, error="", oom_killed=False, started_at=now_rfc3339(),
+            finished_at=view.state.finished_at, has_been_started=True, manually_stopped=False,
+        )
+        view = await self._commit_state(cid, state)
+        self._emit(view, "start")
+        self._watch(handle)
+
+    async def _launch(self, view: ContainerView, runtime: OCIRuntime) -> MonitorHandle:
+        """Mount, namespace, spec, conmon, attach, runc start. Undo everything on failure."""
+        cid = view.id
+        bundle = self._layout.container_dir(cid)
+        rootfs = self._layout.container_rootfs(cid)
+        mounts = await self._snapshotter.mounts(cid)
+        await asyncio.to_thread(mounting.mount, mounts, rootfs)
+        netns_path = await self._prepare_netns(view)
+        handle: MonitorHandle | None = None
+        io = self._io.setdefault(cid, ContainerIO())
+        try:
+            spec = await asyncio.to_thread(
+                build_container_spec, view.config, self._config, self._layout, netns_path
+            )
+            await asyncio.to_thread(atomic_write, bundle / "config.json", spec, 0o600)
+            cfg = view.config
+            launch = MonitorLaunch(
+                container_id=cid,
+                name=cfg.name,
+                bundle=bundle,
+                log_path=self._layout.container_log(cid),
+                tty=cfg.tty,
+                stdin=cfg.open_stdin,
+                leave_stdin_open=cfg.open_stdin and not cfg.stdin_once,
+            )
+            try:
+                handle = await self._monitor.create(launch, runtime)
+            except RuntimeCreateError as exc:
+                raise _start_error(exc.message) from None
+            conn = await self._monitor.attach(handle)
+            await io.connect(conn)
+            height, width = (cfg.host_config.get("ConsoleSize") or [0, 0])[:2]
+            if cfg.tty and height and width:
+                await self._monitor.resize(handle, int(height), int(width))
+            await runtime.start(cid)
+            return handle
+        except BaseException:
+            io.disconnect()
+            if handle is not None:
+                with contextlib.suppress(Exception):
+                    await runtime.kill(cid, signal.SIGKILL, all_processes=True)
+                with contextlib.suppress(Exception):
+                    await self._monitor.wait_exit(handle)
+            await self._teardown(cid, runtime, netns_path)
+            raise
+
+    async def _prepare_netns(self, view: ContainerView) -> Path | None:
+        mode = view.config.host_config.get("NetworkMode") or "default"
+        if mode == "host":
+            return None
+        if mode.startswith("container:"):
+            other = self.get(mode.split(":", 1)[1])
+            if not other.running:
+                raise Conflict(f"cannot join network of a non running container: {other.id}")
+            return self._layout.netns_path(other.id)
+        path = self._layout.netns_path(view.id)
+        if not path.exists():
+            await asyncio.to_thread(netns.create, path)
+        return path
+
+    async def _teardown(self, cid: str, runtime: OCIRuntime | None, netns_path: Path | None) -> None:
+        """Release what a run held: runtime state, monitor files, rootfs mount, namespace."""
+        if runtime is not None:
+            with contextlib.suppress(Exception):
+                await runtime.delete(cid, force=True)
+        bundle = self._layout.container_dir(cid)
+        await asyncio.to_thread(self._monitor.cleanup, cid, bundle)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(mounting.unmount, self._layout.container_rootfs(cid))
+        own_netns = self._layout.netns_path(cid)
+        if netns_path is None or netns_path == own_netns:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(netns.delete, own_netns)
+
+    async def _record_start_failure(self, view: ContainerView, exc: EngineError) -> None:
+        state = view.state.evolve(exit_code=_start_exit_code(exc.message), error=exc.message)
+        view = await self._commit_state(view.id, state)
+        if view.config.auto_remove:
+            # `docker run --rm nosuchcmd` waits for condition=removed: remove on failure too.
+            self._spawn(self._remove_after_failure(view.id))
+
+    async def _remove_after_failure(self, cid: str) -> None:
+        with contextlib.suppress(EngineError):
+            await self.remove(cid, force=True)
+
+    # ------------------------------------------------------------------ exit handling
+    def _watch(self, handle: MonitorHandle) -> None:
+        self._handles[handle.container_id] = handle
+        task = asyncio.create_task(self._await_exit(handle), name=f"exit-{handle.container_id}")
+        self._watchers[handle.container_id] = task
+
+    async def _await_exit(self, handle: MonitorHandle) -> None:
+        code = await self._monitor.wait_exit(handle)
+        cid = handle.container_id
+        io = self._io.get(cid)
+        if io is not None:
+            await io.drain()
+        async with self._locks.hold(cid):
+            self._watchers.pop(cid, None)
+            await self._finish_run(cid, code)
+        if io is not None:
+            io.disconnect()
+            io.end_sessions()
+        view = self._views.get(cid)
+        if view is not None and view.config.auto_remove:
+            with contextlib.suppress(EngineError):
+                await self.remove(cid, force=True)
+
+    async def _finish_run(self, cid: str, code: int, finished: float | None = None) -> None:
+        view = self._views.get(cid)
+        if view is None:
+            return
+        self._handles.pop(cid, None)
+        runtime = self._runtimes.get(self.runtime_name(view))
+        await self._teardown(cid, runtime, self._netns_of(view))
+        oom = await asyncio.to_thread(self._monitor_oom, cid)
+        state = view.state.evolve(
+            status=Status.EXITED, pid=0, conmon_pid=0, exit_code=code,
+            finished_at=now_rfc3339(finished), oom_killed=oom,
+        )
+        view = await self._commit_state(cid, state)
+        if oom:
+            self._emit(view, "oom")
+        self._emit(view, "die", {"exitCode": str(code)})
+        for future in self._exit_waiters.pop(cid, []):
+            if not future.done():
+                future.set_result(code)
+
+    def _monitor_oom(self, cid: str) -> bool:
+        return (self._layout.conmon_dir(cid) / "persist" / "oom").exists()
+
+    def _netns_of(self, view: ContainerView) -> Path | None:
+        mode = view.config.host_config.get("NetworkMode") or "default"
+        if mode == "host" or mode.startswith("container:"):
+            return None
+        return self._layout.netns_path(view.id)
+
+    # ------------------------------------------------------------------ stop / kill
+    async def stop(self, ref: str, timeout: int | None = None, signal_: str | None = None) -> None:
+        view = self.get(ref)
+        if not view.running:
+            raise NotModified("container already stopped")
+        stop_signal = parse_signal(
+            signal_ or view.config.config.get("StopSignal") or None, default=signal.SIGTERM
+        )
+        if timeout is None:
+            configured = view.config.config.get("StopTimeout")
+            timeout = DEFAULT_STOP_TIMEOUT if configured is None else int(configured)
+        await self._mark_manually_stopped(view.id)
+        waiter = self._exit_future(view.id)
+        await self._signal(view, stop_signal)
+        if timeout < 0:
+            await asyncio.shield(waiter)
+        else:
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            except TimeoutError:
+                if self.is_running(view.id):
+                    await self._signal(view, signal.SIGKILL)
+                await asyncio.shield(waiter)
+        self._emit(self._views.get(view.id, view), "stop")
+
+    async def _mark_manually_stopped(self, cid: str) -> None:
+        async with self._locks.hold(cid):
+            view = self._views.get(cid)
+            if view is not None and view.running:
+                await self._commit_state(cid, view.state.evolve(manually_stopped=True))
+
+    async def kill(self, ref: str, signal_: str | None = None) -> None:
+        view = self.get(ref)
+        number = parse_signal(signal_, default=signal.SIGKILL)
+        if not view.running:
+            raise Conflict(f"Cannot kill container: {ref}: Container {view.id} is not running")
+        if number != signal.SIGKILL:
+            await self._signal(view, number)
+            return
+        # Like dockerd, a SIGKILL returns once the container is really gone, so that an
+        # inspect right after `docker kill` sees it exited.
+        await self._mark_manually_stopped(view.id)
+        waiter = self._exit_future(view.id)
+        await self._signal(view, number)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), KILL_WAIT)
+
+    async def _signal(self, view: ContainerView, number: int) -> None:
+        runtime = self._runtimes.get(self.runtime_name(view))
+        if runtime is None:
+            raise SystemError_(f"runtime {self.runtime_name(view)} is not available")
+        self._emit(view, "kill", {"signal": str(number)})
+        try:
+            await runtime.kill(view.id, number, all_processes=number == signal.SIGKILL)
+        except NotFound:
+            pass  # it exited meanwhile; the exit watcher records it
+        except EngineError as exc:
+            if self.is_running(view.id):
+                raise Conflict(str(exc)) from None
+
+    def _exit_future(self, cid: str) -> asyncio.Future[int]:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._exit_waiters.setdefault(cid, []).append(future)
+        return future
+
+    # ------------------------------------------------------------------ wait
+    async def wait(self, ref: str, condition: str = "not-running") -> asyncio.Future[int]:
+        """Register a waiter and return its future (the API flushes headers, then awaits)."""
+        if condition not in WAIT_CONDITIONS:
+            raise InvalidParameter(f"invalid condition: {condition!r}")
+        view = self.get(ref)
+        loop = asyncio.get_running_loop()
+        if condition == "removed":
+            future: asyncio.Future[int] = loop.create_future()
+            self._removal_waiters.setdefault(view.id, []).append(future)
+            return future
+        if condition == "not-running" and not view.running:
+            done: asyncio.Future[int] = loop.create_future()
+            done.set_result(view.state.exit_code)
+            return done
+        return self._exit_future(view.id)
+
+    def forget_waiter(self, future: asyncio.Future[int]) -> None:
+        for table in (self._exit_waiters, self._removal_waiters):
+            for waiters in table.values():
+                if future in waiters:
+                    waiters.remove(future)
+
+    # ------------------------------------------------------------------ attach / resize
+    async def attach(
+        self, ref: str, streams: StreamSet, *, use_stdin: bool, logs: bool = False
+    ) -> None:
+        """Run one attach session until the container's run ends or the client detaches."""
+        view = self.get(ref)
+        if view.state.status == Status.PAUSED:
+            raise Conflict(f"container {view.id} is paused, unpause the container before attach")
+        io = self._io.setdefault(view.id, ContainerIO())
+        if logs:
+            await self._replay_logs(view, streams)
+        session = io.add_session(streams)
+        self._emit(view, "attach")
+        helpers: list[asyncio.Task[None]] = []
+        if use_stdin and view.config.open_stdin and streams.read_stdin is not None:
+            helpers.append(asyncio.create_task(self._pump_stdin(view, io, streams, session)))
+        if streams.wait_closed is not None:
+            helpers.append(asyncio.create_task(_end_when(streams.wait_closed(), session)))
+        try:
+            await session.done.wait()
+        finally:
+            io.remove_session(session)
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _pump_stdin(
+        self, view: ContainerView, io: ContainerIO, streams: StreamSet, session: Session
+    ) -> None:
+        assert streams.read_stdin is not None
+        while True:
+            try:
+                data = await streams.read_stdin()
+            except (ConnectionError, OSError):
+                data = b""
+            if not data:
+                break
+            await io.write_stdin(data)
+        if view.config.stdin_once and not view.config.tty:
+            await io.close_stdin()
+        else:
+            self._emit(view, "detach")
+            session.end()
+
+    async def _replay_logs(self, view: ContainerView, streams: StreamSet) -> None:
+        async for record in self.logs(view.id, stdout=streams.stdout, stderr=streams.stderr):
+            try:
+                await streams.write_output(record.stream, record.data)
+            except (ConnectionError, OSError):
+                return
+
+    async def resize(self, ref: str, height: int, width: int) -> None:
+        view = self.get(ref)
+        handle = self._handles.get(view.id)
+        if handle is None or not view.running:
+            raise Conflict(f"Container {view.id} is not running")
+        await self._monitor.resize(handle, height, width)
+
+    # ------------------------------------------------------------------ logs
+    async def logs(
+        self,
+        ref: str,
+        *,
+        stdout: bool = True,
+        stderr: bool = True,
+        since_nano: int | None = None,
+        until_nano: int | None = None,
+        tail: int | None = None,
+        follow: bool = False,
+    ) -> AsyncIterator[LogRecord]:
+        view = self.get(ref)
+        path = self._layout.container_log(view.id)
+        cid = view.id
+        async for record in read_logs(
+            path, stdout=stdout, stderr=stderr, since_nano=since_nano, until_nano=until_nano,
+            tail=tail, follow=follow and view.running,
+            is_running=lambda: self.is_running(cid),
+        ):
+            yield record
+
+    # ------------------------------------------------------------------ remove
+    async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+        view = self.get(ref)
+        cid = view.id
+        if cid in self._removing:
+            raise Conflict(f"removal of container {cid} is already in progress")
+        if view.running and not force:
+            if view.state.status == Status.PAUSED:
+                raise Conflict(
+                    f"You cannot remove a paused container {cid}. Unpause and then stop the "
+                    "container before attempting removal or force remove"
+                )
+            raise Conflict(
+                f"You cannot remove a running container {cid}. Stop the container before "
+                "attempting removal or force remove"
+            )
+        self._removing.add(cid)
+        try:
+            if self._views[cid].running:
+                waiter = self._exit_future(cid)
+                await self._signal(self._views[cid], signal.SIGKILL)
+                await asyncio.shield(waiter)
+            async with self._locks.hold(cid):
+                await self._remove_locked(cid)
+        finally:
+            self._removing.discard(cid)
+
+    async def _remove_locked(self, cid: str) -> None:
+        view = self._views.get(cid)
+        if view is None:
+            return
+        await self._commit_state(cid, view.state.evolve(status=Status.REMOVING))
+        runtime = self._runtimes.get(self.runtime_name(view))
+        await self._teardown(cid, runtime, self._netns_of(view))
+        await self._snapshotter.remove(cid)
+        await asyncio.to_thread(shutil.rmtree, self._layout.container_dir(cid), True)
+        await self._db.execute("DELETE FROM containers WHERE id = ?", (cid,))
+        del self._views[cid]
+        io = self._io.pop(cid, None)
+        if io is not None:
+            io.disconnect()
+            io.end_sessions()
+        self._emit(view, "destroy")
+        code = view.state.exit_code
+        for future in self._removal_waiters.pop(cid, []) + self._exit_waiters.pop(cid, []):
+            if not future.done():
+                future.set_result(code)
+
+    # ------------------------------------------------------------------ persistence
+    async def _commit_state(self, cid: str, state: ContainerState) -> ContainerView:
+        encoded = state.to_json()
+        await self._db.execute("UPDATE containers SET state = ? WHERE id = ?", (encoded, cid))
+        old = self._views[cid]
+        view = ContainerView(old.config, state, old.image_names, old.exec_ids)
+        self._views[cid] = view
+        return view
+
+    def _emit(self, view: ContainerView, action: str, extra: dict[str, str] | None = None) -> None:
+        attributes = dict(view.config.labels)
+        attributes["image"] = view.config.image_ref
+        attributes["name"] = view.name
+        if extra:
+            attributes.update(extra)
+        self._events.emit("container", action, view.id, attributes)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ restore / close
+    async def restore(self) -> None:
+        """Load every container; re-adopt running ones; record exits that happened while
+        the daemon was down. Idempotent after any crash."""
+        rows = await self._db.query("SELECT id, config, state FROM containers")
+        for row in rows:
+            record = ContainerConfig.from_json(row["config"])
+            state = ContainerState.from_json(row["state"])
+            self._views[record.id] = ContainerView(record, state)
+        await self._sweep_orphans({row["id"] for row in rows})
+        for view in list(self._views.values()):
+            try:
+                await self._restore_one(view)
+            except Exception:
+                log.exception("restoring container %s failed", view.id)
+
+    async def _restore_one(self, view: ContainerView) -> None:
+        cid = view.id
+        status = view.state.status
+        if status == Status.REMOVING:
+            await self._remove_locked(cid)
+            return
+        if status not in ACTIVE:
+            return
+        handle = await asyncio.to_thread(
+            self._monitor.load, cid, self._layout.container_dir(cid)
+        )
+        if handle is not None:
+            io = self._io.setdefault(cid, ContainerIO())
+            try:
+                await io.connect(await self._monitor.attach(handle))
+            except OSError:
+                log.warning("container %s: attach socket gone; output only in the log", cid)
+            self._watch(handle)
+            log.info("container %s re-adopted (pid %d)", cid, handle.init_pid)
+            return
+        code = await asyncio.to_thread(self._monitor.exit_code, cid)
+        finished = await asyncio.to_thread(self._monitor.exit_time, cid)
+        await self._finish_run(cid, 255 if code is None else code, finished)
+        view = self._views[cid]
+        if view.config.auto_remove:
+            await self._remove_locked(cid)
+
+    async def _sweep_orphans(self, known: set[str]) -> None:
+        """Container directories and rw snapshots that no committed row names."""
+        def sweep() -> list[str]:
+            gone = []
+            for entry in self._layout.containers_dir.iterdir():
+                if entry.name not in known:
+                    with contextlib.suppress(Exception):
+                        mounting.unmount(entry / "rootfs")
+                    shutil.rmtree(entry, ignore_errors=True)
+                    gone.append(entry.name)
+            return gone
+
+        removed = await asyncio.to_thread(sweep)
+        for orphan in removed:
+            with contextlib.suppress(EngineError, sqlite3.Error):
+                await self._snapshotter.remove(orphan)
+        if removed:
+            log.info("removed %d orphaned container directories", len(removed))
+
+    async def close(self) -> None:
+        if not self._config.live_restore:
+            running = [v for v in self._views.values() if v.running]
+            await asyncio.gather(
+                *(self.stop(v.id) for v in running), return_exceptions=True
+            )
+        for task in list(self._watchers.values()) + list(self._background):
+            task.cancel()
+        for task in list(self._watchers.values()) + list(self._background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._watchers.clear()
+        for io in self._io.values():
+            io.disconnect()
+            io.end_sessions()
+
+
+async def _end_when(event: Awaitable[None], session: Session) -> None:
+    await event
+    session.end()
+
+
+def _no_such_container(ref: str) -> NotFound:
+    return NotFound(f"No such container: {ref}")

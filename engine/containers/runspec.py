@@ -1,0 +1,162 @@
+"""From a container's Docker-shaped config to its OCI ``config.json``.
+
+``spec.py`` knows OCI and Docker's security defaults; this module knows where a
+container's files live and which HostConfig key feeds which ``SpecRequest`` field.
+Everything here blocks (user lookup reads the rootfs): call it off the event loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+from engine.config import EngineConfig
+from engine.containers import spec
+from engine.containers.model import ContainerConfig
+from engine.layout import Layout
+from engine.runtime import cgroups
+
+_ETC_FILES = (("hostname", "/etc/hostname"), ("hosts", "/etc/hosts"),
+              ("resolv.conf", "/etc/resolv.conf"))
+
+
+@functools.cache
+def host_facts() -> spec.HostFacts:
+    """What this host offers, read once per process."""
+    return spec.HostFacts.detect(cgroup_version=cgroups.detect().version)
+
+
+def _etc_mounts(bundle: Path) -> list[dict[str, Any]]:
+    return [
+        {"destination": target, "type": "bind", "source": str(bundle / name),
+         "options": ["rbind", "rprivate"]}
+        for name, target in _ETC_FILES
+    ]
+
+
+def _resources(host_config: dict[str, Any]) -> spec.Resources:
+    return spec.Resources(
+        memory=host_config.get("Memory") or 0,
+        memory_reservation=host_config.get("MemoryReservation") or 0,
+        memory_swap=host_config.get("MemorySwap") or 0,
+        memory_swappiness=_swappiness(host_config.get("MemorySwappiness")),
+        oom_kill_disable=host_config.get("OomKillDisable"),
+        cpu_shares=host_config.get("CpuShares") or 0,
+        cpu_period=host_config.get("CpuPeriod") or 0,
+        cpu_quota=host_config.get("CpuQuota") or 0,
+        nano_cpus=host_config.get("NanoCpus") or 0,
+        cpuset_cpus=host_config.get("CpusetCpus") or "",
+        cpuset_mems=host_config.get("CpusetMems") or "",
+        pids_limit=host_config.get("PidsLimit"),
+        blkio_weight=host_config.get("BlkioWeight") or 0,
+    )
+
+
+def _swappiness(value: Any) -> int | None:
+    # The CLI sends -1 for "not set".
+    return None if value is None or value == -1 else int(value)
+
+
+def _devices(host_config: dict[str, Any]) -> list[spec.ResolvedDevice]:
+    resolved: list[spec.ResolvedDevice] = []
+    for entry in host_config.get("Devices") or []:
+        resolved.extend(spec.resolve_device(
+            entry.get("PathOnHost", ""), entry.get("PathInContainer", ""),
+            entry.get("CgroupPermissions") or "rwm",
+        ))
+    return resolved
+
+
+def _ulimits(host_config: dict[str, Any]) -> list[tuple[str, int, int]]:
+    return [(u["Name"], int(u["Soft"]), int(u["Hard"])) for u in host_config.get("Ulimits") or []]
+
+
+def _network(netns_path: Path | None, host_config: dict[str, Any]) -> spec.NamespaceChoice:
+    if (host_config.get("NetworkMode") or "") == "host":
+        return spec.HOST
+    if netns_path is None:
+        return spec.PRIVATE
+    return spec.NamespaceChoice("private", str(netns_path))
+
+
+def spec_request(
+    record: ContainerConfig,
+    engine_config: EngineConfig,
+    *,
+    rootfs: Path,
+    bundle: Path,
+    netns_path: Path | None,
+    user: spec.ProcessUser,
+) -> spec.SpecRequest:
+    config, host_config = record.config, record.host_config
+    console = host_config.get("ConsoleSize") or [0, 0]
+    parent = host_config.get("CgroupParent") or engine_config.cgroup_parent
+    return spec.SpecRequest(
+        args=[record.path, *record.args],
+        rootfs=str(rootfs),
+        cgroups_path=cgroups.cgroups_path(parent, record.id),
+        env=config.get("Env") or [],
+        cwd=config.get("WorkingDir") or "/",
+        user=user,
+        terminal=record.tty,
+        console_size=(int(console[0]), int(console[1])) if len(console) == 2 else None,
+        hostname=config.get("Hostname") or record.id[:12],
+        domainname=config.get("Domainname") or "",
+        readonly_rootfs=bool(host_config.get("ReadonlyRootfs")),
+        privileged=bool(host_config.get("Privileged")),
+        cap_add=host_config.get("CapAdd") or [],
+        cap_drop=host_config.get("CapDrop") or [],
+        security_opt=host_config.get("SecurityOpt") or [],
+        daemon_no_new_privileges=engine_config.no_new_privileges,
+        daemon_seccomp_profile=_daemon_seccomp(engine_config),
+        masked_paths=host_config.get("MaskedPaths"),
+        readonly_paths=host_config.get("ReadonlyPaths"),
+        shm_size=host_config.get("ShmSize") or engine_config.default_shm_size,
+        mounts=_etc_mounts(bundle),
+        network=_network(netns_path, host_config),
+        resources=_resources(host_config),
+        devices=_devices(host_config),
+        device_cgroup_rules=host_config.get("DeviceCgroupRules") or [],
+        sysctls=host_config.get("Sysctls") or {},
+        ulimits=_ulimits(host_config),
+        oom_score_adj=host_config.get("OomScoreAdj") or 0,
+    )
+
+
+@functools.cache
+def _profile_text(path: str) -> str:
+    return Path(path).read_text()
+
+
+def _daemon_seccomp(engine_config: EngineConfig) -> str | None:
+    profile = engine_config.seccomp_profile
+    if profile in (None, "", "builtin", "unconfined"):
+        return profile or None
+    return _profile_text(profile)
+
+
+def build_container_spec(
+    record: ContainerConfig, engine_config: EngineConfig, layout: Layout, netns_path: Path | None
+) -> bytes:
+    """config.json for a start: needs the rootfs mounted (the user is looked up in it)."""
+    rootfs = layout.container_rootfs(record.id)
+    user = spec.lookup_user(rootfs, record.config.get("User") or "",
+                            record.host_config.get("GroupAdd") or [])
+    request = spec_request(
+        record, engine_config, rootfs=rootfs, bundle=layout.container_dir(record.id),
+        netns_path=netns_path, user=user,
+    )
+    return json.dumps(spec.build_spec(request, host_facts()), indent=1).encode()
+
+
+def validate_host_config(
+    record: ContainerConfig, engine_config: EngineConfig, layout: Layout
+) -> None:
+    """Raise at create what would otherwise only fail at start (reliability.md B13/B14)."""
+    request = spec_request(
+        record, engine_config, rootfs=layout.container_rootfs(record.id),
+        bundle=layout.container_dir(record.id), netns_path=None, user=spec.ProcessUser(),
+    )
+    spec.build_spec(request, host_facts())

@@ -1,8 +1,11 @@
 """The engine's SQLite schema: the source of truth for every object.
 
-    images          one row per image config (id = sha256 of the config blob)
-      └─ image_layers   ordered diff ids of the image, each naming a layer row
-    snapshots       overlay snapshots: committed layers and containers' rw layers
+    images          one row per image config (id = sha256 of the config blob);
+                    top_layer names the image's topmost layer, whose parent chain is
+                    the image's layer stack; removed=1 hides an image that was deleted
+                    while a container row still names it (purged when none does)
+    snapshots       overlay snapshots: committed layers and containers' rw layers;
+                    removing=1 is rule 3's mark (files are being deleted)
     layers          one row per unpacked layer (chain id) → its committed snapshot
     tags            repository:tag → image (a name points at one image)
     digests         repository@digest → image (RepoDigests)
@@ -30,6 +33,7 @@ MIGRATIONS: list[str] = [
         dir      TEXT NOT NULL UNIQUE,           -- directory name under snapshots/
         parent   TEXT REFERENCES snapshots(key),
         kind     TEXT NOT NULL CHECK (kind IN ('active', 'committed')),
+        removing INTEGER NOT NULL DEFAULT 0 CHECK (removing IN (0, 1)),
         created  REAL NOT NULL
     );
     CREATE TABLE layers (
@@ -48,7 +52,8 @@ MIGRATIONS: list[str] = [
         size        INTEGER NOT NULL,
         created     REAL NOT NULL,               -- image's own Created (unix seconds)
         loaded      REAL NOT NULL,               -- when it arrived here
-        last_tag    REAL
+        last_tag    REAL,
+        removed     INTEGER NOT NULL DEFAULT 0 CHECK (removed IN (0, 1))
     );
     CREATE TABLE tags (
         ref       TEXT PRIMARY KEY,              -- normalised "docker.io/library/busybox:latest"

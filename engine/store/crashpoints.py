@@ -1,0 +1,42 @@
+"""Deterministic crash points for crash tests (architecture §3 rule 9).
+
+``crash_point("name")`` kills the process on the spot (``os._exit(137)``, the exit status
+of SIGKILL) when the environment variable ``WHARFD_CRASH_AT`` equals ``name``. Nothing is
+flushed and no ``finally`` runs, which is what a power cut or ``kill -9`` looks like to the
+data root. A test starts the daemon (or a small driver) with the variable set, lets it die,
+restarts it without the variable and asserts that the start-up sweep converged.
+
+The variable is read at every call, so a test may set it in a child process only.
+
+Names in use (keep this list in step with the code):
+
+  image import (engine/images/manager.py), in order:
+    import_after_unpack         layer extracted into its "extract-…" snapshot, blob not
+                                committed, nothing named
+    import_after_blob           uncompressed layer blob committed to the content store
+    import_after_layer_commit   snapshot committed under the chain id (no layers row yet)
+    import_after_config_write   image config blob written
+    import_before_commit        just before the one transaction (layer + image + tag rows)
+    import_after_commit         rows committed, events not yet emitted
+
+  image removal (engine/images/manager.py):
+    remove_after_rows           image/tag rows deleted, layers and blobs not yet released
+    remove_after_layer_row      one layer row deleted, its snapshot not yet removed
+
+  snapshots (engine/snapshots/overlay.py):
+    snapshot_after_rename       prepare: directory renamed into snapshots/, no row yet
+    snapshot_remove_marked      remove: row marked removing, files still there
+"""
+
+from __future__ import annotations
+
+import os
+
+ENV_VAR = "WHARFD_CRASH_AT"
+EXIT_STATUS = 137
+
+
+def crash_point(name: str) -> None:
+    """Die like SIGKILL here when ``WHARFD_CRASH_AT`` names this point."""
+    if os.environ.get(ENV_VAR) == name:
+        os._exit(EXIT_STATUS)

@@ -1,5 +1,22 @@
 """THE mapping from engine error categories to HTTP, and Docker-shaped JSON responses.
 
+| category (engine.errors)        | status |
+|---------------------------------|--------|
+| NotFound                        | 404    |
+| InvalidParameter                | 400    |
+| pydantic ValidationError        | 400    |
+| Conflict                        | 409    |
+| NotModified                     | 304 (empty body) |
+| Forbidden                       | 403    |
+| Unauthorized                    | 401    |
+| Unavailable                     | 503    |
+| NotSupported                    | 501    |
+| SystemError_, EngineError, any other exception | 500 (logged with traceback) |
+
+Handlers never pick a status for an error: they raise, and the error middleware in
+``api.app`` calls ``response_for_exception``. aiohttp's own HTTP exceptions (no route,
+body too large, redirects) go through ``response_for_http_exception``.
+
 The Go client compares ``Content-Type`` for equality with ``application/json``, so every
 JSON body here is built from bytes (aiohttp appends ``; charset=utf-8`` to ``text=``).
 """
@@ -29,13 +46,15 @@ STATUS_BY_CATEGORY: dict[type[errors.EngineError], int] = {
     errors.SystemError_: 500,
 }
 
+PAGE_NOT_FOUND = "page not found"
+
 
 def status_for(exc: BaseException) -> int:
     if isinstance(exc, ValidationError):
         return 400
     for category in type(exc).__mro__:
         if category in STATUS_BY_CATEGORY:
-            return STATUS_BY_CATEGORY[category]  # type: ignore[index]
+            return STATUS_BY_CATEGORY[category]
     return 500
 
 
@@ -60,11 +79,39 @@ def response_for_exception(exc: BaseException) -> web.Response:
     if isinstance(exc, ValidationError):
         message = _validation_message(exc)
     else:
-        message = str(exc)
+        message = str(exc) or type(exc).__name__
     return error_response(status, message)
 
 
+def response_for_http_exception(exc: web.HTTPException) -> web.Response:
+    """aiohttp's exceptions, in Docker's shape.
+
+    No route and wrong method are both ``404 page not found``, as dockerd answers both
+    (its router sends method mismatches to the not-found handler). Redirects keep their
+    ``Location`` and have no body.
+    """
+    if exc.status in (404, 405):
+        return error_response(404, PAGE_NOT_FOUND)
+    if 300 <= exc.status < 400:
+        response = web.Response(status=exc.status)
+        location = exc.headers.get("Location")
+        if location is not None:
+            response.headers["Location"] = location
+        return response
+    message = exc.text or exc.reason
+    # aiohttp's default text is "<status>: <reason>"; the reason alone reads better.
+    if message == f"{exc.status}: {exc.reason}":
+        message = exc.reason
+    if exc.status >= 500:
+        log.error("request failed: %s", message, exc_info=exc)
+    return error_response(exc.status, message)
+
+
 def _validation_message(exc: ValidationError) -> str:
-    first = exc.errors()[0]
+    details = exc.errors()
+    if not details:
+        return "invalid JSON"
+    first = details[0]
     location = ".".join(str(part) for part in first.get("loc", ()))
-    return f"invalid JSON: {location}: {first.get('msg', 'invalid value')}"
+    message = first.get("msg", "invalid value")
+    return f"invalid JSON: {location}: {message}" if location else f"invalid JSON: {message}"

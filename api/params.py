@@ -15,7 +15,9 @@ from aiohttp import web
 from engine.errors import InvalidParameter
 
 _FALSE = frozenset({"", "0", "no", "false", "none"})
-MAX_JSON_BODY = 64 * 1024 * 1024
+# dockerd reads JSON bodies without a limit and accepts a 64 MiB label value; we allow a
+# 64 MiB payload plus room for the rest of the document, and answer 413 beyond that.
+MAX_JSON_BODY = 65 * 1024 * 1024
 
 
 def bool_value(raw: str | None, default: bool = False) -> bool:
@@ -44,11 +46,16 @@ def filters_param(request: web.Request, allowed: frozenset[str] | set[str]) -> d
 
 
 def parse_filters(raw: str | None, allowed: frozenset[str] | set[str]) -> dict[str, list[str]]:
+    """moby's ``filters.FromJSON`` then ``Validate``: unknown keys are an error.
+
+    In the map form only the keys count (moby ignores the booleans); the legacy form
+    is a list of strings. Anything else is not a filter.
+    """
     if raw is None or raw.strip() == "":
         return {}
     try:
         data = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidParameter(f"invalid filter: {exc}") from None
     if data is None:
         return {}
@@ -56,16 +63,15 @@ def parse_filters(raw: str | None, allowed: frozenset[str] | set[str]) -> dict[s
         raise InvalidParameter("invalid filter: expected a JSON object")
     result: dict[str, list[str]] = {}
     for key, value in data.items():
-        if key not in allowed:
-            raise InvalidParameter(f"invalid filter '{key}'")
         if isinstance(value, dict):
-            result[key] = [str(k) for k, on in value.items() if on]
-        elif isinstance(value, list):
-            result[key] = [str(v) for v in value]
-        elif isinstance(value, str):
-            result[key] = [value]
+            values = list(value)
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            values = list(value)
         else:
             raise InvalidParameter(f"invalid filter: bad value for '{key}'")
+        if key not in allowed:
+            raise InvalidParameter(f"invalid filter '{key}'")
+        result[key] = values
     return result
 
 

@@ -55,9 +55,22 @@ class Engine:
         await self.content.cleanup()
         await self.snapshotter.cleanup()
         await self.images.load()
+        await self._probe_runtimes()
         await self.system.probe(self.runtimes)
         await self.containers.restore()
         log.info("engine started (data root %s)", self.layout.data_root)
+
+    async def _probe_runtimes(self) -> None:
+        """Offer only runtimes that can run a container on this host (crun 1.8 refuses
+        hybrid cgroup layouts); the default runtime must work or the daemon does not start."""
+        for name, runtime in list(self.runtimes.items()):
+            try:
+                await runtime.probe()
+            except Exception as exc:
+                if name == self.config.default_runtime:
+                    raise
+                log.warning("runtime %s is not usable here and is not offered: %s", name, exc)
+                del self.runtimes[name]
 
     def _prepare_dirs(self) -> None:
         for path, mode in self.layout.persistent_dirs() + self.layout.volatile_dirs():

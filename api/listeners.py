@@ -1,0 +1,202 @@
+"""The API sockets: ``-H unix:///path`` and ``-H fd://`` (systemd socket activation).
+
+``tcp://`` is not supported: the Docker socket is root-equivalent and we do not offer
+it on a network without TLS client authentication, which is not implemented yet.
+
+Unix sockets follow dockerd (go-connections ``NewUnixSocket``): the file is bound, then
+chmod 0660 and chown root:<group>, and only then does the server listen, so no one else
+can connect during that window. A stale socket file (no one listening) is replaced; a
+socket someone is still listening on, or a non-socket file, is an error.
+
+Activated sockets follow ``sd_listen_fds``: ``LISTEN_PID`` must be our pid, ``LISTEN_FDS``
+sockets start at fd 3, and the variables are removed from the environment so that our
+children (conmon, runtimes) neither see nor inherit them.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import logging
+import os
+import socket
+import stat
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from api.server import Listener
+from engine.config import DEFAULT_SOCKET
+
+log = logging.getLogger(__name__)
+
+SD_LISTEN_FDS_START = 3
+SOCKET_MODE = 0o660
+DEFAULT_GROUP = "docker"
+
+
+class ListenerError(Exception):
+    """A -H value that cannot be served; the message is shown to the operator."""
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    scheme: Literal["unix", "fd"]
+    address: str  # socket path for unix; "" (all) or an fd number for fd
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.address}"
+
+
+def parse_host(raw: str) -> HostSpec:
+    value = raw.strip()
+    if value == "":
+        value = DEFAULT_SOCKET
+    scheme, sep, address = value.partition("://")
+    if not sep:
+        raise ListenerError(f"Invalid bind address format: {raw}")
+    scheme = scheme.lower()
+    if scheme == "unix":
+        path = address or DEFAULT_SOCKET.removeprefix("unix://")
+        if not path.startswith("/"):
+            raise ListenerError(f"Invalid bind address format: {raw}: the path must be absolute")
+        if len(os.fsencode(path)) >= 108:
+            raise ListenerError(f"Invalid bind address format: {raw}: the path is too long")
+        return HostSpec("unix", path)
+    if scheme == "fd":
+        if address not in ("", "*") and not address.isdigit():
+            raise ListenerError(f"Invalid bind address format: {raw}")
+        return HostSpec("fd", "" if address == "*" else address)
+    if scheme in ("tcp", "http", "https", "ssh", "npipe"):
+        raise ListenerError(
+            f"{scheme}:// listeners are not supported by wharfd (use unix:// or fd://): {raw}"
+        )
+    raise ListenerError(f"Invalid bind address format: {raw}")
+
+
+def socket_gid(group: str) -> int | None:
+    """The gid for the socket, None to keep root's. dockerd: a missing *default* group is a
+    warning; a missing group that was asked for is an error."""
+    if group == "":
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        if group.isdigit():
+            return int(group)
+        if group == DEFAULT_GROUP:
+            log.warning("could not change group of the API socket to %s: group not found", group)
+            return None
+        raise ListenerError(f"group {group} not found") from None
+
+
+def _remove_stale(path: Path) -> None:
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ListenerError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise ListenerError(f"cannot check the socket {path}: {exc}") from exc
+    else:
+        raise ListenerError(f"another daemon is listening on {path}")
+    finally:
+        probe.close()
+    log.info("removing stale socket %s", path)
+    path.unlink(missing_ok=True)
+
+
+def open_unix_listener(path: Path, gid: int | None) -> Listener:
+    """Bind, then chmod/chown, without listening yet (the server listens when it starts)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, SOCKET_MODE)
+        owner = 0 if os.geteuid() == 0 else -1
+        os.chown(path, owner, gid if gid is not None else os.getegid())
+    except OSError as exc:
+        sock.close()
+        path.unlink(missing_ok=True)
+        raise ListenerError(f"cannot listen on {path}: {exc}") from exc
+    return Listener(sock=sock, name=str(path), path=path)
+
+
+def take_activated_fds(environ: MutableMapping[str, str]) -> list[int]:
+    """sd_listen_fds(unset_environment=1): the fds systemd passed us, or []."""
+    pid, count = environ.get("LISTEN_PID"), environ.get("LISTEN_FDS")
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(name, None)
+    if pid is None or count is None:
+        return []
+    if not pid.isdigit() or int(pid) != os.getpid() or not count.isdigit():
+        return []
+    return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)))
+
+
+def activated_listeners(spec: HostSpec, fds: list[int]) -> list[Listener]:
+    if not fds:
+        raise ListenerError(
+            "no sockets found via socket activation: make sure the service was started by systemd"
+        )
+    chosen = fds
+    if spec.address:
+        wanted = int(spec.address)
+        if wanted not in fds:
+            raise ListenerError(f"fd://{wanted} was not passed by systemd (got {fds})")
+        chosen = [wanted]
+    listeners = []
+    for fd in chosen:
+        # Children (conmon) must not keep the API socket open after we exit.
+        os.set_inheritable(fd, False)
+        sock = socket.socket(fileno=fd)
+        if sock.type != socket.SOCK_STREAM:
+            raise ListenerError(f"fd {fd} from systemd is not a stream socket")
+        listeners.append(Listener(sock=sock, name=f"fd://{fd}", path=None))
+    return listeners
+
+
+def open_listeners(
+    hosts: list[str], group: str, environ: MutableMapping[str, str]
+) -> list[Listener]:
+    """Every -H, in order. On error, what was opened is closed again."""
+    specs = [parse_host(host) for host in hosts]
+    fds = take_activated_fds(environ)
+    gid = socket_gid(group) if any(s.scheme == "unix" for s in specs) else None
+    opened: list[Listener] = []
+    used_fds: set[int] = set()
+    try:
+        for spec in specs:
+            if spec.scheme == "unix":
+                opened.append(open_unix_listener(Path(spec.address), gid))
+                continue
+            for listener in activated_listeners(spec, [f for f in fds if f not in used_fds]):
+                used_fds.add(listener.sock.fileno())
+                opened.append(listener)
+    except BaseException:
+        close_listeners(opened)
+        raise
+    return opened
+
+
+def close_listeners(listeners: list[Listener]) -> None:
+    """Close sockets and remove the files we created (never systemd's)."""
+    for listener in listeners:
+        try:
+            listener.sock.close()
+        except OSError:
+            pass
+        if listener.path is not None:
+            try:
+                listener.path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", listener.path, exc)

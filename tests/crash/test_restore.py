@@ -1,0 +1,150 @@
+"""Daemon crash and restart: containers survive with the same PIDs, exits that happened
+while the daemon was down are recorded with their real codes (reliability.md F2, F9, F12,
+F17, F21; issue 2 item 7)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.cli import DockerCLI, import_busybox
+from tests.harness.daemon import DaemonProcess, wharfd_unavailable_reason
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+@pytest.fixture
+def wharfd(busybox_tar: Path) -> Iterator[DaemonProcess]:
+    reason = wharfd_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    daemon = DaemonProcess()
+    try:
+        daemon.start()
+        import_busybox(daemon, busybox_tar)
+        yield daemon
+    finally:
+        daemon.cleanup()
+
+
+def _state(cli: DockerCLI, name: str) -> dict[str, object]:
+    import json
+
+    out = cli.ok("inspect", "-f", "{{json .State}}", name)
+    state: dict[str, object] = json.loads(out)
+    return state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _start_set(cli: DockerCLI) -> None:
+    cli.ok("run", "-d", "--name", "ticker", "busybox", "sh", "-c",
+           'trap "exit 0" TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done')
+    cli.ok("run", "-d", "--name", "short", "busybox", "sh", "-c", "sleep 2; exit 7")
+    cli.ok("run", "-d", "--rm", "--name", "auto", "busybox", "sleep", "600")
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_containers_survive_daemon_restart(wharfd: DaemonProcess, how: int) -> None:
+    cli = DockerCLI(wharfd)
+    _start_set(cli)
+    pids = {name: int(_state(cli, name)["Pid"]) for name in ("ticker", "short", "auto")}  # type: ignore[call-overload]
+    wharfd.stop(how)
+    if how == signal.SIGTERM:
+        assert not Path(wharfd.socket).exists(), "socket left behind after a clean stop"
+    time.sleep(3)  # "short" exits while the daemon is down
+    assert _alive(pids["ticker"]) and _alive(pids["auto"])
+    wharfd.start()  # immediately after a kill -9: the pid file lock is free (F9)
+
+    ticker = _state(cli, "ticker")
+    assert ticker["Running"] is True and ticker["Pid"] == pids["ticker"]
+    assert _state(cli, "auto")["Pid"] == pids["auto"]
+    short = _state(cli, "short")
+    assert short["Status"] == "exited" and short["ExitCode"] == 7
+    names = cli.ok("ps", "--format", "{{.Names}}").split()
+    assert sorted(names) == ["auto", "ticker"]
+
+    logs = cli.ok("logs", "--tail", "3", "ticker").splitlines()
+    assert len(logs) == 3 and all(line.startswith("tick ") for line in logs)
+    # Live output still flows after the restart: attach, then stop ends it with code 0.
+    attach = cli.popen("attach", "ticker")
+    time.sleep(1)
+    cli.ok("stop", "ticker")
+    out, _ = attach.communicate(timeout=20)
+    assert b"tick" in out
+    assert _state(cli, "ticker")["ExitCode"] == 0
+    assert not _alive(pids["ticker"])
+
+    # An AutoRemove container that survived is removed once it exits (F2, upstream rule).
+    cli.ok("kill", "auto")
+    deadline = time.time() + 10
+    while time.time() < deadline and "auto" in cli.ok("ps", "-a", "--format", "{{.Names}}"):
+        time.sleep(0.1)
+    assert "auto" not in cli.ok("ps", "-a", "--format", "{{.Names}}")
+
+
+def test_exit_code_of_failed_start_persists(wharfd: DaemonProcess) -> None:
+    cli = DockerCLI(wharfd)
+    r = cli("run", "--name", "bad", "busybox", "/relx/nonexistent")
+    assert r.returncode == 127
+    wharfd.kill9()
+    wharfd.start()
+    state = _state(cli, "bad")
+    assert state["ExitCode"] == 127
+    assert "no such file or directory" in str(state["Error"])
+
+
+def test_wait_after_kill_while_down(wharfd: DaemonProcess) -> None:
+    cli = DockerCLI(wharfd)
+    cli.ok("run", "-d", "--name", "victim", "busybox", "sleep", "600")
+    pid = int(_state(cli, "victim")["Pid"])  # type: ignore[call-overload]
+    wharfd.kill9()
+    # A signal without a handler does not reach a namespace's init from outside, so use
+    # the one that always does.
+    os.kill(pid, signal.SIGKILL)
+    wharfd.start()
+    started = time.time()
+    r = cli("wait", "victim")
+    assert time.time() - started < 5
+    assert r.stdout.strip() == "137"
+
+
+def test_rm_after_monitor_killed(wharfd: DaemonProcess) -> None:
+    cli = DockerCLI(wharfd)
+    cli.ok("run", "-d", "--name", "orphan", "busybox", "sleep", "600")
+    cid = cli.ok("inspect", "-f", "{{.Id}}", "orphan").strip()
+    conmon_pid = int((wharfd.exec_root / "conmon" / cid / "conmon.pid").read_text())
+    os.kill(conmon_pid, signal.SIGKILL)
+    cli.ok("rm", "-f", "orphan")
+    assert "orphan" not in cli.ok("ps", "-a", "--format", "{{.Names}}")
+
+
+def test_no_live_restore_stops_containers(busybox_tar: Path) -> None:
+    reason = wharfd_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    daemon = DaemonProcess(extra_args=["--live-restore=false"])
+    try:
+        daemon.start()
+        import_busybox(daemon, busybox_tar)
+        cli = DockerCLI(daemon)
+        cli.ok("run", "-d", "--name", "c1", "busybox", "sh", "-c",
+               'trap "exit 0" TERM; while true; do sleep 0.1; done')
+        pid = int(_state(cli, "c1")["Pid"])  # type: ignore[call-overload]
+        daemon.stop(signal.SIGTERM)
+        assert not _alive(pid)
+        daemon.start()
+        assert _state(cli, "c1")["Status"] == "exited"
+    finally:
+        daemon.cleanup()

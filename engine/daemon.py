@@ -33,7 +33,9 @@ class Engine:
         self.events = EventBus()
         self.content = ContentStore(self.layout)
         self.snapshotter = OverlaySnapshotter(self.layout, self.db)
-        self.images = ImageManager(self.layout, self.db, self.events, self.content, self.snapshotter)
+        self.images = ImageManager(
+            self.layout, self.db, self.events, self.content, self.snapshotter
+        )
         self.runtimes = RuncCLI.from_config(config, self.layout)
         self.monitor = ConmonMonitor(self.layout)
         self.containers = ContainerManager(
@@ -84,5 +86,6 @@ class Engine:
 
     async def close(self) -> None:
         await self.containers.close()
+        await self.images.close()
         await self.db.close()
         log.info("engine closed")

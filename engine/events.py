@@ -120,7 +120,9 @@ class EventBus:
     def emit(
         self, type_: str, action: str, actor_id: str, attributes: Mapping[str, str] | None = None
     ) -> Event:
-        event = Event(type=type_, action=action, actor_id=actor_id, attributes=dict(attributes or {}))
+        event = Event(
+            type=type_, action=action, actor_id=actor_id, attributes=dict(attributes or {})
+        )
         self.publish(event)
         return event
 

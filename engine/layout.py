@@ -78,6 +78,11 @@ class Layout:
         return self.data_root / "volumes"
 
     @property
+    def engine_id_file(self) -> Path:
+        """The daemon's stable ID (``docker info``'s ID), made on first start."""
+        return self.data_root / "engine-id"
+
+    @property
     def tmp_dir(self) -> Path:
         return self.data_root / "tmp"
 

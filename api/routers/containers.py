@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol
 
 from aiohttp import web
 
-from api import params
+from api import lifecycle, params
 from api.errors import json_bytes, json_response
 from api.models.containers import inspect_body, list_item, parse_create_body
 from api.streams import MULTIPLEXED, RAW_STREAM, frame, hijack, hijacked_response
@@ -36,11 +36,15 @@ class ContainerBackend(Protocol):
         self, body: dict[str, Any], name: str | None, platform: str | None = None
     ) -> tuple[str, list[str]]: ...
     async def start(self, ref: str) -> None: ...
-    async def stop(self, ref: str, timeout: int | None = None, signal_: str | None = None) -> None: ...
+    async def stop(
+        self, ref: str, stop_timeout: int | None = None, signal_: str | None = None
+    ) -> None: ...
     async def kill(self, ref: str, signal_: str | None = None) -> None: ...
     async def wait(self, ref: str, condition: str = "not-running") -> asyncio.Future[int]: ...
     def forget_waiter(self, future: asyncio.Future[int]) -> None: ...
-    async def attach(self, ref: str, streams: StreamSet, *, use_stdin: bool, logs: bool = False) -> None: ...
+    async def attach(
+        self, ref: str, streams: StreamSet, *, use_stdin: bool, logs: bool = False
+    ) -> None: ...
     async def resize(self, ref: str, height: int, width: int) -> None: ...
     def logs(
         self, ref: str, *, stdout: bool = True, stderr: bool = True, since_nano: int | None = None,
@@ -141,10 +145,16 @@ async def post_containers_wait(request: web.Request) -> web.StreamResponse:
     response.enable_chunked_encoding()
     await response.prepare(request)
     try:
-        code = await asyncio.shield(future)
-    except asyncio.CancelledError:
+        await _first_set(lifecycle.stop_signals(request), asyncio.shield(future))
+    except BaseException:
         backend.forget_waiter(future)
         raise
+    if not future.done():
+        # The client left or the daemon is stopping: drop the waiter, end the body.
+        backend.forget_waiter(future)
+        await response.write_eof()
+        return response
+    code = future.result()
     await response.write(json_bytes({"Error": None, "StatusCode": code}) + b"\n")
     await response.write_eof()
     return response
@@ -173,10 +183,15 @@ async def post_containers_attach(request: web.Request) -> web.StreamResponse:
     async def write_output(stream_id: int, data: bytes) -> None:
         await connection.write(data if tty else frame(stream_id, data))
 
+    shutting_down = lifecycle.shutting_down(request.app)
+
+    async def client_gone_or_shutdown() -> None:
+        await _first_set([shutting_down], connection.wait_closed())
+
     streams = StreamSet(
         write_output=write_output,
         read_stdin=connection.read if want_stdin else None,
-        wait_closed=connection.wait_closed,
+        wait_closed=client_gone_or_shutdown,
         stdout=want_stdout,
         stderr=want_stderr,
     )
@@ -191,6 +206,17 @@ async def post_containers_attach(request: web.Request) -> web.StreamResponse:
     finally:
         await connection.finish()
     return hijacked_response()
+
+
+async def _first_set(events: list[asyncio.Event], *others: Awaitable[object]) -> None:
+    """Return as soon as one event is set or one awaitable finishes."""
+    waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(e.wait()) for e in events]
+    waiters += [asyncio.ensure_future(o) for o in others]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def _tail(raw: str | None) -> int | None:
@@ -225,6 +251,8 @@ async def get_containers_logs(request: web.Request) -> web.StreamResponse:
     )
     response.enable_chunked_encoding()
     await response.prepare(request)
+    if follow:
+        records = lifecycle.follow(request, records)
     pending: list[bytes] = []
     size = 0
     async for record in records:

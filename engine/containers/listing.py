@@ -30,7 +30,8 @@ def select(
         if status not in _STATUSES:
             raise InvalidParameter(f"invalid filter 'status={status}'")
     show_all = all_ or bool(filters.get("status")) or bool(filters.get("exited"))
-    show_all = show_all or limit is not None and limit > 0 or before is not None or since is not None
+    show_all = show_all or (limit is not None and limit > 0)
+    show_all = show_all or before is not None or since is not None
     result = []
     for view in ordered:
         if before is not None and view.config.created >= before.config.created:

@@ -24,7 +24,7 @@ from engine.containers import createconfig, etcfiles, listing, naming
 from engine.containers.logs import LogRecord, read_logs
 from engine.containers.model import ContainerConfig, ContainerState, ContainerView
 from engine.containers.runspec import build_container_spec, validate_host_config
-from engine.containers.signals import parse_signal, signal_name
+from engine.containers.signals import parse_signal
 from engine.containers.state import ACTIVE, Status
 from engine.containers.streams import ContainerIO, Session, StreamSet
 from engine.errors import (
@@ -36,7 +36,7 @@ from engine.errors import (
     SystemError_,
 )
 from engine.events import EventBus
-from engine.ids import new_id, resolve
+from engine.ids import is_full_id, new_id, resolve
 from engine.images.manager import ImageManager
 from engine.layout import Layout
 from engine.locks import KeyedLock
@@ -353,7 +353,9 @@ class ContainerManager:
             await asyncio.to_thread(netns.create, path)
         return path
 
-    async def _teardown(self, cid: str, runtime: OCIRuntime | None, netns_path: Path | None) -> None:
+    async def _teardown(
+        self, cid: str, runtime: OCIRuntime | None, netns_path: Path | None
+    ) -> None:
         """Release what a run held: runtime state, monitor files, rootfs mount, namespace."""
         if runtime is not None:
             with contextlib.suppress(Exception):
@@ -431,13 +433,16 @@ class ContainerManager:
         return self._layout.netns_path(view.id)
 
     # ------------------------------------------------------------------ stop / kill
-    async def stop(self, ref: str, timeout: int | None = None, signal_: str | None = None) -> None:
+    async def stop(
+        self, ref: str, stop_timeout: int | None = None, signal_: str | None = None
+    ) -> None:
         view = self.get(ref)
         if not view.running:
             raise NotModified("container already stopped")
         stop_signal = parse_signal(
             signal_ or view.config.config.get("StopSignal") or None, default=signal.SIGTERM
         )
+        timeout = stop_timeout
         if timeout is None:
             configured = view.config.config.get("StopTimeout")
             timeout = DEFAULT_STOP_TIMEOUT if configured is None else int(configured)
@@ -638,6 +643,8 @@ class ContainerManager:
         await asyncio.to_thread(shutil.rmtree, self._layout.container_dir(cid), True)
         await self._db.execute("DELETE FROM containers WHERE id = ?", (cid,))
         del self._views[cid]
+        # An image force-removed while this container used it can go now.
+        await self._images.collect_removed()
         io = self._io.pop(cid, None)
         if io is not None:
             io.disconnect()
@@ -726,7 +733,9 @@ class ContainerManager:
             return gone
 
         removed = await asyncio.to_thread(sweep)
-        for orphan in removed:
+        # rw snapshots are keyed by container id; one without a row is a crashed create.
+        stray = [key for key in self._snapshotter.keys() if is_full_id(key) and key not in known]
+        for orphan in sorted(set(removed) | set(stray)):
             with contextlib.suppress(EngineError, sqlite3.Error):
                 await self._snapshotter.remove(orphan)
         if removed:

@@ -13,10 +13,10 @@ already in (start when running, stop when stopped), which Docker answers with 30
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     CREATED = "created"
     RUNNING = "running"
     PAUSED = "paused"

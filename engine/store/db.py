@@ -62,7 +62,7 @@ class Database:
         if self._conn is not None:
             await self._run(self._conn.close)
             self._conn = None
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._executor.shutdown, True)
 
     # --- access -------------------------------------------------------------------
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:

@@ -378,13 +378,8 @@ def backing_filesystem(mounts: list[cgroups.MountEntry], path: Path) -> str:
     return _FS_NAMES.get(best.fs_type, best.fs_type)
 
 
-def engine_id_path(layout: Layout) -> Path:
-    # TODO(layout): move to Layout.engine_id_file; kept here until layout.py gains it.
-    return layout.data_root / "engine-id"
-
-
 def load_daemon_id(layout: Layout) -> str:
-    path = engine_id_path(layout)
+    path = layout.engine_id_file
     try:
         existing = path.read_text().strip()
     except FileNotFoundError:

@@ -1,4 +1,4 @@
-"""Bad input on the container endpoints (reliability.md B1–B8, B18): dockerd's status and
+"""Bad input on the container endpoints (reliability.md B1-B8, B18): dockerd's status and
 message, and nothing changes. Raw HTTP, so malformed bytes are possible."""
 
 from __future__ import annotations

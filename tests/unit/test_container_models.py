@@ -21,7 +21,7 @@ def test_empty_body_is_rejected() -> None:
     "body", [{"Image": 123}, {"Image": "x", "HostConfig": {"Memory": "lots"}}, []]
 )
 def test_wrong_types_are_invalid_json(body: object) -> None:
-    with pytest.raises(InvalidParameter, match="^invalid JSON: json: cannot unmarshal"):
+    with pytest.raises(InvalidParameter, match=r"^invalid JSON: json: cannot unmarshal"):
         parse_create_body(body)
 
 

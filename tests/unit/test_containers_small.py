@@ -78,7 +78,9 @@ def test_no_command() -> None:
         ({"Name": "always"}, True, "can't create 'AutoRemove' container with restart policy"),
     ],
 )
-def test_restart_policy_messages(policy: dict[str, object], auto_remove: bool, message: str) -> None:
+def test_restart_policy_messages(
+    policy: dict[str, object], auto_remove: bool, message: str
+) -> None:
     with pytest.raises(InvalidParameter, match=message):
         createconfig.validate_restart_policy({"RestartPolicy": policy, "AutoRemove": auto_remove})
 

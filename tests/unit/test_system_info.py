@@ -20,7 +20,6 @@ from engine.system.info import (
     SystemInfo,
     backing_filesystem,
     cgroup_warnings,
-    engine_id_path,
     load_daemon_id,
     mask_credentials,
     parse_mem_total,
@@ -77,7 +76,7 @@ def test_daemon_id_is_created_once_and_kept(tmp_path: Path) -> None:
     first = load_daemon_id(layout)
     assert len(first) == 36
     assert load_daemon_id(layout) == first
-    assert stat.S_IMODE(engine_id_path(layout).stat().st_mode) == 0o600
+    assert stat.S_IMODE(layout.engine_id_file.stat().st_mode) == 0o600
     other = Layout(data_root=tmp_path / "other", exec_root=tmp_path / "exec")
     other.data_root.mkdir()
     assert load_daemon_id(other) != first
@@ -170,7 +169,7 @@ async def test_probe_caches_everything_once(tmp_path: Path) -> None:
     assert facts.host.ncpu >= 1 and facts.host.mem_total > 0
     assert facts.host.cgroups.version in ("1", "2")
     assert facts.python_version == "python" + ".".join(map(str, sys.version_info[:3]))
-    assert facts.daemon_id == (await asyncio.to_thread(engine_id_path(layout).read_text)).strip()
+    assert facts.daemon_id == (await asyncio.to_thread(layout.engine_id_file.read_text)).strip()
 
 
 @pytest.mark.asyncio

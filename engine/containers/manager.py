@@ -576,6 +576,33 @@ class ContainerManager:
             except (ConnectionError, OSError):
                 return
 
+    @contextlib.asynccontextmanager
+    async def rootfs(self, ref: str) -> AsyncIterator[tuple[ContainerView, Path]]:
+        """The container's root filesystem, mounted, for as long as the block runs.
+
+        A running container's own mount is used. For a created or stopped one the rw
+        snapshot is mounted at the usual place and unmounted afterwards; the container's
+        lock is held throughout, so it cannot start (and mount again) meanwhile. Used by
+        `docker cp`, export and diff.
+        """
+        view = self.get(ref)
+        async with self._locks.hold(view.id):
+            view = self._views[view.id]
+            target = self._layout.container_rootfs(view.id)
+            if view.running:
+                yield view, target
+                return
+            mounts = await self._snapshotter.mounts(view.id)
+            await asyncio.to_thread(mounting.mount, mounts, target)
+            try:
+                yield view, target
+            finally:
+                await asyncio.to_thread(mounting.unmount, target)
+
+    def upper_dir(self, container_id: str) -> Path:
+        """The rw layer's directory (what `docker diff` compares against the image)."""
+        return self._snapshotter.writable_path(container_id)
+
     async def resize(self, ref: str, height: int, width: int) -> None:
         view = self.get(ref)
         handle = self._handles.get(view.id)

@@ -199,7 +199,8 @@ def inspect_state(view: ContainerView) -> dict[str, Any]:
     status = state.status
     return {
         "Status": status.value,
-        "Running": status in (Status.RUNNING, Status.PAUSED),
+        # dockerd reports a container waiting to restart as running, and restarting.
+        "Running": status in (Status.RUNNING, Status.PAUSED, Status.RESTARTING),
         "Paused": status == Status.PAUSED,
         "Restarting": status == Status.RESTARTING,
         "OOMKilled": state.oom_killed,

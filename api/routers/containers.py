@@ -51,6 +51,9 @@ class ContainerBackend(Protocol):
         until_nano: int | None = None, tail: int | None = None, follow: bool = False,
     ) -> AsyncIterator[LogRecord]: ...
     async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None: ...
+    async def pause(self, ref: str) -> None: ...
+    async def unpause(self, ref: str) -> None: ...
+    async def rename(self, ref: str, new_name: str) -> None: ...
 
 
 BACKEND: web.AppKey[ContainerBackend] = web.AppKey("containers", ContainerBackend)
@@ -280,4 +283,22 @@ async def delete_containers(request: web.Request) -> web.Response:
         force=params.bool_param(request, "force"),
         volumes=params.bool_param(request, "v"),
     )
+    return web.Response(status=204)
+
+
+@routes.post("/containers/{name}/pause")
+async def post_containers_pause(request: web.Request) -> web.Response:
+    await _backend(request).pause(request.match_info["name"])
+    return web.Response(status=204)
+
+
+@routes.post("/containers/{name}/unpause")
+async def post_containers_unpause(request: web.Request) -> web.Response:
+    await _backend(request).unpause(request.match_info["name"])
+    return web.Response(status=204)
+
+
+@routes.post("/containers/{name}/rename")
+async def post_containers_rename(request: web.Request) -> web.Response:
+    await _backend(request).rename(request.match_info["name"], request.query.get("name", ""))
     return web.Response(status=204)

@@ -38,7 +38,7 @@ def select(
             continue
         if since is not None and view.config.created <= since.config.created:
             continue
-        if not show_all and not view.running:
+        if not show_all and not (view.running or view.state.status == Status.RESTARTING):
             continue
         if not _passes(view, filters, image_matches or {}):
             continue

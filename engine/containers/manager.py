@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import EngineConfig
-from engine.containers import createconfig, etcfiles, listing, naming
+from engine.containers import createconfig, etcfiles, listing, naming, restart
 from engine.containers.logs import LogRecord, read_logs
 from engine.containers.model import ContainerConfig, ContainerState, ContainerView
 from engine.containers.runspec import build_container_spec, validate_host_config
@@ -113,6 +113,9 @@ class ContainerManager:
         self._removal_waiters: dict[str, list[asyncio.Future[int]]] = {}
         self._removing: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
+        self._restarts: dict[str, asyncio.Task[None]] = {}
+        self._backoff: dict[str, float] = {}
+        self._started_mono: dict[str, float] = {}
 
     # ------------------------------------------------------------------ read side
     def get(self, ref: str) -> ContainerView:
@@ -272,6 +275,7 @@ class ContainerManager:
                 raise Conflict("cannot start a paused container, try unpause instead")
             if status in (Status.REMOVING, Status.DEAD) or view.id in self._removing:
                 raise Conflict(f"container {view.id} is marked for removal and cannot be started")
+            self._cancel_restart(view.id)
             await self._start_locked(view)
 
     async def _start_locked(self, view: ContainerView) -> None:
@@ -290,6 +294,7 @@ class ContainerManager:
             finished_at=view.state.finished_at, has_been_started=True, manually_stopped=False,
         )
         view = await self._commit_state(cid, state)
+        self._started_mono[cid] = time.monotonic()
         self._emit(view, "start")
         self._watch(handle)
 
@@ -399,9 +404,114 @@ class ContainerManager:
             io.disconnect()
             io.end_sessions()
         view = self._views.get(cid)
-        if view is not None and view.config.auto_remove:
+        if view is None or cid in self._removing:
+            return
+        if view.config.auto_remove:
             with contextlib.suppress(EngineError):
                 await self.remove(cid, force=True)
+            return
+        state = view.state
+        policy = view.config.host_config.get("RestartPolicy") or {}
+        if restart.should_restart(policy, code, state.restart_count, state.manually_stopped):
+            ran_for = time.monotonic() - self._started_mono.pop(cid, time.monotonic())
+            await self._schedule_restart(cid, restart.next_delay(self._backoff.get(cid), ran_for))
+
+    # ------------------------------------------------------------------ restart policy
+    async def _schedule_restart(self, cid: str, delay: float) -> None:
+        async with self._locks.hold(cid):
+            view = self._views.get(cid)
+            if view is None or view.state.status != Status.EXITED:
+                return
+            await self._commit_state(cid, view.state.evolve(status=Status.RESTARTING))
+        self._backoff[cid] = delay
+        self._restarts[cid] = asyncio.create_task(self._restart_later(cid, delay))
+
+    async def _restart_later(self, cid: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with self._locks.hold(cid):
+            self._restarts.pop(cid, None)
+            view = self._views.get(cid)
+            if view is None or view.state.status != Status.RESTARTING:
+                return
+            view = await self._commit_state(
+                cid, view.state.evolve(restart_count=view.state.restart_count + 1)
+            )
+            try:
+                await self._start_locked(view)
+            except EngineError as exc:
+                log.warning("restarting container %s failed: %s", cid, exc)
+                current = self._views.get(cid)
+                if current is not None and current.state.status == Status.RESTARTING:
+                    await self._commit_state(cid, current.state.evolve(status=Status.EXITED))
+
+    def _cancel_restart(self, cid: str) -> None:
+        task = self._restarts.pop(cid, None)
+        if task is not None:
+            task.cancel()
+
+    async def _stop_restarting(self, cid: str) -> None:
+        """A stop or kill of a container waiting to restart: it stays stopped."""
+        self._cancel_restart(cid)
+        async with self._locks.hold(cid):
+            view = self._views.get(cid)
+            if view is not None and view.state.status == Status.RESTARTING:
+                await self._commit_state(
+                    cid, view.state.evolve(status=Status.EXITED, manually_stopped=True)
+                )
+
+    # ------------------------------------------------------------------ pause / rename
+    async def pause(self, ref: str) -> None:
+        view = self.get(ref)
+        async with self._locks.hold(view.id):
+            view = self._views[view.id]
+            if view.state.status == Status.PAUSED:
+                raise Conflict(f"Container {view.id} is already paused")
+            if view.state.status != Status.RUNNING:
+                raise Conflict(f"Container {view.id} is not running")
+            await self._runtime_of(view).pause(view.id)
+            view = await self._commit_state(view.id, view.state.evolve(status=Status.PAUSED))
+        self._emit(view, "pause")
+
+    async def unpause(self, ref: str) -> None:
+        view = self.get(ref)
+        async with self._locks.hold(view.id):
+            view = self._views[view.id]
+            if view.state.status != Status.PAUSED:
+                raise Conflict(f"Container {view.id} is not paused")
+            await self._runtime_of(view).resume(view.id)
+            view = await self._commit_state(view.id, view.state.evolve(status=Status.RUNNING))
+        self._emit(view, "unpause")
+
+    async def rename(self, ref: str, new_name: str) -> None:
+        view = self.get(ref)
+        if not new_name:
+            raise InvalidParameter("Neither old nor new names may be empty")
+        name = naming.validate_name(new_name)
+        async with self._name_lock, self._locks.hold(view.id):
+            view = self._views[view.id]
+            if name == view.name:
+                raise InvalidParameter(
+                    "Renaming a container with the same name as its current name"
+                )
+            try:
+                self._check_name_free(name)
+            except Conflict as exc:
+                raise Conflict(f"Error when allocating new name: {exc}") from None
+            old_name = view.name
+            record = ContainerConfig(**{**view.config.__dict__, "name": name})
+            await self._db.execute(
+                "UPDATE containers SET name = ?, config = ? WHERE id = ?",
+                (name, record.to_json(), view.id),
+            )
+            view = ContainerView(record, view.state, view.image_names, view.exec_ids)
+            self._views[view.id] = view
+        self._emit(view, "rename", {"oldName": f"/{old_name}"})
+
+    def _runtime_of(self, view: ContainerView) -> OCIRuntime:
+        runtime = self._runtimes.get(self.runtime_name(view))
+        if runtime is None:
+            raise SystemError_(f"runtime {self.runtime_name(view)} is not available")
+        return runtime
 
     async def _finish_run(self, cid: str, code: int, finished: float | None = None) -> None:
         view = self._views.get(cid)
@@ -437,28 +547,41 @@ class ContainerManager:
         self, ref: str, stop_timeout: int | None = None, signal_: str | None = None
     ) -> None:
         view = self.get(ref)
+        if view.state.status == Status.RESTARTING:
+            await self._stop_restarting(view.id)
+            self._emit(view, "stop")
+            return
         if not view.running:
             raise NotModified("container already stopped")
-        stop_signal = parse_signal(
-            signal_ or view.config.config.get("StopSignal") or None, default=signal.SIGTERM
-        )
-        timeout = stop_timeout
-        if timeout is None:
-            configured = view.config.config.get("StopTimeout")
-            timeout = DEFAULT_STOP_TIMEOUT if configured is None else int(configured)
-        await self._mark_manually_stopped(view.id)
+        stop_signal, timeout = _stop_settings(view, signal_, stop_timeout)
+        await self._stop_running(view, stop_signal, timeout, manual=True)
+        self._emit(self._views.get(view.id, view), "stop")
+
+    async def _stop_running(
+        self, view: ContainerView, stop_signal: int, grace: int, *, manual: bool
+    ) -> None:
+        """Signal, wait up to ``grace`` seconds (negative: forever), then SIGKILL and wait.
+
+        ``manual`` records a user's stop, which restart policies respect; a daemon
+        shutdown without live-restore is not one.
+        """
+        if manual:
+            await self._mark_manually_stopped(view.id)
         waiter = self._exit_future(view.id)
         await self._signal(view, stop_signal)
-        if timeout < 0:
+        if grace < 0:
             await asyncio.shield(waiter)
         else:
             try:
-                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                await asyncio.wait_for(asyncio.shield(waiter), grace)
             except TimeoutError:
                 if self.is_running(view.id):
                     await self._signal(view, signal.SIGKILL)
                 await asyncio.shield(waiter)
-        self._emit(self._views.get(view.id, view), "stop")
+
+    async def _stop_for_shutdown(self, view: ContainerView) -> None:
+        stop_signal, timeout = _stop_settings(view, None, None)
+        await self._stop_running(view, stop_signal, timeout, manual=False)
 
     async def _mark_manually_stopped(self, cid: str) -> None:
         async with self._locks.hold(cid):
@@ -469,6 +592,9 @@ class ContainerManager:
     async def kill(self, ref: str, signal_: str | None = None) -> None:
         view = self.get(ref)
         number = parse_signal(signal_, default=signal.SIGKILL)
+        if view.state.status == Status.RESTARTING and number == signal.SIGKILL:
+            await self._stop_restarting(view.id)
+            return
         if not view.running:
             raise Conflict(f"Cannot kill container: {ref}: Container {view.id} is not running")
         if number != signal.SIGKILL:
@@ -489,6 +615,14 @@ class ContainerManager:
         self._emit(view, "kill", {"signal": str(number)})
         try:
             await runtime.kill(view.id, number, all_processes=number == signal.SIGKILL)
+            if self._views[view.id].state.status == Status.PAUSED:
+                # A frozen process cannot act on the signal: thaw it, as dockerd does
+                # (`runc kill --all` may have thawed it already).
+                with contextlib.suppress(Conflict):
+                    await runtime.resume(view.id)
+                await self._commit_state(
+                    view.id, self._views[view.id].state.evolve(status=Status.RUNNING)
+                )
         except NotFound:
             pass  # it exited meanwhile; the exit watcher records it
         except EngineError as exc:
@@ -638,6 +772,13 @@ class ContainerManager:
         cid = view.id
         if cid in self._removing:
             raise Conflict(f"removal of container {cid} is already in progress")
+        if view.state.status == Status.RESTARTING:
+            if not force:
+                raise Conflict(
+                    f"You cannot remove a restarting container {cid}. Stop the container "
+                    "before attempting removal or force remove"
+                )
+            await self._stop_restarting(cid)
         if view.running and not force:
             if view.state.status == Status.PAUSED:
                 raise Conflict(
@@ -719,6 +860,16 @@ class ContainerManager:
                 await self._restore_one(view)
             except Exception:
                 log.exception("restoring container %s failed", view.id)
+        for view in list(self._views.values()):
+            state = view.state
+            policy = view.config.host_config.get("RestartPolicy") or {}
+            if state.status in (Status.EXITED, Status.RESTARTING) and state.has_been_started:
+                if restart.restart_on_daemon_start(
+                    policy, state.exit_code, state.restart_count, state.manually_stopped
+                ):
+                    if state.status == Status.RESTARTING:
+                        await self._commit_state(view.id, state.evolve(status=Status.EXITED))
+                    await self._schedule_restart(view.id, restart.INITIAL_DELAY)
 
     async def _restore_one(self, view: ContainerView) -> None:
         cid = view.id
@@ -772,11 +923,12 @@ class ContainerManager:
         if not self._config.live_restore:
             running = [v for v in self._views.values() if v.running]
             await asyncio.gather(
-                *(self.stop(v.id) for v in running), return_exceptions=True
+                *(self._stop_for_shutdown(v) for v in running), return_exceptions=True
             )
-        for task in list(self._watchers.values()) + list(self._background):
+        pending = [*self._watchers.values(), *self._background, *self._restarts.values()]
+        for task in pending:
             task.cancel()
-        for task in list(self._watchers.values()) + list(self._background):
+        for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._watchers.clear()
@@ -788,6 +940,19 @@ class ContainerManager:
 async def _end_when(event: Awaitable[None], session: Session) -> None:
     await event
     session.end()
+
+
+def _stop_settings(
+    view: ContainerView, signal_: str | None, stop_timeout: int | None
+) -> tuple[int, int]:
+    """The signal and grace period of a stop: the request's, else the container's."""
+    stop_signal = parse_signal(
+        signal_ or view.config.config.get("StopSignal") or None, default=signal.SIGTERM
+    )
+    if stop_timeout is not None:
+        return stop_signal, stop_timeout
+    configured = view.config.config.get("StopTimeout")
+    return stop_signal, DEFAULT_STOP_TIMEOUT if configured is None else int(configured)
 
 
 def _no_such_container(ref: str) -> NotFound:

@@ -1,0 +1,112 @@
+"""Restart policies, pause/unpause, rename through the docker CLI (issue 4 items 3 and 5)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from tests.harness.cli import DockerCLI
+
+pytestmark = pytest.mark.root
+
+
+def _state(cli: DockerCLI, name: str) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads(cli.ok("inspect", "-f", "{{json .State}}", name))
+    return state
+
+
+def _restart_count(cli: DockerCLI, name: str) -> int:
+    return int(cli.ok("inspect", "-f", "{{.RestartCount}}", name).strip())
+
+
+def _until(predicate: Any, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_restart_always_grows_restart_count(docker_cli: DockerCLI) -> None:
+    docker_cli.ok("run", "-d", "--restart=always", "--name", "r1", "busybox", "sh", "-c",
+                  "sleep 0.3; exit 1")
+    try:
+        assert _until(lambda: _restart_count(docker_cli, "r1") >= 3, 20)
+        # While waiting to restart, removal without force is refused.
+        assert _until(lambda: _state(docker_cli, "r1")["Restarting"], 10)
+        r = docker_cli("rm", "r1")
+        if _state(docker_cli, "r1")["Restarting"]:
+            assert r.returncode != 0
+            assert "You cannot remove a restarting container" in r.stderr
+        docker_cli.ok("stop", "r1")
+        count = _restart_count(docker_cli, "r1")
+        time.sleep(1.5)
+        assert _restart_count(docker_cli, "r1") == count, "a stopped container restarted"
+        assert _state(docker_cli, "r1")["Running"] is False
+    finally:
+        docker_cli("rm", "-f", "r1")
+
+
+def test_on_failure_limit(docker_cli: DockerCLI) -> None:
+    docker_cli.ok("run", "-d", "--restart=on-failure:3", "--name", "of3", "busybox", "sh",
+                  "-c", "exit 3")
+    try:
+        def done() -> bool:
+            state = _state(docker_cli, "of3")
+            return not state["Running"] and _restart_count(docker_cli, "of3") == 3
+
+        assert _until(done, 20)
+        assert _state(docker_cli, "of3")["ExitCode"] == 3
+        time.sleep(1)
+        assert _restart_count(docker_cli, "of3") == 3
+    finally:
+        docker_cli("rm", "-f", "of3")
+
+
+def test_on_failure_does_not_restart_success(docker_cli: DockerCLI) -> None:
+    docker_cli.ok("run", "-d", "--restart=on-failure", "--name", "of0", "busybox", "true")
+    try:
+        assert _until(lambda: not _state(docker_cli, "of0")["Running"], 10)
+        time.sleep(0.5)
+        assert _restart_count(docker_cli, "of0") == 0
+    finally:
+        docker_cli("rm", "-f", "of0")
+
+
+def test_pause_unpause(docker_cli: DockerCLI) -> None:
+    docker_cli.ok("run", "-d", "--name", "p1", "busybox", "sleep", "600")
+    try:
+        docker_cli.ok("pause", "p1")
+        state = _state(docker_cli, "p1")
+        assert state["Paused"] is True and state["Status"] == "paused"
+        assert "(Paused)" in docker_cli.ok("ps", "--filter", "name=p1", "--format", "{{.Status}}")
+        r = docker_cli("pause", "p1")
+        assert r.returncode != 0 and "is already paused" in r.stderr
+        docker_cli.ok("unpause", "p1")
+        assert _state(docker_cli, "p1")["Status"] == "running"
+        r = docker_cli("unpause", "p1")
+        assert r.returncode != 0 and "is not paused" in r.stderr
+        # A paused container can be killed.
+        docker_cli.ok("pause", "p1")
+        docker_cli.ok("kill", "p1")
+        assert _state(docker_cli, "p1")["Running"] is False
+    finally:
+        docker_cli("rm", "-f", "p1")
+
+
+def test_rename(docker_cli: DockerCLI) -> None:
+    docker_cli.ok("create", "--name", "old1", "busybox", "true")
+    docker_cli.ok("create", "--name", "taken1", "busybox", "true")
+    try:
+        docker_cli.ok("rename", "old1", "new1")
+        assert docker_cli.ok("inspect", "-f", "{{.Name}}", "new1").strip() == "/new1"
+        r = docker_cli("rename", "new1", "taken1")
+        assert r.returncode != 0 and "Error when allocating new name: Conflict." in r.stderr
+        r = docker_cli("inspect", "old1")
+        assert r.returncode != 0
+    finally:
+        docker_cli("rm", "-f", "new1", "old1", "taken1")

@@ -51,6 +51,7 @@ class ContainerBackend(Protocol):
         until_nano: int | None = None, tail: int | None = None, follow: bool = False,
     ) -> AsyncIterator[LogRecord]: ...
     async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None: ...
+    async def prune(self, filters: dict[str, list[str]]) -> tuple[list[str], int]: ...
     async def pause(self, ref: str) -> None: ...
     async def unpause(self, ref: str) -> None: ...
     async def rename(self, ref: str, new_name: str) -> None: ...
@@ -95,6 +96,13 @@ async def get_containers_json(request: web.Request) -> web.Response:
     )
     now = time.time()
     return json_response([list_item(view, now) for view in views])
+
+
+@routes.post("/containers/prune")
+async def post_containers_prune(request: web.Request) -> web.Response:
+    filters = params.filters_param(request, {"until", "label", "label!"})
+    deleted, reclaimed = await _backend(request).prune(filters)
+    return json_response({"ContainersDeleted": deleted or None, "SpaceReclaimed": reclaimed})
 
 
 @routes.get("/containers/{name}/json")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 
 from engine.containers.model import ContainerView
 from engine.containers.state import Status
@@ -99,5 +101,51 @@ def _labels_match(labels: Mapping[str, str], wanted: list[str]) -> bool:
     for want in wanted:
         key, sep, value = want.partition("=")
         if key not in labels or (sep and labels[key] != value):
+            return False
+    return True
+
+
+def parse_until(values: list[str] | None) -> float | None:
+    """`until` of prune filters: a unix timestamp, RFC 3339, or a Go duration ago."""
+    if not values:
+        return None
+    value = values[0].strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    seconds = _go_duration(value)
+    if seconds is not None:
+        return time.time() - seconds
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise InvalidParameter(f"failed to parse value {value!r} of until filter") from None
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+                 "h": 3600.0}
+
+
+def _go_duration(text: str) -> float | None:
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+def prune_matches(
+    view: ContainerView, filters: Mapping[str, list[str]], until: float | None
+) -> bool:
+    if until is not None:
+        created = datetime.fromisoformat(view.config.created[:26] + "+00:00").timestamp()
+        if created >= until:
+            return False
+    labels = view.config.labels
+    if filters.get("label") and not _labels_match(labels, filters["label"]):
+        return False
+    for negated in filters.get("label!", []):
+        if _labels_match(labels, [negated]):
             return False
     return True

@@ -823,6 +823,29 @@ class ContainerManager:
             if not future.done():
                 future.set_result(code)
 
+    async def prune(self, filters: dict[str, list[str]]) -> tuple[list[str], int]:
+        """Remove every stopped container that matches ``until`` and ``label`` filters."""
+        unknown = set(filters) - {"until", "label", "label!"}
+        if unknown:
+            raise InvalidParameter(f"invalid filter '{sorted(unknown)[0]}'")
+        until = listing.parse_until(filters.get("until"))
+        deleted: list[str] = []
+        reclaimed = 0
+        for view in list(self._views.values()):
+            if view.running or view.state.status == Status.RESTARTING:
+                continue
+            if not listing.prune_matches(view, filters, until):
+                continue
+            size = await self._snapshotter.usage(view.id)
+            try:
+                await self.remove(view.id)
+            except (Conflict, NotFound):
+                continue
+            deleted.append(view.id)
+            reclaimed += size
+        self._events.emit("container", "prune", "", {"reclaimed": str(reclaimed)})
+        return deleted, reclaimed
+
     # ------------------------------------------------------------------ persistence
     async def _commit_state(self, cid: str, state: ContainerState) -> ContainerView:
         encoded = state.to_json()

@@ -15,11 +15,15 @@ from typing import Any
 from engine.config import EngineConfig
 from engine.containers import spec
 from engine.containers.model import ContainerConfig
+from engine.errors import InvalidParameter
 from engine.layout import Layout
 from engine.runtime import cgroups
 
 _ETC_FILES = (("hostname", "/etc/hostname"), ("hosts", "/etc/hosts"),
               ("resolv.conf", "/etc/resolv.conf"))
+# `--init`: Debian's static tini, bind-mounted where dockerd puts its docker-init.
+INIT_BINARY = Path("/usr/bin/tini-static")
+INIT_PATH_IN_CONTAINER = "/sbin/docker-init"
 
 
 @functools.cache
@@ -81,6 +85,18 @@ def _network(netns_path: Path | None, host_config: dict[str, Any]) -> spec.Names
     return spec.NamespaceChoice("private", str(netns_path))
 
 
+def _init_mount() -> dict[str, Any]:
+    return {"destination": INIT_PATH_IN_CONTAINER, "type": "bind",
+            "source": str(INIT_BINARY), "options": ["bind", "ro"]}
+
+
+def _argv(record: ContainerConfig) -> list[str]:
+    argv = [record.path, *record.args]
+    if record.host_config.get("Init"):
+        return [INIT_PATH_IN_CONTAINER, "--", *argv]
+    return argv
+
+
 def spec_request(
     record: ContainerConfig,
     engine_config: EngineConfig,
@@ -93,8 +109,13 @@ def spec_request(
     config, host_config = record.config, record.host_config
     console = host_config.get("ConsoleSize") or [0, 0]
     parent = host_config.get("CgroupParent") or engine_config.cgroup_parent
+    mounts = _etc_mounts(bundle)
+    if host_config.get("Init"):
+        if not INIT_BINARY.exists():
+            raise InvalidParameter(f"--init needs {INIT_BINARY} (Debian package tini)")
+        mounts.append(_init_mount())
     return spec.SpecRequest(
-        args=[record.path, *record.args],
+        args=_argv(record),
         rootfs=str(rootfs),
         cgroups_path=cgroups.cgroups_path(parent, record.id),
         env=config.get("Env") or [],
@@ -114,7 +135,7 @@ def spec_request(
         masked_paths=host_config.get("MaskedPaths"),
         readonly_paths=host_config.get("ReadonlyPaths"),
         shm_size=host_config.get("ShmSize") or engine_config.default_shm_size,
-        mounts=_etc_mounts(bundle),
+        mounts=mounts,
         network=_network(netns_path, host_config),
         resources=_resources(host_config),
         devices=_devices(host_config),

@@ -110,3 +110,23 @@ def test_rename(docker_cli: DockerCLI) -> None:
         assert r.returncode != 0
     finally:
         docker_cli("rm", "-f", "new1", "old1", "taken1")
+
+
+def test_container_prune_with_label_filter(docker_cli: DockerCLI) -> None:
+    docker_cli.ok("create", "--label", "prune=yes", "--name", "pr1", "busybox", "true")
+    docker_cli.ok("create", "--name", "pr2", "busybox", "true")
+    docker_cli.ok("run", "-d", "--label", "prune=yes", "--name", "pr3", "busybox", "sleep", "60")
+    try:
+        out = docker_cli.ok("container", "prune", "-f", "--filter", "label=prune=yes")
+        names = docker_cli.ok("ps", "-a", "--format", "{{.Names}}").split()
+        assert "pr1" not in names and "pr2" in names and "pr3" in names
+        assert "Total reclaimed space" in out
+    finally:
+        docker_cli("rm", "-f", "pr1", "pr2", "pr3")
+
+
+def test_init_runs_tini_as_pid1(docker_cli: DockerCLI) -> None:
+    out = docker_cli.ok("run", "--rm", "--init", "busybox", "cat", "/proc/1/cmdline")
+    assert out.split("\0")[0] == "/sbin/docker-init"
+    r = docker_cli("run", "--rm", "--init", "busybox", "sh", "-c", "exit 5")
+    assert r.returncode == 5

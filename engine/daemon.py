@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+from pathlib import Path
 
 from engine.config import EngineConfig
 from engine.containers.manager import ContainerManager
@@ -17,12 +18,14 @@ from engine.layout import Layout
 from engine.runtime.cli import RuncCLI
 from engine.runtime.conmon import ConmonMonitor
 from engine.snapshots.overlay import OverlaySnapshotter
-from engine.store.atomic import ensure_dir
+from engine.store.atomic import atomic_write, ensure_dir
 from engine.store.content import ContentStore
 from engine.store.db import Database
 from engine.system.info import SystemInfo
 
 log = logging.getLogger(__name__)
+
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
 class Engine:
@@ -52,6 +55,7 @@ class Engine:
         self.system = SystemInfo(config, self.layout, self.runtimes)
 
     async def start(self) -> None:
+        rebooted = await asyncio.to_thread(self._note_boot)
         await asyncio.to_thread(self._prepare_dirs)
         await self.db.open()
         await self.content.cleanup()
@@ -59,7 +63,7 @@ class Engine:
         await self.images.load()
         await self._probe_runtimes()
         await self.system.probe(self.runtimes)
-        await self.containers.restore()
+        await self.containers.restore(rebooted=rebooted)
         log.info("engine started (data root %s)", self.layout.data_root)
 
     async def _probe_runtimes(self) -> None:
@@ -73,6 +77,29 @@ class Engine:
                     raise
                 log.warning("runtime %s is not usable here and is not offered: %s", name, exc)
                 del self.runtimes[name]
+
+    def _note_boot(self) -> bool:
+        """True when the host rebooted since the exec root was last used.
+
+        The exec root is not necessarily a tmpfs, so the kernel's boot_id tells: after a
+        reboot no conmon and no container of ours is alive, and the runtime state left
+        under the exec root describes processes that no longer exist.
+        """
+        current = Path(BOOT_ID).read_text().strip()
+        marker = self.layout.boot_id_file
+        try:
+            previous: str | None = marker.read_text().strip()
+        except FileNotFoundError:
+            previous = None
+        rebooted = previous is not None and previous != current
+        if rebooted:
+            log.warning("host rebooted since the last start: discarding runtime state")
+            for stale in (self.layout.runtime_root, self.layout.conmon_root, self.layout.sock_dir,
+                          self.layout.netns_dir):
+                shutil.rmtree(stale, ignore_errors=True)
+        ensure_dir(self.layout.exec_root, 0o700)
+        atomic_write(marker, (current + "\n").encode(), mode=0o644)
+        return rebooted
 
     def _prepare_dirs(self) -> None:
         for path, mode in self.layout.persistent_dirs() + self.layout.volatile_dirs():

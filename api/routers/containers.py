@@ -163,7 +163,8 @@ async def post_containers_wait(request: web.Request) -> web.StreamResponse:
     if not future.done():
         # The client left or the daemon is stopping: drop the waiter, end the body.
         backend.forget_waiter(future)
-        await response.write_eof()
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
         return response
     code = future.result()
     await response.write(json_bytes({"Error": None, "StatusCode": code}) + b"\n")

@@ -444,6 +444,16 @@ class ContainerManager:
                 if current is not None and current.state.status == Status.RESTARTING:
                     await self._commit_state(cid, current.state.evolve(status=Status.EXITED))
 
+    async def _start_on_daemon_start(self, cid: str) -> None:
+        try:
+            async with self._locks.hold(cid):
+                view = self._views.get(cid)
+                if view is None or view.state.status not in (Status.EXITED, Status.RESTARTING):
+                    return
+                await self._start_locked(view)
+        except EngineError as exc:
+            log.warning("starting container %s at daemon start failed: %s", cid, exc)
+
     def _cancel_restart(self, cid: str) -> None:
         task = self._restarts.pop(cid, None)
         if task is not None:
@@ -869,9 +879,10 @@ class ContainerManager:
         task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------ restore / close
-    async def restore(self) -> None:
+    async def restore(self, rebooted: bool = False) -> None:
         """Load every container; re-adopt running ones; record exits that happened while
-        the daemon was down. Idempotent after any crash."""
+        the daemon was down. Idempotent after any crash. After a host reboot nothing of
+        ours survived: running containers become exited with 255 (dockerd's rule)."""
         rows = await self._db.query("SELECT id, config, state FROM containers")
         for row in rows:
             record = ContainerConfig.from_json(row["config"])
@@ -880,7 +891,7 @@ class ContainerManager:
         await self._sweep_orphans({row["id"] for row in rows})
         for view in list(self._views.values()):
             try:
-                await self._restore_one(view)
+                await self._restore_one(view, rebooted)
             except Exception:
                 log.exception("restoring container %s failed", view.id)
         for view in list(self._views.values()):
@@ -890,11 +901,10 @@ class ContainerManager:
                 if restart.restart_on_daemon_start(
                     policy, state.exit_code, state.restart_count, state.manually_stopped
                 ):
-                    if state.status == Status.RESTARTING:
-                        await self._commit_state(view.id, state.evolve(status=Status.EXITED))
-                    await self._schedule_restart(view.id, restart.INITIAL_DELAY)
+                    # As dockerd: started again right away, RestartCount unchanged (F1).
+                    self._spawn(self._start_on_daemon_start(view.id))
 
-    async def _restore_one(self, view: ContainerView) -> None:
+    async def _restore_one(self, view: ContainerView, rebooted: bool) -> None:
         cid = view.id
         status = view.state.status
         if status == Status.REMOVING:
@@ -902,9 +912,11 @@ class ContainerManager:
             return
         if status not in ACTIVE:
             return
-        handle = await asyncio.to_thread(
-            self._monitor.load, cid, self._layout.container_dir(cid)
-        )
+        handle = None
+        if not rebooted:
+            handle = await asyncio.to_thread(
+                self._monitor.load, cid, self._layout.container_dir(cid)
+            )
         if handle is not None:
             io = self._io.setdefault(cid, ContainerIO())
             try:

@@ -4,6 +4,7 @@ F17, F21; issue 2 item 7)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -148,3 +149,30 @@ def test_no_live_restore_stops_containers(busybox_tar: Path) -> None:
         assert _state(cli, "c1")["Status"] == "exited"
     finally:
         daemon.cleanup()
+
+
+def test_simulated_reboot(wharfd: DaemonProcess) -> None:
+    """F20: kill everything, make the boot id differ, start: running containers are
+    exited with 255 and `always` ones run again."""
+    cli = DockerCLI(wharfd)
+    cli.ok("run", "-d", "--name", "plain", "busybox", "sleep", "600")
+    cli.ok("run", "-d", "--name", "always1", "--restart", "always", "busybox", "sleep", "600")
+    ids = {name: cli.ok("inspect", "-f", "{{.Id}}", name).strip() for name in ("plain", "always1")}
+    wharfd.kill9()
+    for cid in ids.values():
+        conmon = int((wharfd.exec_root / "conmon" / cid / "conmon.pid").read_text())
+        pid = int((wharfd.data_root / "containers" / cid / "pidfile").read_text())
+        for victim in (pid, conmon):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+    (wharfd.exec_root / "boot_id").write_text("00000000-0000-0000-0000-000000000000\n")
+    wharfd.start()
+    plain = _state(cli, "plain")
+    assert plain["Status"] == "exited" and plain["ExitCode"] == 255
+    deadline = time.time() + 10
+    while time.time() < deadline and _state(cli, "always1")["Status"] != "running":
+        time.sleep(0.1)
+    assert _state(cli, "always1")["Status"] == "running"
+    # Started by the daemon, not by the restart manager: RestartCount unchanged (F1).
+    assert cli.ok("inspect", "-f", "{{.RestartCount}}", "always1").strip() == "0"
+    cli.ok("rm", "-f", "plain", "always1")

@@ -20,10 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import EngineConfig
-from engine.containers import createconfig, etcfiles, listing, naming, restart
+from engine.containers import createconfig, etcfiles, listing, naming, resources, restart
 from engine.containers.logs import LogRecord, read_logs
 from engine.containers.model import ContainerConfig, ContainerState, ContainerView
-from engine.containers.runspec import build_container_spec, validate_host_config
+from engine.containers.runspec import (
+    build_container_spec,
+    live_resources,
+    swap_accounting,
+    validate_host_config,
+)
 from engine.containers.signals import parse_signal
 from engine.containers.state import ACTIVE, Status
 from engine.containers.streams import ContainerIO, Session, StreamSet
@@ -50,6 +55,12 @@ from engine.store.db import Database
 
 log = logging.getLogger(__name__)
 
+# HostConfig keys `docker update` may change (moby's container.UpdateConfig).
+UPDATABLE = frozenset({
+    "CpuShares", "Memory", "NanoCpus", "CgroupParent", "BlkioWeight", "CpuPeriod", "CpuQuota",
+    "CpuRealtimePeriod", "CpuRealtimeRuntime", "CpusetCpus", "CpusetMems", "MemoryReservation",
+    "MemorySwap", "MemorySwappiness", "OomKillDisable", "PidsLimit", "KernelMemory",
+})
 WAIT_CONDITIONS = frozenset({"not-running", "next-exit", "removed"})
 DEFAULT_STOP_TIMEOUT = 10
 KILL_WAIT = 10.0
@@ -184,6 +195,12 @@ class ContainerManager:
         argv = createconfig.command_line(merged)
         config = createconfig.fill_config(merged, image_ref, container_id[:12])
         host_config = createconfig.fill_host_config(host_in)
+        # As dockerd, the default swap (twice the memory limit) is stored in HostConfig,
+        # so inspect shows it and `docker update --memory` keeps it.
+        swap_supported = await asyncio.to_thread(swap_accounting)
+        host_config["MemorySwap"] = resources.swap_limit(
+            host_config.get("Memory") or 0, host_config.get("MemorySwap") or 0, swap_supported
+        )
         record = ContainerConfig(
             id=container_id,
             name="",
@@ -468,6 +485,44 @@ class ContainerManager:
                 await self._commit_state(
                     cid, view.state.evolve(status=Status.EXITED, manually_stopped=True)
                 )
+
+    async def update(self, ref: str, changes: dict[str, Any]) -> list[str]:
+        """`docker update`: new limits and restart policy, kept and applied live."""
+        view = self.get(ref)
+        async with self._locks.hold(view.id):
+            view = self._views[view.id]
+            host_config = dict(view.config.host_config)
+            for key, value in changes.items():
+                # As dockerd: a zero or empty value in the body means "leave it".
+                if key in UPDATABLE and value not in (None, 0, ""):
+                    host_config[key] = value
+            if changes.get("RestartPolicy"):
+                host_config["RestartPolicy"] = createconfig.fill_host_config(
+                    {"RestartPolicy": changes["RestartPolicy"]}
+                )["RestartPolicy"]
+                createconfig.validate_restart_policy(host_config)
+            record = ContainerConfig(**{**view.config.__dict__, "host_config": host_config})
+            await asyncio.to_thread(validate_host_config, record, self._config, self._layout)
+            if view.running:
+                await self._apply_live_resources(record)
+            await self._db.execute(
+                "UPDATE containers SET config = ? WHERE id = ?", (record.to_json(), view.id)
+            )
+            view = ContainerView(record, view.state, view.image_names, view.exec_ids)
+            self._views[view.id] = view
+        self._emit(view, "update")
+        return []
+
+    async def _apply_live_resources(self, record: ContainerConfig) -> None:
+        data = await asyncio.to_thread(live_resources, record, self._config, self._layout)
+        path = self._layout.container_dir(record.id) / "resources.json"
+        await asyncio.to_thread(atomic_write, path, data, 0o600)
+        runtime = self._runtimes.get(record.host_config.get("Runtime") or "")
+        runtime = runtime or self._runtimes[self._config.default_runtime]
+        try:
+            await runtime.update(record.id, path)
+        except EngineError as exc:
+            raise SystemError_(f"Cannot update container {record.id}: {exc}") from None
 
     # ------------------------------------------------------------------ pause / rename
     async def pause(self, ref: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import EngineConfig
-from engine.containers import spec
+from engine.containers import resources, spec
 from engine.containers.model import ContainerConfig
 from engine.errors import InvalidParameter
 from engine.layout import Layout
@@ -24,6 +24,12 @@ _ETC_FILES = (("hostname", "/etc/hostname"), ("hosts", "/etc/hosts"),
 # `--init`: Debian's static tini, bind-mounted where dockerd puts its docker-init.
 INIT_BINARY = Path("/usr/bin/tini-static")
 INIT_PATH_IN_CONTAINER = "/sbin/docker-init"
+
+
+@functools.cache
+def swap_accounting() -> bool:
+    """Whether the kernel accounts swap per cgroup (memory.memsw.* / memory.swap.max)."""
+    return cgroups.detect().swap_limit
 
 
 @functools.cache
@@ -172,10 +178,24 @@ def build_container_spec(
     return json.dumps(spec.build_spec(request, host_facts()), indent=1).encode()
 
 
+def live_resources(
+    record: ContainerConfig, engine_config: EngineConfig, layout: Layout
+) -> bytes:
+    """The ``linux.resources`` JSON for `runc update` (device rules are not updatable)."""
+    request = spec_request(
+        record, engine_config, rootfs=layout.container_rootfs(record.id),
+        bundle=layout.container_dir(record.id), netns_path=None, user=spec.ProcessUser(),
+    )
+    resources_json = dict(spec.build_spec(request, host_facts())["linux"]["resources"])
+    resources_json.pop("devices", None)
+    return json.dumps(resources_json).encode()
+
+
 def validate_host_config(
     record: ContainerConfig, engine_config: EngineConfig, layout: Layout
 ) -> None:
     """Raise at create what would otherwise only fail at start (reliability.md B13/B14)."""
+    resources.validate(record.host_config)
     request = spec_request(
         record, engine_config, rootfs=layout.container_rootfs(record.id),
         bundle=layout.container_dir(record.id), netns_path=None, user=spec.ProcessUser(),

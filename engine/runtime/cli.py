@@ -282,6 +282,11 @@ class RuncCLI:
     async def resume(self, container_id: str) -> None:
         await self._verb("resume", container_id)
 
+    async def update(self, container_id: str, resources_file: Path) -> None:
+        """Apply new cgroup limits (an OCI ``linux.resources`` JSON file) to a live
+        container."""
+        await self._verb("update", container_id, flags=("--resources", str(resources_file)))
+
     async def delete(self, container_id: str, force: bool = False) -> None:
         """Forget the container. NotFound when unknown, unless ``force`` (which also kills
         a running one): then an unknown container is already what was asked for."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -130,3 +131,30 @@ def test_init_runs_tini_as_pid1(docker_cli: DockerCLI) -> None:
     assert out.split("\0")[0] == "/sbin/docker-init"
     r = docker_cli("run", "--rm", "--init", "busybox", "sh", "-c", "exit 5")
     assert r.returncode == 5
+
+
+def test_memory_limit_swap_default_and_update(docker_cli: DockerCLI) -> None:
+    out = docker_cli.ok("run", "--memory=200M", "--rm", "busybox", "cat",
+                        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                        "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
+    assert out.split() == [str(200 * 2**20), str(400 * 2**20)]
+    docker_cli.ok("run", "-d", "--memory=200M", "--name", "upd1", "busybox", "sleep", "600")
+    try:
+        docker_cli.ok("update", "--memory", "300M", "upd1")
+        cid = docker_cli.ok("inspect", "-f", "{{.Id}}", "upd1").strip()
+        cgroup = Path("/sys/fs/cgroup/memory") / docker_cli.daemon.cgroup_parent.lstrip("/") / cid
+        assert (cgroup / "memory.limit_in_bytes").read_text().strip() == str(300 * 2**20)
+        hc = json.loads(docker_cli.ok("inspect", "-f", "{{json .HostConfig}}", "upd1"))
+        assert hc["Memory"] == 300 * 2**20 and hc["MemorySwap"] == 400 * 2**20
+        docker_cli.ok("update", "--restart", "on-failure:2", "upd1")
+        hc = json.loads(docker_cli.ok("inspect", "-f", "{{json .HostConfig}}", "upd1"))
+        assert hc["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 2}
+    finally:
+        docker_cli("rm", "-f", "upd1")
+
+
+def test_bad_resources_are_400_at_create(docker_cli: DockerCLI) -> None:
+    r = docker_cli("create", "--memory", "1k", "busybox")
+    assert r.returncode != 0 and "Minimum memory limit allowed is 6MB" in r.stderr
+    r = docker_cli("create", "--cpuset-cpus", "999", "busybox")
+    assert r.returncode != 0 and "Requested CPUs are not available" in r.stderr

@@ -20,6 +20,7 @@ from api.models.containers import inspect_body, list_item, parse_create_body
 from api.streams import MULTIPLEXED, RAW_STREAM, frame, hijack, hijacked_response
 from api.timestamps import parse_unix_nano
 from api.versioning import request_version
+from engine.containers import detachkeys
 from engine.containers.logs import LogRecord, format_timestamp
 from engine.containers.model import ContainerView
 from engine.containers.streams import StreamSet
@@ -191,6 +192,7 @@ async def post_containers_attach(request: web.Request) -> web.StreamResponse:
     want_stderr = params.bool_param(request, "stderr")
     stream = params.bool_param(request, "stream")
     logs = params.bool_param(request, "logs")
+    keys = detachkeys.parse(request.query.get("detachKeys") or None)
     connection = await hijack(request, _stream_content_type(request, tty))
 
     async def write_output(stream_id: int, data: bytes) -> None:
@@ -207,6 +209,7 @@ async def post_containers_attach(request: web.Request) -> web.StreamResponse:
         wait_closed=client_gone_or_shutdown,
         stdout=want_stdout,
         stderr=want_stderr,
+        detach_keys=keys,
     )
     try:
         if stream:

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import EngineConfig
-from engine.containers import createconfig, etcfiles, listing, naming, resources, restart
+from engine.containers import (
+    createconfig,
+    detachkeys,
+    etcfiles,
+    listing,
+    naming,
+    resources,
+    restart,
+)
 from engine.containers.logs import LogRecord, read_logs
 from engine.containers.model import ContainerConfig, ContainerState, ContainerView
 from engine.containers.runspec import (
@@ -754,6 +762,8 @@ class ContainerManager:
         self, view: ContainerView, io: ContainerIO, streams: StreamSet, session: Session
     ) -> None:
         assert streams.read_stdin is not None
+        # Detach keys apply to a TTY's stdin only, as in dockerd.
+        escape = detachkeys.Escape(streams.detach_keys) if view.config.tty else None
         while True:
             try:
                 data = await streams.read_stdin()
@@ -761,6 +771,14 @@ class ContainerManager:
                 data = b""
             if not data:
                 break
+            if escape is not None:
+                data, detached = escape.feed(data)
+                if detached:
+                    if data:
+                        await io.write_stdin(data)
+                    self._emit(view, "detach")
+                    session.end()
+                    return
             await io.write_stdin(data)
         if view.config.stdin_once and not view.config.tty:
             await io.close_stdin()

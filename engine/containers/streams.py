@@ -40,6 +40,7 @@ class StreamSet:
     wait_closed: Callable[[], Awaitable[None]] | None = None
     stdout: bool = True
     stderr: bool = True
+    detach_keys: bytes = b"\x10\x11"  # ctrl-p ctrl-q
 
 
 @dataclass(eq=False)

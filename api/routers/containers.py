@@ -52,6 +52,7 @@ class ContainerBackend(Protocol):
         until_nano: int | None = None, tail: int | None = None, follow: bool = False,
     ) -> AsyncIterator[LogRecord]: ...
     async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None: ...
+    def log_details(self, ref: str) -> bytes: ...
     async def prune(self, filters: dict[str, list[str]]) -> tuple[list[str], int]: ...
     async def update(self, ref: str, changes: dict[str, Any]) -> list[str]: ...
     async def pause(self, ref: str) -> None: ...
@@ -255,6 +256,7 @@ async def get_containers_logs(request: web.Request) -> web.StreamResponse:
         raise InvalidParameter("Bad parameters: you must choose at least one stream")
     follow = params.bool_param(request, "follow")
     timestamps = params.bool_param(request, "timestamps")
+    details = backend.log_details(view.id) if params.bool_param(request, "details") else b""
     records = backend.logs(
         view.id, stdout=stdout, stderr=stderr,
         since_nano=parse_unix_nano(request.query.get("since")),
@@ -273,6 +275,8 @@ async def get_containers_logs(request: web.Request) -> web.StreamResponse:
     size = 0
     async for record in records:
         data = record.data
+        if details:
+            data = details + data
         if timestamps:
             data = format_timestamp(record.time_nano).encode() + b" " + data
         encoded = data if tty else frame(record.stream, data)

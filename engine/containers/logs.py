@@ -25,9 +25,10 @@ import asyncio
 import calendar
 import collections
 import contextlib
+import gzip
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -224,22 +225,22 @@ class _LogFile:
         self.pos += end
         return end
 
-    def rotated(self) -> bool:
-        """At the end of our file: has conmon replaced or truncated it? Then start over."""
+    def changed(self) -> Literal["opened", "replaced", "truncated"] | None:
+        """At the end of our file: did a file appear, was ours rotated away (replaced) or
+        truncated in place?"""
         if self.fd is None:
-            return self.open()
+            return "opened" if self.open() else None
         try:
             st_path = os.stat(self.path)
         except FileNotFoundError:
-            return False
+            return None
         st_fd = os.fstat(self.fd)
         if (st_path.st_ino, st_path.st_dev) != (st_fd.st_ino, st_fd.st_dev):
-            self.close()
-            return self.open()
+            return "replaced"
         if st_fd.st_size < self.pos:
             self.pos = 0
-            return True
-        return False
+            return "truncated"
+        return None
 
     def tail_start(self, n: int, count_unfinished: bool) -> int:
         """Offset from which the last ``n`` lines of the selected streams are complete.
@@ -318,13 +319,48 @@ def _since_until(
     return kept, False
 
 
-class _Session:
-    """The thread-side work of one ``read_logs`` call."""
+def _read_whole(path: Path, streams: frozenset[int]) -> list[LogRecord]:
+    """Every record of a rotated (finished) log file; ``.gz`` ones are decompressed."""
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as compressed:
+                data = compressed.read()
+        else:
+            data = path.read_bytes()
+    except FileNotFoundError:
+        return []  # rotated away meanwhile
+    parser = _Parser(streams)
+    out: list[LogRecord] = []
+    lines = data.split(b"\n")
+    lines.pop()
+    parser.feed(lines, out)
+    parser.flush(out)
+    return out
 
-    def __init__(self, path: Path, streams: frozenset[int]) -> None:
+
+class _Session:
+    """The thread-side work of one ``read_logs`` call.
+
+    ``history`` are the rotated files, oldest first: read whole before the live file.
+    """
+
+    def __init__(self, path: Path, streams: frozenset[int], history: list[Path]) -> None:
         self.file = _LogFile(path, streams)
+        self.history = list(history)
+        self.streams = streams
 
     def tail(self, n: int, log_ended: bool) -> list[LogRecord]:
+        older: list[LogRecord] = []
+        if n > 0:
+            for path in self.history:
+                older.extend(_read_whole(path, self.streams))
+            self.history = []
+        records = self._tail_current(n, log_ended)
+        if len(records) >= n or not older:
+            return records
+        return (older + records)[-n:]
+
+    def _tail_current(self, n: int, log_ended: bool) -> list[LogRecord]:
         start = self.file.tail_start(n, count_unfinished=log_ended) if n > 0 else None
         if start is None:  # tail=0: nothing now, follow from the end
             if self.file.open():
@@ -342,11 +378,27 @@ class _Session:
             window.extend(batch)
         return list(window)
 
+    def switch_file(self, out: list[LogRecord]) -> None:
+        """Finish the rotated-away file (conmon may have written to it until it reopened),
+        then continue with the new one from its start."""
+        while self.file.read_batch(out):
+            pass
+        self.file.close()
+        self.file.open()
+
     def read(self) -> tuple[list[LogRecord], int]:
+        if self.history:
+            path = self.history.pop(0)
+            older = _read_whole(path, self.streams)
+            return older, max(1, len(older))
         out: list[LogRecord] = []
         consumed = self.file.read_batch(out)
-        if not consumed and self.file.rotated():
-            consumed = self.file.read_batch(out)
+        if not consumed:
+            change = self.file.changed()
+            if change == "replaced":
+                self.switch_file(out)
+            if change is not None:
+                consumed = self.file.read_batch(out) or len(out)
         return out, consumed
 
     def flush(self) -> list[LogRecord]:
@@ -381,13 +433,14 @@ async def read_log_batches(
     follow: bool,
     is_running: Callable[[], bool],
     poll_interval: float = 0.05,
+    history: Sequence[Path] = (),
 ) -> AsyncGenerator[list[LogRecord], None]:
     """Like :func:`read_logs`, in batches (one per chunk parsed): cheaper per line for a
     consumer that can write many lines at once."""
     streams = frozenset(s for s, on in ((1, stdout), (2, stderr)) if on)
     if not streams:
         return
-    session = _Session(path, streams)
+    session = _Session(path, streams, list(history))
     try:
         if tail is not None and tail >= 0:
             ended = not follow or not is_running()
@@ -432,6 +485,7 @@ async def read_logs(
     follow: bool,
     is_running: Callable[[], bool],
     poll_interval: float = 0.05,
+    history: Sequence[Path] = (),
 ) -> AsyncIterator[LogRecord]:
     """The container's log lines, oldest first.
 
@@ -449,6 +503,7 @@ async def read_logs(
         follow=follow,
         is_running=is_running,
         poll_interval=poll_interval,
+        history=history,
     )
     async with contextlib.aclosing(batches):
         async for batch in batches:

@@ -25,6 +25,7 @@ from engine.containers import (
     detachkeys,
     etcfiles,
     listing,
+    logdrivers,
     naming,
     resources,
     restart,
@@ -46,6 +47,7 @@ from engine.errors import (
     InvalidParameter,
     NotFound,
     NotModified,
+    NotSupported,
     SystemError_,
 )
 from engine.events import EventBus
@@ -71,6 +73,7 @@ UPDATABLE = frozenset({
 })
 WAIT_CONDITIONS = frozenset({"not-running", "next-exit", "removed"})
 DEFAULT_STOP_TIMEOUT = 10
+ROTATE_CHECK = 0.25
 KILL_WAIT = 10.0
 LIST_FILTERS = frozenset(
     {"id", "name", "label", "status", "ancestor", "exited", "before", "since", "health",
@@ -133,6 +136,7 @@ class ContainerManager:
         self._removing: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._restarts: dict[str, asyncio.Task[None]] = {}
+        self._rotators: dict[str, asyncio.Task[None]] = {}
         self._backoff: dict[str, float] = {}
         self._started_mono: dict[str, float] = {}
 
@@ -202,6 +206,10 @@ class ContainerManager:
         merged = createconfig.merge_image_config(config_in, image.config.get("config") or {})
         argv = createconfig.command_line(merged)
         config = createconfig.fill_config(merged, image_ref, container_id[:12])
+        host_in["LogConfig"] = logdrivers.with_daemon_defaults(
+            host_in.get("LogConfig") or {}, self._config.log_driver, self._config.log_opts
+        )
+        logdrivers.settings(host_in["LogConfig"])
         host_config = createconfig.fill_host_config(host_in)
         # As dockerd, the default swap (twice the memory limit) is stored in HostConfig,
         # so inspect shows it and `docker update --memory` keeps it.
@@ -322,6 +330,7 @@ class ContainerManager:
         self._started_mono[cid] = time.monotonic()
         self._emit(view, "start")
         self._watch(handle)
+        self._start_log_rotation(view, handle)
 
     async def _launch(self, view: ContainerView, runtime: OCIRuntime) -> MonitorHandle:
         """Mount, namespace, spec, conmon, attach, runc start. Undo everything on failure."""
@@ -339,11 +348,12 @@ class ContainerManager:
             )
             await asyncio.to_thread(atomic_write, bundle / "config.json", spec, 0o600)
             cfg = view.config
+            log_settings = logdrivers.settings(cfg.host_config.get("LogConfig") or {})
             launch = MonitorLaunch(
                 container_id=cid,
                 name=cfg.name,
                 bundle=bundle,
-                log_path=self._layout.container_log(cid),
+                log_path=self._layout.container_log(cid) if log_settings.writes_file else None,
                 tty=cfg.tty,
                 stdin=cfg.open_stdin,
                 leave_stdin_open=cfg.open_stdin and not cfg.stdin_once,
@@ -411,6 +421,35 @@ class ContainerManager:
             await self.remove(cid, force=True)
 
     # ------------------------------------------------------------------ exit handling
+    def _start_log_rotation(self, view: ContainerView, handle: MonitorHandle) -> None:
+        settings = logdrivers.settings(view.config.host_config.get("LogConfig") or {})
+        if settings.max_size is None:
+            return
+        self._rotators[view.id] = asyncio.create_task(
+            self._rotate_logs(handle, settings), name=f"logrotate-{view.id}"
+        )
+
+    async def _rotate_logs(self, handle: MonitorHandle, settings: logdrivers.LogSettings) -> None:
+        """Rotate when the log passes max-size: rename the files, then conmon reopens.
+
+        Checked every ROTATE_CHECK seconds, so a file can exceed max-size by what the
+        container writes in that time.
+        """
+        path = self._layout.container_log(handle.container_id)
+        while True:
+            await asyncio.sleep(ROTATE_CHECK)
+            if await asyncio.to_thread(logdrivers.needs_rotation, path, settings):
+                await asyncio.to_thread(logdrivers.rotate, path, settings)
+                try:
+                    await self._monitor.reopen_log(handle)
+                except EngineError:
+                    return  # conmon is gone: the container exited
+
+    def _stop_log_rotation(self, cid: str) -> None:
+        task = self._rotators.pop(cid, None)
+        if task is not None:
+            task.cancel()
+
     def _watch(self, handle: MonitorHandle) -> None:
         self._handles[handle.container_id] = handle
         task = asyncio.create_task(self._await_exit(handle), name=f"exit-{handle.container_id}")
@@ -591,6 +630,7 @@ class ContainerManager:
         if view is None:
             return
         self._handles.pop(cid, None)
+        self._stop_log_rotation(cid)
         runtime = self._runtimes.get(self.runtime_name(view))
         await self._teardown(cid, runtime, self._netns_of(view))
         oom = await asyncio.to_thread(self._monitor_oom, cid)
@@ -828,7 +868,7 @@ class ContainerManager:
         await self._monitor.resize(handle, height, width)
 
     # ------------------------------------------------------------------ logs
-    async def logs(
+    def logs(
         self,
         ref: str,
         *,
@@ -839,15 +879,36 @@ class ContainerManager:
         tail: int | None = None,
         follow: bool = False,
     ) -> AsyncIterator[LogRecord]:
+        """The container's log records. Errors (unknown container, a driver that cannot
+        be read) are raised here, before the caller has sent any response."""
         view = self.get(ref)
+        if not logdrivers.settings(view.config.host_config.get("LogConfig") or {}).readable:
+            raise NotSupported("configured logging driver does not support reading")
+        return self._log_records(
+            view, stdout=stdout, stderr=stderr, since_nano=since_nano, until_nano=until_nano,
+            tail=tail, follow=follow and view.running,
+        )
+
+    async def _log_records(
+        self, view: ContainerView, *, stdout: bool, stderr: bool, since_nano: int | None,
+        until_nano: int | None, tail: int | None, follow: bool,
+    ) -> AsyncIterator[LogRecord]:
         path = self._layout.container_log(view.id)
         cid = view.id
+        history = await asyncio.to_thread(logdrivers.rotated_files, path)
         async for record in read_logs(
             path, stdout=stdout, stderr=stderr, since_nano=since_nano, until_nano=until_nano,
-            tail=tail, follow=follow and view.running,
-            is_running=lambda: self.is_running(cid),
+            tail=tail, follow=follow, is_running=lambda: self.is_running(cid), history=history,
         ):
             yield record
+
+    def log_details(self, ref: str) -> bytes:
+        """`docker logs --details`: the attributes the log options select, as a prefix."""
+        view = self.get(ref)
+        return logdrivers.details_prefix(
+            view.config.host_config.get("LogConfig") or {}, view.config.labels,
+            list(view.config.config.get("Env") or []),
+        )
 
     # ------------------------------------------------------------------ remove
     async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
@@ -1033,7 +1094,8 @@ class ContainerManager:
             await asyncio.gather(
                 *(self._stop_for_shutdown(v) for v in running), return_exceptions=True
             )
-        pending = [*self._watchers.values(), *self._background, *self._restarts.values()]
+        pending = [*self._watchers.values(), *self._background, *self._restarts.values(),
+                   *self._rotators.values()]
         for task in pending:
             task.cancel()
         for task in pending:

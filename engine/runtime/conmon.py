@@ -282,7 +282,7 @@ class ConmonMonitor:
             "--exit-dir", str(self._exit_dir(cid)),
             "--persist-dir", str(self._persist_dir(cid)),
             "--socket-dir-path", str(self.layout.sock_dir),
-            "-l", f"k8s-file:{launch.log_path}",
+            "-l", f"k8s-file:{launch.log_path}" if launch.log_path is not None else "none",
             "--log-level", self.log_level,
             "--conmon-pidfile", str(self._conmon_pidfile(cid)),
         ]  # fmt: skip
@@ -338,7 +338,8 @@ class ConmonMonitor:
         shutil.rmtree(self._dir(cid), ignore_errors=True)
         for d in (self._dir(cid), self._exit_dir(cid), self._persist_dir(cid)):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        launch.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if launch.log_path is not None:
+            launch.log_path.parent.mkdir(parents=True, exist_ok=True)
 
     async def _spawn(self, argv: list[str]) -> _Launched:
         sync_ours, sync_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -435,7 +436,13 @@ class ConmonMonitor:
 
     async def resize(self, handle: MonitorHandle, height: int, width: int) -> None:
         """Write ``1 <rows> <cols>`` to the ctl FIFO; conmon applies it to the pty."""
-        msg = f"1 {int(height)} {int(width)}\n".encode()
+        await self._control(handle, f"1 {int(height)} {int(width)}\n".encode(), "resize")
+
+    async def reopen_log(self, handle: MonitorHandle) -> None:
+        """``2 0 0``: conmon closes and reopens its log file (after a rotation)."""
+        await self._control(handle, b"2 0 0\n", "reopen log of")
+
+    async def _control(self, handle: MonitorHandle, msg: bytes, what: str) -> None:
         ctl = handle.bundle / "ctl"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _RESIZE_RETRY_FOR
@@ -448,7 +455,7 @@ class ConmonMonitor:
                 if exc.errno not in (errno.ENXIO, errno.EAGAIN, errno.EINTR):
                     if exc.errno == errno.ENOENT:
                         raise Conflict(f"container {handle.container_id} is not running") from exc
-                    raise SystemError_(f"resize {handle.container_id}: {exc}") from exc
+                    raise SystemError_(f"{what} {handle.container_id}: {exc}") from exc
                 if loop.time() >= deadline:
                     raise Conflict(f"container {handle.container_id} is not running") from exc
             await asyncio.sleep(_RESIZE_RETRY_STEP)

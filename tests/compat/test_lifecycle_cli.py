@@ -158,3 +158,45 @@ def test_bad_resources_are_400_at_create(docker_cli: DockerCLI) -> None:
     assert r.returncode != 0 and "Minimum memory limit allowed is 6MB" in r.stderr
     r = docker_cli("create", "--cpuset-cpus", "999", "busybox")
     assert r.returncode != 0 and "Requested CPUs are not available" in r.stderr
+
+
+def test_json_file_rotation_keeps_the_tail(docker_cli: DockerCLI) -> None:
+    docker_cli.ok("run", "-d", "--name", "rot1", "--log-opt", "max-size=20k",
+                  "--log-opt", "max-file=3", "busybox", "sh", "-c",
+                  "i=0; while [ $i -lt 6000 ]; do echo line-$i; i=$((i+1)); "
+                  "[ $((i % 500)) -eq 0 ] && sleep 0.3; done")
+    try:
+        assert _until(lambda: not _state(docker_cli, "rot1")["Running"], 60)
+        cid = docker_cli.ok("inspect", "-f", "{{.Id}}", "rot1").strip()
+        files = sorted(p.name for p in (docker_cli.daemon.data_root / "containers" / cid).iterdir()
+                       if p.name.startswith("ctr.log"))
+        assert files[0] == "ctr.log" and 1 < len(files) <= 3, files
+        lines = docker_cli.ok("logs", "rot1").splitlines()
+        assert lines[-1] == "line-5999"
+        numbers = [int(line.split("-")[1]) for line in lines]
+        assert numbers == list(range(numbers[0], 6000)), "the retained lines are contiguous"
+        assert numbers[0] > 0, "old lines were rotated away"
+        assert docker_cli.ok("logs", "--tail", "2", "rot1").split() == ["line-5998", "line-5999"]
+    finally:
+        docker_cli("rm", "-f", "rot1")
+
+
+def test_none_driver_and_bad_driver(docker_cli: DockerCLI) -> None:
+    docker_cli.ok("run", "--name", "nolog", "--log-driver", "none", "busybox", "echo", "hi")
+    try:
+        r = docker_cli("logs", "nolog")
+        assert r.returncode != 0
+        assert "configured logging driver does not support reading" in r.stderr
+    finally:
+        docker_cli("rm", "-f", "nolog")
+    r = docker_cli("create", "--log-driver", "nosuchdriver", "busybox")
+    assert r.returncode != 0 and "no log driver named 'nosuchdriver'" in r.stderr
+
+
+def test_logs_details(docker_cli: DockerCLI) -> None:
+    docker_cli.ok("run", "--name", "det1", "--label", "team=a", "--log-opt", "labels=team",
+                  "busybox", "echo", "hello")
+    try:
+        assert docker_cli.ok("logs", "--details", "det1") == "team=a hello\n"
+    finally:
+        docker_cli("rm", "-f", "det1")

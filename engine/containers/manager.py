@@ -196,6 +196,8 @@ class ContainerManager:
         if not image_ref:
             raise InvalidParameter("No image specified")  # dockerd: config without Image
         image = await self._images.get(image_ref)
+        if platform:
+            _check_platform(platform, image_ref, image.config)
         createconfig.validate_env(config_in.get("Env") or [])
         createconfig.validate_restart_policy(host_in)
         runtime = host_in.get("Runtime") or ""
@@ -343,8 +345,10 @@ class ContainerManager:
         handle: MonitorHandle | None = None
         io = self._io.setdefault(cid, ContainerIO())
         try:
+            shared = self._shared_namespaces(view)
             spec = await asyncio.to_thread(
-                build_container_spec, view.config, self._config, self._layout, netns_path
+                build_container_spec, view.config, self._config, self._layout, netns_path,
+                shared,
             )
             await asyncio.to_thread(atomic_write, bundle / "config.json", spec, 0o600)
             cfg = view.config
@@ -378,6 +382,19 @@ class ContainerManager:
                     await self._monitor.wait_exit(handle)
             await self._teardown(cid, runtime, netns_path)
             raise
+
+    def _shared_namespaces(self, view: ContainerView) -> dict[str, str]:
+        """`--pid/--ipc/--uts container:<id>`: the other container's namespace files."""
+        shared: dict[str, str] = {}
+        for kind, key in (("pid", "PidMode"), ("ipc", "IpcMode"), ("uts", "UTSMode")):
+            mode = view.config.host_config.get(key) or ""
+            if not mode.startswith("container:"):
+                continue
+            other = self.get(mode.split(":", 1)[1])
+            if not other.running:
+                raise Conflict(f"cannot join {kind} of a non running container: {other.id}")
+            shared[kind] = f"/proc/{other.state.pid}/ns/{kind}"
+        return shared
 
     async def _prepare_netns(self, view: ContainerView) -> Path | None:
         mode = view.config.host_config.get("NetworkMode") or "default"
@@ -1110,6 +1127,20 @@ class ContainerManager:
 async def _end_when(event: Awaitable[None], session: Session) -> None:
     await event
     session.end()
+
+
+def _check_platform(platform: str, ref: str, image_config: dict[str, Any]) -> None:
+    """`docker run --platform`: the local image must be for that platform (a 404 makes the
+    CLI pull the right one, as with dockerd)."""
+    wanted_os, _, rest = platform.lower().partition("/")
+    wanted_arch = rest.split("/", 1)[0]
+    actual_os = str(image_config.get("os") or "linux")
+    actual_arch = str(image_config.get("architecture") or "amd64")
+    if (wanted_os and wanted_os != actual_os) or (wanted_arch and wanted_arch != actual_arch):
+        raise NotFound(
+            f"image with reference {ref} was found but does not match the specified "
+            f"platform: wanted {platform}, actual: {actual_os}/{actual_arch}"
+        )
 
 
 def _stop_settings(

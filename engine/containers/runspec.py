@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from engine.config import EngineConfig
 from engine.containers import resources, spec
@@ -103,6 +103,34 @@ def _argv(record: ContainerConfig) -> list[str]:
     return argv
 
 
+NamespacePaths = dict[str, str]
+"""Namespace kind ("pid", "ipc") → another container's ``/proc/<pid>/ns/<kind>``."""
+
+
+def _shared_namespace(
+    kind: str, mode: str, shared: NamespacePaths
+) -> spec.NamespaceChoice:
+    """``--pid/--ipc/--uts`` modes: host, container:<id> (path resolved by the caller),
+    private/shareable/"" (own)."""
+    if mode == "host":
+        return spec.HOST
+    if mode.startswith("container:"):
+        if kind not in shared:
+            raise InvalidParameter(f"cannot join the {kind} namespace of {mode[10:]}")
+        return spec.NamespaceChoice("shared", shared[kind])
+    if mode in ("", "private", "shareable"):
+        return spec.PRIVATE
+    raise InvalidParameter(f"invalid {kind.upper()} mode: {mode}")
+
+
+def _cgroupns(mode: str) -> Literal["host", "private"] | None:
+    if mode in ("host", "private"):
+        return cast(Literal["host", "private"], mode)
+    if mode == "":
+        return None
+    raise InvalidParameter(f"invalid cgroup namespace mode: {mode}")
+
+
 def spec_request(
     record: ContainerConfig,
     engine_config: EngineConfig,
@@ -111,6 +139,7 @@ def spec_request(
     bundle: Path,
     netns_path: Path | None,
     user: spec.ProcessUser,
+    shared: NamespacePaths | None = None,
 ) -> spec.SpecRequest:
     config, host_config = record.config, record.host_config
     console = host_config.get("ConsoleSize") or [0, 0]
@@ -143,6 +172,10 @@ def spec_request(
         shm_size=host_config.get("ShmSize") or engine_config.default_shm_size,
         mounts=mounts,
         network=_network(netns_path, host_config),
+        pid=_shared_namespace("pid", host_config.get("PidMode") or "", shared or {}),
+        ipc=_shared_namespace("ipc", host_config.get("IpcMode") or "", shared or {}),
+        uts=_shared_namespace("uts", host_config.get("UTSMode") or "", shared or {}),
+        cgroupns=_cgroupns(host_config.get("CgroupnsMode") or ""),
         resources=_resources(host_config),
         devices=_devices(host_config),
         device_cgroup_rules=host_config.get("DeviceCgroupRules") or [],
@@ -165,7 +198,11 @@ def _daemon_seccomp(engine_config: EngineConfig) -> str | None:
 
 
 def build_container_spec(
-    record: ContainerConfig, engine_config: EngineConfig, layout: Layout, netns_path: Path | None
+    record: ContainerConfig,
+    engine_config: EngineConfig,
+    layout: Layout,
+    netns_path: Path | None,
+    shared: NamespacePaths | None = None,
 ) -> bytes:
     """config.json for a start: needs the rootfs mounted (the user is looked up in it)."""
     rootfs = layout.container_rootfs(record.id)
@@ -173,7 +210,7 @@ def build_container_spec(
                             record.host_config.get("GroupAdd") or [])
     request = spec_request(
         record, engine_config, rootfs=rootfs, bundle=layout.container_dir(record.id),
-        netns_path=netns_path, user=user,
+        netns_path=netns_path, user=user, shared=shared,
     )
     return json.dumps(spec.build_spec(request, host_facts()), indent=1).encode()
 
@@ -182,9 +219,11 @@ def live_resources(
     record: ContainerConfig, engine_config: EngineConfig, layout: Layout
 ) -> bytes:
     """The ``linux.resources`` JSON for `runc update` (device rules are not updatable)."""
+    placeholder = {kind: f"/proc/self/ns/{kind}" for kind in ("pid", "ipc", "uts")}
     request = spec_request(
         record, engine_config, rootfs=layout.container_rootfs(record.id),
         bundle=layout.container_dir(record.id), netns_path=None, user=spec.ProcessUser(),
+        shared=placeholder,
     )
     resources_json = dict(spec.build_spec(request, host_facts())["linux"]["resources"])
     resources_json.pop("devices", None)
@@ -196,8 +235,11 @@ def validate_host_config(
 ) -> None:
     """Raise at create what would otherwise only fail at start (reliability.md B13/B14)."""
     resources.validate(record.host_config)
+    # Another container's namespaces are looked up at start; any path checks the rest.
+    placeholder = {kind: f"/proc/self/ns/{kind}" for kind in ("pid", "ipc", "uts")}
     request = spec_request(
         record, engine_config, rootfs=layout.container_rootfs(record.id),
         bundle=layout.container_dir(record.id), netns_path=None, user=spec.ProcessUser(),
+        shared=placeholder,
     )
     spec.build_spec(request, host_facts())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,29 @@ def test_logs_details(docker_cli: DockerCLI) -> None:
         assert docker_cli.ok("logs", "--details", "det1") == "team=a hello\n"
     finally:
         docker_cli("rm", "-f", "det1")
+
+
+def test_namespace_modes(docker_cli: DockerCLI) -> None:
+    docker_cli.ok("run", "-d", "--name", "nsbase", "busybox", "sleep", "600")
+    try:
+        shared = docker_cli.ok("run", "--rm", "--pid", "container:nsbase", "busybox", "ps")
+        assert "sleep 600" in shared
+        own = docker_cli.ok("run", "--rm", "busybox", "ps")
+        assert "sleep 600" not in own
+        host_uts = docker_cli.ok("run", "--rm", "--uts", "host", "busybox", "hostname").strip()
+        assert host_uts == Path("/proc/sys/kernel/hostname").read_text().strip()
+        ipc_host = docker_cli.ok("run", "--rm", "--ipc", "host", "busybox", "readlink",
+                                 "/proc/self/ns/ipc").strip()
+        assert ipc_host == os.readlink("/proc/self/ns/ipc")
+        cg = docker_cli.ok("run", "--rm", "--cgroupns", "private", "busybox", "cat",
+                           "/proc/self/cgroup")
+        assert all(line.endswith(":/") for line in cg.splitlines()), cg
+    finally:
+        docker_cli("rm", "-f", "nsbase")
+
+
+def test_platform_mismatch_is_404(docker_cli: DockerCLI) -> None:
+    r = docker_cli("create", "--pull", "never", "--platform", "linux/arm64", "busybox")
+    assert r.returncode != 0
+    assert "does not match the specified platform" in r.stderr
+    docker_cli.ok("rm", docker_cli.ok("create", "--platform", "linux/amd64", "busybox").strip())

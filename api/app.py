@@ -229,7 +229,7 @@ def engine_lifecycle(engine: Engine) -> Lifecycle:
 def make_app(engine: Engine) -> web.Application:
     # Imported here so that build_app (and the system/events routers) can be used and
     # tested before every router and the whole engine are in place.
-    from api.routers import containers, images
+    from api.routers import containers, images, volumes
 
     mounts: list[Mount[Any]] = [
         Mount(
@@ -240,6 +240,7 @@ def make_app(engine: Engine) -> web.Application:
         Mount(events.routes, events.BACKEND, engine.events),
         Mount(images.routes, images.BACKEND, engine.images),
         Mount(containers.routes, containers.BACKEND, engine.containers),
+        Mount(volumes.routes, volumes.BACKEND, engine.volumes),
     ]
     return build_app(
         mounts, experimental=engine.config.experimental, lifecycle_ctx=engine_lifecycle(engine)

@@ -22,6 +22,7 @@ from engine.store.atomic import atomic_write, ensure_dir
 from engine.store.content import ContentStore
 from engine.store.db import Database
 from engine.system.info import SystemInfo
+from engine.volumes.manager import VolumeManager
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Engine:
         self.images = ImageManager(
             self.layout, self.db, self.events, self.content, self.snapshotter
         )
+        self.volumes = VolumeManager(self.layout, self.db, self.events)
         self.runtimes = RuncCLI.from_config(config, self.layout)
         self.monitor = ConmonMonitor(self.layout)
         self.containers = ContainerManager(
@@ -50,6 +52,7 @@ class Engine:
             snapshotter=self.snapshotter,
             runtimes=self.runtimes,
             monitor=self.monitor,
+            volumes=self.volumes,
         )
         self.images.set_usage_source(self.containers.containers_using_image)
         self.system = SystemInfo(config, self.layout, self.runtimes)
@@ -61,6 +64,7 @@ class Engine:
         await self.content.cleanup()
         await self.snapshotter.cleanup()
         await self.images.load()
+        await self.volumes.load()
         await self._probe_runtimes()
         await self.system.probe(self.runtimes)
         await self.containers.restore(rebooted=rebooted)
@@ -114,5 +118,6 @@ class Engine:
     async def close(self) -> None:
         await self.containers.close()
         await self.images.close()
+        await self.volumes.close()
         await self.db.close()
         log.info("engine closed")

@@ -214,7 +214,12 @@ def inspect_state(view: ContainerView) -> dict[str, Any]:
 
 
 def inspect_body(
-    view: ContainerView, *, log_path: str, bundle: str, rootfs_upper: str | None = None
+    view: ContainerView,
+    *,
+    log_path: str,
+    bundle: str,
+    mounts: list[dict[str, Any]] | None = None,
+    rootfs_upper: str | None = None,
 ) -> dict[str, Any]:
     cfg = view.config
     host_config = dict(cfg.host_config)
@@ -244,7 +249,7 @@ def inspect_body(
             "Name": cfg.driver,
             "Data": {"MergedDir": f"{bundle}/rootfs", "UpperDir": rootfs_upper or ""},
         },
-        "Mounts": [],
+        "Mounts": mounts or [],
         "Config": dict(cfg.config),
         "NetworkSettings": {
             "Bridge": "",
@@ -276,7 +281,9 @@ def inspect_body(
     }
 
 
-def list_item(view: ContainerView, now: float) -> dict[str, Any]:
+def list_item(
+    view: ContainerView, now: float, mounts: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     cfg = view.config
     command = " ".join(shlex.quote(part) if part else "''" for part in [cfg.path, *cfg.args])
     network_mode = cfg.host_config.get("NetworkMode") or "default"
@@ -293,5 +300,5 @@ def list_item(view: ContainerView, now: float) -> dict[str, Any]:
         "Status": status_text(view, now),
         "HostConfig": {"NetworkMode": network_mode},
         "NetworkSettings": {"Networks": {}},
-        "Mounts": [],
+        "Mounts": mounts or [],
     }

@@ -30,6 +30,7 @@ from engine.errors import InvalidParameter
 class ContainerBackend(Protocol):
     def get(self, ref: str) -> ContainerView: ...
     def log_path(self, container_id: str) -> Any: ...
+    def mounts(self, container_id: str) -> list[dict[str, Any]]: ...
     async def list_views(
         self, *, all_: bool, limit: int | None, filters: dict[str, list[str]]
     ) -> list[ContainerView]: ...
@@ -98,7 +99,8 @@ async def get_containers_json(request: web.Request) -> web.Response:
         all_=params.bool_param(request, "all"), limit=limit, filters=filters
     )
     now = time.time()
-    return json_response([list_item(view, now) for view in views])
+    backend = _backend(request)
+    return json_response([list_item(view, now, backend.mounts(view.id)) for view in views])
 
 
 @routes.post("/containers/prune")
@@ -114,7 +116,9 @@ async def get_containers_inspect(request: web.Request) -> web.Response:
     view = backend.get(request.match_info["name"])
     log_path = str(backend.log_path(view.id))
     bundle = log_path.rsplit("/", 1)[0]
-    return json_response(inspect_body(view, log_path=log_path, bundle=bundle))
+    return json_response(
+        inspect_body(view, log_path=log_path, bundle=bundle, mounts=backend.mounts(view.id))
+    )
 
 
 @routes.post("/containers/{name}/start")

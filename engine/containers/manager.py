@@ -14,7 +14,7 @@ import shutil
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ from engine.snapshots import mount as mounting
 from engine.snapshots.overlay import OverlaySnapshotter
 from engine.store.atomic import atomic_write, fsync_dir
 from engine.store.db import Database
+from engine.volumes.manager import VolumeManager
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,9 @@ class ContainerManager:
         snapshotter: OverlaySnapshotter,
         runtimes: dict[str, Any],
         monitor: ConmonMonitor,
+        volumes: VolumeManager,
     ) -> None:
+        self._volumes = volumes
         self._config = config
         self._layout = layout
         self._db = db
@@ -234,16 +237,23 @@ class ContainerManager:
         # The OCI spec is built at start (it needs the mounted rootfs); check its inputs now
         # so that bad values are a 400 at create, as in current dockerd.
         await asyncio.to_thread(validate_host_config, record, self._config, self._layout)
-        async with self._name_lock:
-            chosen = name or naming.generate_name({v.name for v in self._views.values()})
-            self._check_name_free(chosen)
-            record = ContainerConfig(**{**record.__dict__, "name": chosen})
-            # Reserve the name in the view before any await, so a racing create gets 409.
-            self._views[container_id] = ContainerView(record, ContainerState())
+        # Mounts are planned (and named volumes created, B12 checked) before the name is
+        # taken; a crash in between leaves plans that restore's sweep forgets.
+        await self._volumes.create_container_mounts(
+            container_id, config, host_config, image.config.get("config") or {},
+            lambda ref: self.get(ref).id,
+        )
         try:
+            async with self._name_lock:
+                chosen = name or naming.generate_name({v.name for v in self._views.values()})
+                self._check_name_free(chosen)
+                record = ContainerConfig(**{**record.__dict__, "name": chosen})
+                # Reserve the name in the view before any await: a racing create gets 409.
+                self._views[container_id] = ContainerView(record, ContainerState())
             await self._materialise(record, image.top_layer)
         except BaseException:
             self._views.pop(container_id, None)
+            await self._volumes.release_container(container_id, remove_anonymous=True)
             raise
         self._emit(self._views[container_id], "create")
         return container_id, []
@@ -346,9 +356,10 @@ class ContainerManager:
         io = self._io.setdefault(cid, ContainerIO())
         try:
             shared = self._shared_namespaces(view)
+            volume_mounts = await self._volumes.mount_container(cid, rootfs)
             spec = await asyncio.to_thread(
                 build_container_spec, view.config, self._config, self._layout, netns_path,
-                shared,
+                shared, volume_mounts,
             )
             await asyncio.to_thread(atomic_write, bundle / "config.json", spec, 0o600)
             cfg = view.config
@@ -413,12 +424,15 @@ class ContainerManager:
     async def _teardown(
         self, cid: str, runtime: OCIRuntime | None, netns_path: Path | None
     ) -> None:
-        """Release what a run held: runtime state, monitor files, rootfs mount, namespace."""
+        """Release what a run held: runtime state, monitor files, volume mounts, rootfs
+        mount, namespace."""
         if runtime is not None:
             with contextlib.suppress(Exception):
                 await runtime.delete(cid, force=True)
         bundle = self._layout.container_dir(cid)
         await asyncio.to_thread(self._monitor.cleanup, cid, bundle)
+        with contextlib.suppress(EngineError):
+            await self._volumes.unmount_container(cid)
         with contextlib.suppress(Exception):
             await asyncio.to_thread(mounting.unmount, self._layout.container_rootfs(cid))
         own_netns = self._layout.netns_path(cid)
@@ -873,6 +887,10 @@ class ContainerManager:
             finally:
                 await asyncio.to_thread(mounting.unmount, target)
 
+    def mounts(self, container_id: str) -> list[dict[str, Any]]:
+        """Inspect's ``Mounts``: volumes, binds and tmpfs as dockerd describes them."""
+        return self._volumes.inspect_mounts(container_id)
+
     def upper_dir(self, container_id: str) -> Path:
         """The rw layer's directory (what `docker diff` compares against the image)."""
         return self._snapshotter.writable_path(container_id)
@@ -957,11 +975,11 @@ class ContainerManager:
                 await self._signal(self._views[cid], signal.SIGKILL)
                 await asyncio.shield(waiter)
             async with self._locks.hold(cid):
-                await self._remove_locked(cid)
+                await self._remove_locked(cid, remove_anonymous_volumes=volumes)
         finally:
             self._removing.discard(cid)
 
-    async def _remove_locked(self, cid: str) -> None:
+    async def _remove_locked(self, cid: str, remove_anonymous_volumes: bool = False) -> None:
         view = self._views.get(cid)
         if view is None:
             return
@@ -969,6 +987,10 @@ class ContainerManager:
         runtime = self._runtimes.get(self.runtime_name(view))
         await self._teardown(cid, runtime, self._netns_of(view))
         await self._snapshotter.remove(cid)
+        # `docker rm -v` and `--rm` take the container's anonymous volumes along.
+        await self._volumes.release_container(
+            cid, remove_anonymous=remove_anonymous_volumes or view.config.auto_remove
+        )
         await asyncio.to_thread(shutil.rmtree, self._layout.container_dir(cid), True)
         await self._db.execute("DELETE FROM containers WHERE id = ?", (cid,))
         del self._views[cid]
@@ -1040,6 +1062,7 @@ class ContainerManager:
             state = ContainerState.from_json(row["state"])
             self._views[record.id] = ContainerView(record, state)
         await self._sweep_orphans({row["id"] for row in rows})
+        await self._volumes.forget_containers_except({row["id"] for row in rows})
         for view in list(self._views.values()):
             try:
                 await self._restore_one(view, rebooted)
@@ -1129,7 +1152,7 @@ async def _end_when(event: Awaitable[None], session: Session) -> None:
     session.end()
 
 
-def _check_platform(platform: str, ref: str, image_config: dict[str, Any]) -> None:
+def _check_platform(platform: str, ref: str, image_config: Mapping[str, Any]) -> None:
     """`docker run --platform`: the local image must be for that platform (a 404 makes the
     CLI pull the right one, as with dockerd)."""
     wanted_os, _, rest = platform.lower().partition("/")

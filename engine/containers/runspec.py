@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -140,11 +141,15 @@ def spec_request(
     netns_path: Path | None,
     user: spec.ProcessUser,
     shared: NamespacePaths | None = None,
+    extra_mounts: Sequence[dict[str, Any]] = (),
 ) -> spec.SpecRequest:
     config, host_config = record.config, record.host_config
     console = host_config.get("ConsoleSize") or [0, 0]
     parent = host_config.get("CgroupParent") or engine_config.cgroup_parent
-    mounts = _etc_mounts(bundle)
+    # A user's mount over /etc/hosts (or hostname, resolv.conf) replaces ours.
+    taken = {mount["destination"] for mount in extra_mounts}
+    mounts = [m for m in _etc_mounts(bundle) if m["destination"] not in taken]
+    mounts += list(extra_mounts)
     if host_config.get("Init"):
         if not INIT_BINARY.exists():
             raise InvalidParameter(f"--init needs {INIT_BINARY} (Debian package tini)")
@@ -203,6 +208,7 @@ def build_container_spec(
     layout: Layout,
     netns_path: Path | None,
     shared: NamespacePaths | None = None,
+    extra_mounts: Sequence[dict[str, Any]] = (),
 ) -> bytes:
     """config.json for a start: needs the rootfs mounted (the user is looked up in it)."""
     rootfs = layout.container_rootfs(record.id)
@@ -210,7 +216,7 @@ def build_container_spec(
                             record.host_config.get("GroupAdd") or [])
     request = spec_request(
         record, engine_config, rootfs=rootfs, bundle=layout.container_dir(record.id),
-        netns_path=netns_path, user=user, shared=shared,
+        netns_path=netns_path, user=user, shared=shared, extra_mounts=extra_mounts,
     )
     return json.dumps(spec.build_spec(request, host_facts()), indent=1).encode()
 

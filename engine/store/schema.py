@@ -11,6 +11,12 @@
     digests         repository@digest → image (RepoDigests)
     containers      immutable config (JSON) + small mutable state columns
     meta            key/value: schema version, daemon id
+    volumes         local volumes (name → driver, options, labels); removing=1 is rule 3's
+                    mark (files are being deleted)
+    container_mounts  a container's resolved mount plans (JSON), written at its create
+    volume_refs     one row per volume mount point of a container: "in use" survives a
+                    restart; active = mounted for a running container, populated = the
+                    image's content was copied in (or did not need to be)
 
 A file on disk (blob, snapshot, container directory) is referenced by a committed row
 or is garbage: the start-up sweep removes what no row names (architecture §3).
@@ -73,6 +79,31 @@ MIGRATIONS: list[str] = [
         created      REAL NOT NULL
     );
     CREATE INDEX containers_image ON containers(image_id);
+    """,
+    # 2: volumes and the container mounts that reference them. No foreign key to
+    # containers: volumes sit below containers, which release their rows on removal.
+    """
+    CREATE TABLE volumes (
+        name     TEXT PRIMARY KEY,
+        driver   TEXT NOT NULL,
+        options  TEXT,                           -- JSON object, NULL when none were given
+        labels   TEXT NOT NULL,                  -- JSON object
+        created  REAL NOT NULL,
+        removing INTEGER NOT NULL DEFAULT 0 CHECK (removing IN (0, 1))
+    );
+    CREATE TABLE container_mounts (
+        container_id TEXT PRIMARY KEY,
+        plans        TEXT NOT NULL               -- JSON list of engine.volumes.mounts plans
+    );
+    CREATE TABLE volume_refs (
+        container_id TEXT NOT NULL,
+        destination  TEXT NOT NULL,
+        volume       TEXT NOT NULL REFERENCES volumes(name),
+        active       INTEGER NOT NULL DEFAULT 0 CHECK (active IN (0, 1)),
+        populated    INTEGER NOT NULL DEFAULT 0 CHECK (populated IN (0, 1)),
+        PRIMARY KEY (container_id, destination)
+    );
+    CREATE INDEX volume_refs_volume ON volume_refs(volume);
     """,
 ]
 

@@ -26,6 +26,11 @@ Names in use (keep this list in step with the code):
   snapshots (engine/snapshots/overlay.py):
     snapshot_after_rename       prepare: directory renamed into snapshots/, no row yet
     snapshot_remove_marked      remove: row marked removing, files still there
+
+  volumes (engine/volumes/manager.py):
+    volume_create_after_dir     volume directory made, no row yet
+    volume_remove_marked        row marked removing, data still there
+    volume_remove_after_files   data deleted, row still there
 """
 
 from __future__ import annotations

@@ -171,10 +171,20 @@ def _parse_time(value: str) -> float:
     return stamp + (float("0." + fraction) if fraction.isdigit() else 0.0)
 
 
+def _health_suffix(health: dict[str, Any] | None) -> str:
+    if not health:
+        return ""
+    status = health.get("Status")
+    if status == "starting":
+        return " (health: starting)"
+    return f" ({status})" if status in ("healthy", "unhealthy") else ""
+
+
 def status_text(view: ContainerView, now: float) -> str:
     state = view.state
     if state.status == Status.RUNNING:
-        return f"Up {_human_duration(now - _parse_time(state.started_at))}"
+        up = f"Up {_human_duration(now - _parse_time(state.started_at))}"
+        return up + _health_suffix(state.health)
     if state.status == Status.PAUSED:
         return f"Up {_human_duration(now - _parse_time(state.started_at))} (Paused)"
     if state.status == Status.RESTARTING:
@@ -197,6 +207,7 @@ def _list_state(view: ContainerView) -> str:
 def inspect_state(view: ContainerView) -> dict[str, Any]:
     state = view.state
     status = state.status
+    health = {"Health": state.health} if state.health is not None else {}
     return {
         "Status": status.value,
         # dockerd reports a container waiting to restart as running, and restarting.
@@ -210,6 +221,7 @@ def inspect_state(view: ContainerView) -> dict[str, Any]:
         "Error": state.error,
         "StartedAt": state.started_at,
         "FinishedAt": state.finished_at,
+        **health,
     }
 
 

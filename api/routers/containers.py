@@ -275,6 +275,19 @@ async def get_containers_logs(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     if follow:
         records = lifecycle.follow(request, records)
+    try:
+        await _write_log_records(response, records, tty=tty, follow=follow,
+                                 timestamps=timestamps, details=details)
+    except ConnectionError:
+        return response  # the client went away; nothing more to say to it
+    await response.write_eof()
+    return response
+
+
+async def _write_log_records(
+    response: web.StreamResponse, records: AsyncIterator[LogRecord], *, tty: bool,
+    follow: bool, timestamps: bool, details: bytes,
+) -> None:
     pending: list[bytes] = []
     size = 0
     async for record in records:
@@ -293,8 +306,6 @@ async def get_containers_logs(request: web.Request) -> web.StreamResponse:
             size = 0
     if pending:
         await response.write(b"".join(pending))
-    await response.write_eof()
-    return response
 
 
 @routes.delete("/containers/{name}")

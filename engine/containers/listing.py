@@ -76,6 +76,11 @@ def _passes(
             return False
         if key == "status" and view.state.status.value not in wanted:
             return False
+        if key == "health":
+            health = view.state.health
+            status = health.get("Status") if health else "none"
+            if status not in wanted:
+                return False
         if key == "exited":
             if view.state.status != Status.EXITED:
                 return False

@@ -83,8 +83,6 @@ def settings(log_config: Mapping[str, Any]) -> LogSettings:
         raise InvalidParameter(f"invalid value for max-file: {merged['max-file']}") from None
     if max_file < 1:
         raise InvalidParameter("max-file cannot be less than 1")
-    if "max-file" in options and max_size is None and driver == "json-file":
-        raise InvalidParameter("max-file can only be used with max-size")
     compress = merged.get("compress", "false").lower() in ("1", "true", "yes")
     if compress and driver == "json-file" and max_size is None:
         raise InvalidParameter("compress can only be used with max-size")

@@ -24,6 +24,7 @@ from engine.containers import (
     createconfig,
     detachkeys,
     etcfiles,
+    healthcheck,
     listing,
     logdrivers,
     naming,
@@ -216,6 +217,7 @@ class ContainerManager:
         )
         logdrivers.settings(host_in["LogConfig"])
         host_config = createconfig.fill_host_config(host_in)
+        host_config["Runtime"] = runtime or self._config.default_runtime
         # As dockerd, the default swap (twice the memory limit) is stored in HostConfig,
         # so inspect shows it and `docker update --memory` keeps it.
         swap_supported = await asyncio.to_thread(swap_accounting)
@@ -333,10 +335,15 @@ class ContainerManager:
         except EngineError as exc:
             await self._record_start_failure(view, exc)
             raise
+        # A healthcheck starts as "starting" before start returns, as with dockerd.
+        health = None
+        if healthcheck.probe_command(view.config.config.get("Healthcheck")) is not None:
+            health = {"Status": "starting", "FailingStreak": 0, "Log": []}
         state = view.state.evolve(
             status=Status.RUNNING, pid=handle.init_pid, conmon_pid=handle.conmon_pid,
             exit_code=0, error="", oom_killed=False, started_at=now_rfc3339(),
             finished_at=view.state.finished_at, has_been_started=True, manually_stopped=False,
+            health=health,
         )
         view = await self._commit_state(cid, state)
         self._started_mono[cid] = time.monotonic()
@@ -494,7 +501,13 @@ class ContainerManager:
             await io.drain()
         async with self._locks.hold(cid):
             self._watchers.pop(cid, None)
-            await self._finish_run(cid, code)
+            # The restart decision is taken in the same transition as the exit, so no
+            # request sees the container exited in between (a `rm` there would win).
+            restarting = self._will_restart(cid, code)
+            await self._finish_run(cid, code, restarting=restarting)
+            if restarting:
+                ran_for = time.monotonic() - self._started_mono.pop(cid, time.monotonic())
+                self._arm_restart(cid, restart.next_delay(self._backoff.get(cid), ran_for))
         if io is not None:
             io.disconnect()
             io.end_sessions()
@@ -504,20 +517,17 @@ class ContainerManager:
         if view.config.auto_remove:
             with contextlib.suppress(EngineError):
                 await self.remove(cid, force=True)
-            return
-        state = view.state
-        policy = view.config.host_config.get("RestartPolicy") or {}
-        if restart.should_restart(policy, code, state.restart_count, state.manually_stopped):
-            ran_for = time.monotonic() - self._started_mono.pop(cid, time.monotonic())
-            await self._schedule_restart(cid, restart.next_delay(self._backoff.get(cid), ran_for))
 
     # ------------------------------------------------------------------ restart policy
-    async def _schedule_restart(self, cid: str, delay: float) -> None:
-        async with self._locks.hold(cid):
-            view = self._views.get(cid)
-            if view is None or view.state.status != Status.EXITED:
-                return
-            await self._commit_state(cid, view.state.evolve(status=Status.RESTARTING))
+    def _will_restart(self, cid: str, code: int) -> bool:
+        view = self._views.get(cid)
+        if view is None or cid in self._removing or view.config.auto_remove:
+            return False
+        state = view.state
+        policy = view.config.host_config.get("RestartPolicy") or {}
+        return restart.should_restart(policy, code, state.restart_count, state.manually_stopped)
+
+    def _arm_restart(self, cid: str, delay: float) -> None:
         self._backoff[cid] = delay
         self._restarts[cid] = asyncio.create_task(self._restart_later(cid, delay))
 
@@ -602,6 +612,17 @@ class ContainerManager:
         except EngineError as exc:
             raise SystemError_(f"Cannot update container {record.id}: {exc}") from None
 
+    async def set_health(self, container_id: str, health: dict[str, Any]) -> None:
+        """Record a healthcheck result; a status change emits ``health_status: <status>``."""
+        async with self._locks.hold(container_id):
+            view = self._views.get(container_id)
+            if view is None:
+                return
+            before = (view.state.health or {}).get("Status")
+            view = await self._commit_state(container_id, view.state.evolve(health=health))
+        if health.get("Status") != before:
+            self._emit(view, f"health_status: {health.get('Status')}")
+
     # ------------------------------------------------------------------ pause / rename
     async def pause(self, ref: str) -> None:
         view = self.get(ref)
@@ -656,7 +677,9 @@ class ContainerManager:
             raise SystemError_(f"runtime {self.runtime_name(view)} is not available")
         return runtime
 
-    async def _finish_run(self, cid: str, code: int, finished: float | None = None) -> None:
+    async def _finish_run(
+        self, cid: str, code: int, finished: float | None = None, *, restarting: bool = False
+    ) -> None:
         view = self._views.get(cid)
         if view is None:
             return
@@ -666,8 +689,8 @@ class ContainerManager:
         await self._teardown(cid, runtime, self._netns_of(view))
         oom = await asyncio.to_thread(self._monitor_oom, cid)
         state = view.state.evolve(
-            status=Status.EXITED, pid=0, conmon_pid=0, exit_code=code,
-            finished_at=now_rfc3339(finished), oom_killed=oom,
+            status=Status.RESTARTING if restarting else Status.EXITED, pid=0, conmon_pid=0,
+            exit_code=code, finished_at=now_rfc3339(finished), oom_killed=oom,
         )
         view = await self._commit_state(cid, state)
         if oom:

@@ -77,6 +77,9 @@ class ContainerState:
     has_been_started: bool = False
     manually_stopped: bool = False
     conmon_pid: int = 0
+    # Docker's State.Health: {"Status", "FailingStreak", "Log": [...]}; None without a
+    # healthcheck. Kept in the state row so `docker inspect` shows it after a restart.
+    health: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -30,7 +30,8 @@ def test_settings() -> None:
     [({"Type": "syslogx"}, "no log driver named 'syslogx' is registered"),
      ({"Type": "json-file", "Config": {"max-size": "lots"}}, "invalid size: 'lots'"),
      ({"Type": "json-file", "Config": {"bogus": "1"}}, "unknown log opt 'bogus'"),
-     ({"Type": "json-file", "Config": {"max-file": "3"}}, "max-file can only be used")],
+     ({"Type": "json-file", "Config": {"compress": "true"}}, "compress can only be used"),
+     ({"Type": "json-file", "Config": {"max-size": "1m", "max-file": "0"}}, "less than 1")],
 )
 def test_bad_settings(config: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidParameter, match=message):
@@ -69,3 +70,8 @@ def test_details_prefix() -> None:
     prefix = logdrivers.details_prefix(config, {"a": "x y", "b": "2"}, ["E=1", "F=2"])
     assert prefix == b"E=1,a=x+y "
     assert logdrivers.details_prefix({"Type": "json-file"}, {"a": "1"}, []) == b""
+
+
+def test_max_file_alone_is_accepted_as_dockerd_does() -> None:
+    s = logdrivers.settings({"Type": "json-file", "Config": {"max-file": "100"}})
+    assert s.max_size is None  # no size limit: nothing ever rotates

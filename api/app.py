@@ -229,7 +229,7 @@ def engine_lifecycle(engine: Engine) -> Lifecycle:
 def make_app(engine: Engine) -> web.Application:
     # Imported here so that build_app (and the system/events routers) can be used and
     # tested before every router and the whole engine are in place.
-    from api.routers import containers, images, volumes
+    from api.routers import container_files, containers, images, volumes
 
     mounts: list[Mount[Any]] = [
         Mount(
@@ -241,6 +241,7 @@ def make_app(engine: Engine) -> web.Application:
         Mount(images.routes, images.BACKEND, engine.images),
         Mount(containers.routes, containers.BACKEND, engine.containers),
         Mount(volumes.routes, volumes.BACKEND, engine.volumes),
+        Mount(container_files.routes, container_files.BACKEND, engine.container_files),
     ]
     return build_app(
         mounts, experimental=engine.config.experimental, lifecycle_ctx=engine_lifecycle(engine)

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from engine.config import EngineConfig
+from engine.containers.files import ContainerFiles
 from engine.containers.manager import ContainerManager
 from engine.events import EventBus
 from engine.images.manager import ImageManager
@@ -55,6 +56,9 @@ class Engine:
             volumes=self.volumes,
         )
         self.images.set_usage_source(self.containers.containers_using_image)
+        self.container_files = ContainerFiles(
+            self.containers, config, self.events, self.snapshotter.mounts
+        )
         self.system = SystemInfo(config, self.layout, self.runtimes)
 
     async def start(self) -> None:

@@ -908,7 +908,12 @@ class ContainerManager:
             try:
                 yield view, target
             finally:
-                await asyncio.to_thread(mounting.unmount, target)
+                try:
+                    await asyncio.to_thread(mounting.unmount, target)
+                except mounting.MountError:
+                    # Still busy (a file left open in it): detach it now, it goes when
+                    # the last user does; a later mount must not stack on top of it.
+                    await asyncio.to_thread(mounting.unmount, target, True)
 
     def mounts(self, container_id: str) -> list[dict[str, Any]]:
         """Inspect's ``Mounts``: volumes, binds and tmpfs as dockerd describes them."""

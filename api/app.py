@@ -229,7 +229,7 @@ def engine_lifecycle(engine: Engine) -> Lifecycle:
 def make_app(engine: Engine) -> web.Application:
     # Imported here so that build_app (and the system/events routers) can be used and
     # tested before every router and the whole engine are in place.
-    from api.routers import container_files, containers, images, volumes
+    from api.routers import container_files, containers, exec, images, volumes
 
     mounts: list[Mount[Any]] = [
         Mount(
@@ -240,6 +240,7 @@ def make_app(engine: Engine) -> web.Application:
         Mount(events.routes, events.BACKEND, engine.events),
         Mount(images.routes, images.BACKEND, engine.images),
         Mount(containers.routes, containers.BACKEND, engine.containers),
+        Mount(exec.routes, exec.BACKEND, engine.execs),
         Mount(volumes.routes, volumes.BACKEND, engine.volumes),
         Mount(container_files.routes, container_files.BACKEND, engine.container_files),
     ]

@@ -11,7 +11,9 @@ import shutil
 from pathlib import Path
 
 from engine.config import EngineConfig
+from engine.containers.exec import ExecManager
 from engine.containers.files import ContainerFiles
+from engine.containers.health import HealthChecker
 from engine.containers.manager import ContainerManager
 from engine.events import EventBus
 from engine.images.manager import ImageManager
@@ -56,6 +58,11 @@ class Engine:
             volumes=self.volumes,
         )
         self.images.set_usage_source(self.containers.containers_using_image)
+        self.execs = ExecManager(
+            self.containers, self.monitor, self.layout, self.events, self.runtimes
+        )
+        self.containers.set_exec_source(self.execs.exec_ids)
+        self.health = HealthChecker(self.containers, self.execs, self.events)
         self.container_files = ContainerFiles(
             self.containers, config, self.events, self.snapshotter.mounts
         )
@@ -72,6 +79,7 @@ class Engine:
         await self._probe_runtimes()
         await self.system.probe(self.runtimes)
         await self.containers.restore(rebooted=rebooted)
+        await self.health.start()
         log.info("engine started (data root %s)", self.layout.data_root)
 
     async def _probe_runtimes(self) -> None:
@@ -120,6 +128,8 @@ class Engine:
                 entry.unlink(missing_ok=True)
 
     async def close(self) -> None:
+        await self.health.close()
+        await self.execs.close()
         await self.containers.close()
         await self.images.close()
         await self.volumes.close()

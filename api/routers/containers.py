@@ -29,6 +29,7 @@ from engine.errors import InvalidParameter
 
 class ContainerBackend(Protocol):
     def get(self, ref: str) -> ContainerView: ...
+    def inspect(self, ref: str) -> ContainerView: ...
     def log_path(self, container_id: str) -> Any: ...
     def mounts(self, container_id: str) -> list[dict[str, Any]]: ...
     async def list_views(
@@ -113,7 +114,7 @@ async def post_containers_prune(request: web.Request) -> web.Response:
 @routes.get("/containers/{name}/json")
 async def get_containers_inspect(request: web.Request) -> web.Response:
     backend = _backend(request)
-    view = backend.get(request.match_info["name"])
+    view = backend.inspect(request.match_info["name"])
     log_path = str(backend.log_path(view.id))
     bundle = log_path.rsplit("/", 1)[0]
     return json_response(

@@ -14,7 +14,7 @@ import shutil
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,7 @@ class ContainerManager:
         volumes: VolumeManager,
     ) -> None:
         self._volumes = volumes
+        self._exec_source: Callable[[str], Sequence[str]] | None = None
         self._config = config
         self._layout = layout
         self._db = db
@@ -147,6 +148,18 @@ class ContainerManager:
     # ------------------------------------------------------------------ read side
     def get(self, ref: str) -> ContainerView:
         return resolve(ref, self._views, lambda v: v.name, _no_such_container)
+
+    def inspect(self, ref: str) -> ContainerView:
+        """``get`` plus what inspect shows from other managers (the container's execs)."""
+        view = self.get(ref)
+        if self._exec_source is None:
+            return view
+        exec_ids = tuple(self._exec_source(view.id))
+        return ContainerView(view.config, view.state, view.image_names, exec_ids)
+
+    def set_exec_source(self, source: Callable[[str], Sequence[str]]) -> None:
+        """Where inspect's ``ExecIDs`` come from (the exec manager sits above us)."""
+        self._exec_source = source
 
     def views(self) -> list[ContainerView]:
         return list(self._views.values())

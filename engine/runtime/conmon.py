@@ -31,11 +31,13 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import Conflict, SystemError_, Unavailable
+from engine.errors import Conflict, EngineError, SystemError_, Unavailable
 from engine.layout import Layout
 from engine.runtime.base import (
     MonitorHandle,
@@ -530,6 +532,266 @@ class ConmonMonitor:
         for name in ("attach", "ctl", "winsz", "pidfile"):
             _unlink(bundle / name)
 
+    # --- exec (docs: conmon-notes.md §5) ----------------------------------------------------
+    def exec_argv(self, launch: ExecLaunch, runtime: OCIRuntime) -> list[str]:
+        session = launch.session_dir
+        argv = [
+            self.conmon_path,
+            "--api-version", "1",
+            "-c", launch.container_id,
+            "-u", launch.exec_id,
+            "-n", launch.name,
+            "-r", runtime.path,
+            "-b", str(session),
+            "-p", str(session / "pid"),
+            # conmon names the exit file after -c (the container), hence a directory per
+            # session; --full-attach puts the socket in the session directory itself, so
+            # there is no symlink in the socket dir to clean up.
+            "--exit-dir", str(session / "exit"),
+            "--persist-dir", str(session / "persist"),
+            "--full-attach",
+            "-l", "none",  # exec output is not part of the container's log (as dockerd)
+            "--log-level", self.log_level,
+            "--conmon-pidfile", str(session / "conmon.pid"),
+        ]  # fmt: skip
+        for arg in runtime.global_args():
+            argv += ["--runtime-arg", arg]
+        if launch.tty:
+            argv.append("-t")
+        elif launch.stdin:
+            argv.append("-i")
+        argv += ["-e", "--exec-process-spec", str(session / "process.json")]
+        if launch.attach:
+            argv.append("--exec-attach")
+        return argv
+
+    async def exec(self, launch: ExecLaunch, runtime: OCIRuntime) -> ConmonExecSession:
+        """Run ``launch.process`` in the running container and return once it runs.
+
+        With ``attach`` the attach socket is connected before the process starts, so the
+        session sees all of its output. Raises ``ExecStartError`` with the runtime's text
+        when the process could not be started, ``SystemError_`` when conmon failed. The
+        caller removes the session directory (``cleanup_exec``) once it is done.
+        """
+        argv = self.exec_argv(launch, runtime)
+        await asyncio.to_thread(_prepare_exec_dir, launch)
+        try:
+            launched = await self._spawn_exec(argv, launch.attach)
+        except OSError as exc:
+            raise SystemError_(f"cannot run conmon ({argv[0]}): {exc}") from exc
+        provisional = MonitorHandle(launch.container_id, 0, 0, launch.session_dir)
+        conn: ConmonAttachConnection | None = None
+        ok = False
+        try:
+            async with asyncio.timeout(self.create_timeout):
+                # The launcher's exit is only awaited at the end: the attach and sync
+                # sockets already tell when conmon is ready or gone (EOF).
+                if launch.attach:
+                    conn = await self._exec_connect(launched, provisional)
+                _send_start_byte(launched.start)  # the second one: `runc exec` runs now
+                reply = await self._exec_sync(launched)
+                await self._exec_launcher_done(launched)
+            pid = reply.get("data")
+            if not isinstance(pid, int) or pid <= 0:
+                message = str(reply.get("message") or f"conmon reported {pid!r}")
+                raise ExecStartError(runtime_error_message(message).strip())
+            conmon_pid = await asyncio.to_thread(_read_int, launch.session_dir / "conmon.pid")
+            handle = MonitorHandle(launch.container_id, conmon_pid or 0, pid, launch.session_dir)
+            ok = True
+            return ConmonExecSession(self, handle, launched.sync, conn)
+        except TimeoutError as exc:
+            raise SystemError_(
+                f"exec in {launch.container_id}: no answer from conmon after "
+                f"{self.create_timeout:g}s"
+            ) from exc
+        finally:
+            launched.start.close()
+            if launched.attach is not None:
+                launched.attach.close()
+            if not ok:
+                launched.sync.close()
+                if conn is not None:
+                    conn.close()
+                if launched.process.returncode is None:
+                    await asyncio.shield(_reap(launched.process))
+            os.close(launched.stderr_fd)
+
+    def cleanup_exec(self, session_dir: Path) -> None:
+        """Remove an exec session's directory (blocking: call through asyncio.to_thread)."""
+        shutil.rmtree(session_dir, ignore_errors=True)
+
+    async def _spawn_exec(self, argv: list[str], attach: bool) -> _ExecLaunched:
+        """conmon with the sync, start and (for an attached session) attach socketpairs.
+        Unlike a create, the start socket stays open: an attached exec takes two bytes."""
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(3)]
+        (sync_ours, sync_theirs), (start_ours, start_theirs), (att_ours, att_theirs) = pairs
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        env = runtime_env()
+        env["_OCI_SYNCPIPE"] = str(sync_theirs.fileno())
+        env["_OCI_STARTPIPE"] = str(start_theirs.fileno())
+        fds = [sync_theirs.fileno(), start_theirs.fileno()]
+        if attach:
+            env["_OCI_ATTACHPIPE"] = str(att_theirs.fileno())
+            fds.append(att_theirs.fileno())
+        try:
+            # subprocess.Popen in a thread rather than the loop's subprocess support: it
+            # spawns with vfork, which costs a fraction of uvloop's fork of the whole
+            # daemon, and exec latency is what this path is judged by.
+            proc = await asyncio.to_thread(
+                subprocess.Popen,
+                argv,
+                env=env,
+                pass_fds=fds,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err_w,
+                start_new_session=True,
+            )
+        except BaseException:
+            for s in (sync_ours, start_ours, att_ours):
+                s.close()
+            os.close(err_r)
+            raise
+        finally:
+            # Our copies of the child's ends must go, or EOF never comes on errors.
+            for s in (sync_theirs, start_theirs, att_theirs):
+                s.close()
+            os.close(err_w)
+        for s in (sync_ours, start_ours, att_ours):
+            s.setblocking(False)
+        os.set_blocking(err_r, False)
+        if not attach:
+            att_ours.close()
+        _send_start_byte(start_ours)  # the first one: conmon sets up and forks
+        return _ExecLaunched(proc, sync_ours, start_ours, att_ours if attach else None, err_r)
+
+    async def _exec_launcher_done(self, launched: _ExecLaunched) -> None:
+        """Reap conmon's launcher (it exits once the real conmon has forked off)."""
+        rc = await _wait_child(launched.process)
+        if rc != 0:
+            err = await _read_until_eof(launched.stderr_fd, 1.0)
+            raise SystemError_(f"conmon failed (exit status {rc}): {err or '(no output)'}")
+
+    async def _exec_connect(
+        self, launched: _ExecLaunched, handle: MonitorHandle
+    ) -> ConmonAttachConnection:
+        """Wait until conmon has bound the session's attach socket, then connect to it."""
+        assert launched.attach is not None
+        line = await _recv_line(launched.attach)
+        if not line:
+            await self._exec_launcher_done(launched)
+            err = await _read_until_eof(launched.stderr_fd, 1.0)
+            raise SystemError_(f"conmon exited before the exec session was ready: {err}")
+        return await self.attach(handle)
+
+    async def _exec_sync(self, launched: _ExecLaunched) -> dict[str, Any]:
+        line = await _recv_line(launched.sync)
+        if not line:
+            await self._exec_launcher_done(launched)
+            err = await _read_until_eof(launched.stderr_fd, 1.0)
+            raise SystemError_(f"conmon exited before the exec process started: {err}")
+        return _parse_sync(line)
+
+
+# --- exec sessions ---------------------------------------------------------------------------
+class ExecStartError(EngineError):
+    """The runtime could not start an exec'd process; ``message`` is the runtime's text."""
+
+
+@dataclass(frozen=True)
+class ExecLaunch:
+    """One process to run in a running container, under a conmon of its own.
+
+    ``session_dir`` is that conmon's ``-b``: process.json, pid files, the attach socket and
+    the ctl FIFO live there, and the exit status lands in ``session_dir/exit/<container>``.
+    """
+
+    container_id: str
+    exec_id: str
+    name: str
+    session_dir: Path
+    process: Mapping[str, Any]  # the OCI process object (`runc exec --process`)
+    tty: bool = False
+    stdin: bool = False  # keep the process's stdin open (conmon -i)
+    attach: bool = True  # False: detached, no attach socket at all
+
+
+@dataclass
+class _ExecLaunched:
+    process: subprocess.Popen[bytes]
+    sync: socket.socket
+    start: socket.socket
+    attach: socket.socket | None
+    stderr_fd: int
+
+
+class ConmonExecSession:
+    """A running exec'd process.
+
+    ``handle.bundle`` is the session directory, so the monitor's ``resize`` works on it;
+    ``connection`` (attached sessions only) was connected before the process ran. conmon
+    reports the exit status on the sync socket.
+    """
+
+    def __init__(
+        self,
+        monitor: ConmonMonitor,
+        handle: MonitorHandle,
+        sync: socket.socket,
+        connection: ConmonAttachConnection | None,
+    ) -> None:
+        self._monitor = monitor
+        self.handle = handle
+        self.connection = connection
+        self._sync = sync
+
+    @property
+    def pid(self) -> int:
+        return self.handle.init_pid
+
+    async def wait_exit(self) -> int:
+        """The process's exit status. conmon sends it on the sync socket when the process
+        ends; for a conmon that died without sending it, its exit file, else 255."""
+        try:
+            line = await _recv_line(self._sync)
+        except OSError:
+            line = b""
+        if line:
+            with contextlib.suppress(SystemError_):
+                code = _parse_sync(line).get("data")
+                if isinstance(code, int) and code >= 0:
+                    return code
+        await self.wait_monitor()
+        code = await asyncio.to_thread(
+            _read_int, self.handle.bundle / "exit" / self.handle.container_id
+        )
+        return LOST_EXIT_CODE if code is None else code
+
+    async def wait_monitor(self) -> None:
+        """Until the session's conmon has exited (pidfd; it exits just after reporting the
+        status, and its files should not be removed under it)."""
+        cid, pid = self.handle.container_id, self.handle.conmon_pid
+        if pid <= 0:
+            return
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        try:
+            if await asyncio.to_thread(_is_conmon_of, pid, cid):
+                await _wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+
+    def close_sync(self) -> None:
+        self._sync.close()
+
+    def close(self) -> None:
+        """Drop our ends (daemon shutdown or session over); the process is not touched."""
+        if self.connection is not None:
+            self.connection.close()
+        self._sync.close()
+
 
 # --- helpers -------------------------------------------------------------------------------
 def _is_conmon_of(pid: int, cid: str) -> bool:
@@ -600,3 +862,55 @@ async def _read_until_eof(fd: int, patience: float) -> str:
             break
         chunks.append(data)
     return b"".join(chunks).decode(errors="replace").strip()
+
+
+def _prepare_exec_dir(launch: ExecLaunch) -> None:
+    session = launch.session_dir
+    for d in (session, session / "exit", session / "persist"):
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (session / "process.json").write_text(json.dumps(launch.process))
+
+
+def _send_start_byte(sock: socket.socket) -> None:
+    try:
+        sock.send(b"\0")  # one byte into an empty socket: never waits
+    except OSError:
+        pass  # conmon already died on its argv; its stderr says why
+
+
+def _parse_sync(line: bytes) -> dict[str, Any]:
+    try:
+        reply = json.loads(line)
+    except ValueError as exc:
+        raise SystemError_(f"conmon sent a bad sync message: {line!r}") from exc
+    if not isinstance(reply, dict):
+        raise SystemError_(f"conmon sent a bad sync message: {line!r}")
+    return reply
+
+
+async def _wait_child(proc: subprocess.Popen[bytes]) -> int:
+    """Exit status of a child we spawned ourselves, waiting on a pidfd (no thread, no
+    SIGCHLD handler: the loop's own child watcher does not know this child)."""
+    rc = proc.poll()
+    if rc is not None:
+        return rc
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        return proc.wait()
+    try:
+        await _wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+    return proc.wait()  # it has exited: this only reaps
+
+
+async def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """No zombie launcher after a failed or abandoned exec: give it a moment, then kill."""
+    try:
+        async with asyncio.timeout(1.0):
+            await _wait_child(proc)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await _wait_child(proc)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from engine.containers import runspec, spec
+from engine.containers import detachkeys, runspec, spec
 from engine.containers.model import ContainerView
 from engine.containers.state import Status
 from engine.containers.streams import STDOUT, StreamSet
@@ -64,9 +64,6 @@ directory is removed only then)."""
 ExecState = Literal["created", "starting", "running", "exited"]
 
 # moby/term's names for control keys: index = the byte.
-_CTRL_KEYS = ["ctrl-@", *(f"ctrl-{c}" for c in "abcdefghijklmnopqrstuvwxyz"),
-              "ctrl-[", "ctrl-\\", "ctrl-]", "ctrl-^", "ctrl-_"]
-
 
 class ContainerSource(Protocol):
     """What exec needs of the container manager."""
@@ -107,8 +104,19 @@ class ExecConfig:
         return f"{self.entrypoint} {' '.join(self.arguments)}"
 
 
+def _get(body: Mapping[str, Any], key: str) -> Any:
+    """Go decodes JSON object keys case-insensitively; docker-py sends ``detachKeys``."""
+    if key in body:
+        return body[key]
+    lowered = key.lower()
+    for name, value in body.items():
+        if name.lower() == lowered:
+            return value
+    return None
+
+
 def _str_list(body: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    value = body.get(key)
+    value = _get(body, key)
     if value is None:
         return ()
     if isinstance(value, str):
@@ -119,7 +127,7 @@ def _str_list(body: Mapping[str, Any], key: str) -> tuple[str, ...]:
 
 
 def _str(body: Mapping[str, Any], key: str) -> str:
-    value = body.get(key)
+    value = _get(body, key)
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -128,7 +136,7 @@ def _str(body: Mapping[str, Any], key: str) -> str:
 
 
 def _bool(body: Mapping[str, Any], key: str) -> bool:
-    value = body.get(key)
+    value = _get(body, key)
     if value is None:
         return False
     if not isinstance(value, bool):
@@ -152,15 +160,10 @@ def detach_key_bytes(keys: str) -> bytes:
     """The byte sequence of a ``--detach-keys`` value ("ctrl-p,ctrl-q", "a,ctrl-@")."""
     if not keys:
         return b""
-    out = bytearray()
-    for key in keys.split(","):
-        if len(key) == 1:
-            out += key.encode()
-        elif key in _CTRL_KEYS:
-            out.append(_CTRL_KEYS.index(key))
-        else:
-            raise InvalidParameter(f"Invalid escape keys ({keys}) provided")
-    return bytes(out)
+    try:
+        return detachkeys.parse(keys)
+    except InvalidParameter:
+        raise InvalidParameter(f"Invalid escape keys ({keys}) provided") from None
 
 
 def parse_exec_config(body: Mapping[str, Any]) -> ExecConfig:
@@ -180,7 +183,7 @@ def parse_exec_config(body: Mapping[str, Any]) -> ExecConfig:
         attach_stderr=_bool(body, "AttachStderr"),
         privileged=_bool(body, "Privileged"),
         detach_keys=_str(body, "DetachKeys"),
-        console_size=console_size(body.get("ConsoleSize")),
+        console_size=console_size(_get(body, "ConsoleSize")),
     )
     detach_key_bytes(config.detach_keys)
     return config
@@ -555,15 +558,28 @@ class ExecManager:
         cfg = record.config
         output = asyncio.create_task(_pump_output(conn, streams, cfg))
         helpers: list[asyncio.Task[Any]] = []
+        watched: set[asyncio.Task[Any]] = {output}
         if cfg.attach_stdin and streams.read_stdin is not None:
-            helpers.append(asyncio.create_task(_pump_stdin(conn, streams)))
-        gone: asyncio.Task[Any] | None = None
+            # With a TTY the detach keys (default ctrl-p,ctrl-q) end this session, not
+            # the process, as in dockerd.
+            keys = detachkeys.parse(cfg.detach_keys) if cfg.tty else b""
+            stdin = asyncio.create_task(_pump_stdin(conn, streams, keys))
+            helpers.append(stdin)
+            watched.add(stdin)
+        else:
+            stdin = None
         if streams.wait_closed is not None:
             gone = asyncio.ensure_future(streams.wait_closed())
             helpers.append(gone)
+            watched.add(gone)
         try:
-            await asyncio.wait({output, *([gone] if gone else [])},
-                               return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                if stdin is None or stdin not in done or done - {stdin}:
+                    break
+                if stdin.result():
+                    return  # detached: the process goes on, the client's session ends
+                watched.discard(stdin)  # the client's input ended: keep relaying output
             if not (output.done() and output.result()):
                 # The client went away. As with dockerd the process runs on (its stdin is
                 # closed with our connection); the runner records its exit later.
@@ -683,9 +699,13 @@ async def _pump_output(
             return False
 
 
-async def _pump_stdin(conn: ConmonAttachConnection, streams: StreamSet) -> None:
-    """Client stdin to the process; the client's EOF closes the process's stdin."""
+async def _pump_stdin(
+    conn: ConmonAttachConnection, streams: StreamSet, detach_keys: bytes = b""
+) -> bool:
+    """Client stdin to the process; the client's EOF closes the process's stdin.
+    Returns True when the client typed the detach keys (nothing after them is sent)."""
     assert streams.read_stdin is not None
+    escape = detachkeys.Escape(detach_keys) if detach_keys else None
     while True:
         try:
             data = await streams.read_stdin()
@@ -693,10 +713,17 @@ async def _pump_stdin(conn: ConmonAttachConnection, streams: StreamSet) -> None:
             data = b""
         if not data:
             break
+        detached = False
+        if escape is not None:
+            data, detached = escape.feed(data)
         try:
-            await conn.send(data)
+            if data:
+                await conn.send(data)
         except (ConnectionError, OSError):
-            return  # the process is gone
+            return False  # the process is gone
+        if detached:
+            return True
     await conn.close_stdin()
+    return False
 
 

@@ -75,3 +75,29 @@ def test_bad_detach_keys(daemon: BaseDaemon) -> None:
         assert "Invalid detach keys" in resp.json()["message"]
     finally:
         daemon.api("DELETE", f"/containers/{cid}?force=1")
+
+
+def test_exec_detach_keys_leave_the_process_running(daemon: BaseDaemon) -> None:
+    cid = _create(daemon, {"Cmd": ["sleep", "600"]})
+    try:
+        assert daemon.api("POST", f"/containers/{cid}/start").status == 204
+        exec_id = daemon.api_json("POST", f"/containers/{cid}/exec", {
+            "Cmd": ["sh"], "Tty": True, "AttachStdin": True, "AttachStdout": True,
+            "detachKeys": "ctrl-a,x"})["Id"]
+        conn = rawhttp.Connection(daemon.socket, timeout=20)
+        conn.send_request("POST", f"/v1.50/exec/{exec_id}/start",
+                          {"Detach": False, "Tty": True},
+                          headers={"Connection": "Upgrade", "Upgrade": "tcp"})
+        assert conn.read_head().status == 101
+        conn.send_raw(b"echo in-exec-$((6*7))\r")
+        seen = b""
+        deadline = time.time() + 10
+        while b"in-exec-42" not in seen and time.time() < deadline:
+            seen += conn.recv_some(timeout=5)
+        conn.send_raw(b"\x01x")
+        conn.recv_to_eof(timeout=10)
+        conn.close()
+        time.sleep(0.5)
+        assert daemon.api_json("GET", f"/exec/{exec_id}/json")["Running"] is True
+    finally:
+        daemon.api("DELETE", f"/containers/{cid}?force=1")

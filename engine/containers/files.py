@@ -41,7 +41,7 @@ class _Containers(Protocol):
 
     def get(self, ref: str) -> ContainerView: ...
     def rootfs(
-        self, ref: str
+        self, ref: str, *, with_mounts: bool = False
     ) -> contextlib.AbstractAsyncContextManager[tuple[ContainerView, Path]]: ...
     def upper_dir(self, container_id: str) -> Path: ...
 
@@ -86,7 +86,7 @@ class ContainerFiles:
 
     # ------------------------------------------------------------------ archive
     async def stat_path(self, ref: str, path: str) -> PathStat:
-        async with self._containers.rootfs(ref) as (_, root):
+        async with self._containers.rootfs(ref, with_mounts=True) as (_, root):
             try:
                 return await asyncio.to_thread(archive.stat_path, root, path)
             except (FileNotFoundError, NotADirectoryError):
@@ -97,7 +97,7 @@ class ContainerFiles:
         self, ref: str, path: str
     ) -> AsyncIterator[tuple[PathStat, AsyncIterator[bytes]]]:
         """The stat of ``path`` and its tar, streamed; the rootfs stays until the end."""
-        async with self._containers.rootfs(ref) as (view, root):
+        async with self._containers.rootfs(ref, with_mounts=True) as (view, root):
             try:
                 source = await asyncio.to_thread(archive.open_archive, root, path)
             except (FileNotFoundError, NotADirectoryError):
@@ -121,7 +121,7 @@ class ContainerFiles:
     ) -> None:
         """Extract the tar ``body`` into directory ``path`` (created and stopped
         containers too)."""
-        async with self._containers.rootfs(ref) as (view, root):
+        async with self._containers.rootfs(ref, with_mounts=True) as (view, root):
             owner = None
             user = str(view.config.config.get("User") or "")
             if copy_uid_gid and user:

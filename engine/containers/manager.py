@@ -27,6 +27,7 @@ from engine.containers import (
     healthcheck,
     listing,
     logdrivers,
+    mountview,
     naming,
     resources,
     restart,
@@ -901,13 +902,16 @@ class ContainerManager:
                 return
 
     @contextlib.asynccontextmanager
-    async def rootfs(self, ref: str) -> AsyncIterator[tuple[ContainerView, Path]]:
+    async def rootfs(
+        self, ref: str, *, with_mounts: bool = False
+    ) -> AsyncIterator[tuple[ContainerView, Path]]:
         """The container's root filesystem, mounted, for as long as the block runs.
 
-        A running container's own mount is used. For a created or stopped one the rw
-        snapshot is mounted at the usual place and unmounted afterwards; the container's
-        lock is held throughout, so it cannot start (and mount again) meanwhile. Used by
-        `docker cp`, export and diff.
+        A running container's own rootfs mount is used as it is (its volumes live in
+        its own mount namespace: not visible there yet). For a created or stopped one the
+        rw snapshot is mounted at the usual place, with its volumes and binds bound in when
+        ``with_mounts``, and detached afterwards; the container's lock is held throughout,
+        so it cannot start meanwhile. Used by `docker cp` (with mounts), export and diff.
         """
         view = self.get(ref)
         async with self._locks.hold(view.id):
@@ -918,11 +922,16 @@ class ContainerManager:
                 return
             mounts = await self._snapshotter.mounts(view.id)
             await asyncio.to_thread(mounting.mount, mounts, target)
+            if with_mounts:
+                await asyncio.to_thread(
+                    mountview.bind_mounts, target, self._volumes.inspect_mounts(view.id)
+                )
             try:
                 yield view, target
             finally:
                 try:
-                    await asyncio.to_thread(mounting.unmount, target)
+                    # With volumes bound inside, detach the whole tree at once.
+                    await asyncio.to_thread(mounting.unmount, target, with_mounts)
                 except mounting.MountError:
                     # Still busy (a file left open in it): detach it now, it goes when
                     # the last user does; a later mount must not stack on top of it.

@@ -318,3 +318,30 @@ def test_docker_py_archive_round_trip(dpy: Any, t1: str) -> None:
 
     with pytest.raises(docker.errors.NotFound):
         container.get_archive("/nonexistent")
+
+
+def test_cp_sees_volumes_of_created_running_and_exited_containers(
+    docker_cli: DockerCLI, tmp_path: Path
+) -> None:
+    """docker cp reaches into the volumes of a created and an exited container (docker-py's
+    put_archive/get_archive tests); a running container's volumes are not reached yet."""
+    src = tmp_path / "data.txt"
+    src.write_text("in-volume\n")
+    cid = docker_cli.ok("create", "-v", "/vol1", "busybox", "sh", "-c",
+                        "cat /vol1/data.txt; echo more > /vol1/more.txt; sleep 2").strip()
+    try:
+        docker_cli.ok("cp", str(src), f"{cid}:/vol1/data.txt")
+        run = docker_cli.popen("start", "-a", cid)
+        stdout, _ = run.communicate(timeout=20)
+        assert "in-volume" in str(stdout)
+        tar_bytes = docker_cli("cp", f"{cid}:/vol1/more.txt", "-", input=b"").stdout
+        with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+            member = tar.extractfile("more.txt")
+            assert member is not None and member.read() == b"more\n"
+        docker_cli.ok("cp", f"{cid}:/vol1/more.txt", str(tmp_path / "back.txt"))
+        assert (tmp_path / "back.txt").read_text() == "more\n"
+        assert not any(p.startswith(str(docker_cli.daemon.data_root / "containers"))
+                       for p in Path("/proc/self/mountinfo").read_text().split()
+                       if "/rootfs/" in p)
+    finally:
+        docker_cli("rm", "-f", "-v", cid)

@@ -143,6 +143,7 @@ class ContainerManager:
         self._background: set[asyncio.Task[Any]] = set()
         self._restarts: dict[str, asyncio.Task[None]] = {}
         self._rotators: dict[str, asyncio.Task[None]] = {}
+        self._uncounted_restart: set[str] = set()
         self._backoff: dict[str, float] = {}
         self._started_mono: dict[str, float] = {}
 
@@ -552,9 +553,12 @@ class ContainerManager:
             view = self._views.get(cid)
             if view is None or view.state.status != Status.RESTARTING:
                 return
-            view = await self._commit_state(
-                cid, view.state.evolve(restart_count=view.state.restart_count + 1)
-            )
+            if cid in self._uncounted_restart:
+                self._uncounted_restart.discard(cid)
+            else:
+                view = await self._commit_state(
+                    cid, view.state.evolve(restart_count=view.state.restart_count + 1)
+                )
             try:
                 await self._start_locked(view)
             except EngineError as exc:
@@ -1149,6 +1153,11 @@ class ContainerManager:
                 log.warning("container %s: attach socket gone; output only in the log", cid)
             self._watch(handle)
             log.info("container %s re-adopted (pid %d)", cid, handle.init_pid)
+            if not self._config.live_restore:
+                # Without live-restore a daemon start stops what survived (dockerd, F1);
+                # restart policies then bring their containers back, uncounted.
+                self._uncounted_restart.add(cid)
+                self._spawn(self._stop_for_shutdown(self._views[cid]))
             return
         code = await asyncio.to_thread(self._monitor.exit_code, cid)
         finished = await asyncio.to_thread(self._monitor.exit_time, cid)

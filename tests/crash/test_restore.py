@@ -176,3 +176,36 @@ def test_simulated_reboot(wharfd: DaemonProcess) -> None:
     # Started by the daemon, not by the restart manager: RestartCount unchanged (F1).
     assert cli.ok("inspect", "-f", "{{.RestartCount}}", "always1").strip() == "0"
     cli.ok("rm", "-f", "plain", "always1")
+
+
+def test_f1_kill9_without_live_restore(busybox_tar: Path) -> None:
+    """F1: after a kill -9, a daemon without live-restore stops what survived; restart
+    policies (unless-stopped too) bring theirs back with new PIDs, RestartCount unchanged."""
+    reason = wharfd_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    daemon = DaemonProcess(extra_args=["--live-restore=false"])
+    try:
+        daemon.start()
+        import_busybox(daemon, busybox_tar)
+        cli = DockerCLI(daemon)
+        cli.ok("run", "-d", "--name", "nopolicy", "busybox", "sleep", "600")
+        cli.ok("run", "-d", "--name", "us1", "--restart", "unless-stopped", "busybox",
+               "sleep", "600")
+        cli.ok("run", "-d", "--name", "al1", "--restart", "always", "busybox", "sleep", "600")
+        pids = {n: int(_state(cli, n)["Pid"]) for n in ("nopolicy", "us1", "al1")}  # type: ignore[call-overload]
+        daemon.kill9()
+        daemon.start()
+        deadline = time.time() + 20
+        def settled() -> bool:
+            return (_state(cli, "nopolicy")["Status"] == "exited"
+                    and all(_state(cli, n)["Status"] == "running"
+                            and _state(cli, n)["Pid"] != pids[n] for n in ("us1", "al1")))
+        while time.time() < deadline and not settled():
+            time.sleep(0.2)
+        assert settled()
+        assert not _alive(pids["nopolicy"])
+        for name in ("us1", "al1"):
+            assert cli.ok("inspect", "-f", "{{.RestartCount}}", name).strip() == "0"
+    finally:
+        daemon.cleanup()

@@ -229,7 +229,7 @@ def engine_lifecycle(engine: Engine) -> Lifecycle:
 def make_app(engine: Engine) -> web.Application:
     # Imported here so that build_app (and the system/events routers) can be used and
     # tested before every router and the whole engine are in place.
-    from api.routers import container_files, containers, exec, images, volumes
+    from api.routers import auth, container_files, containers, distribution, exec, images, volumes
 
     mounts: list[Mount[Any]] = [
         Mount(
@@ -239,6 +239,10 @@ def make_app(engine: Engine) -> web.Application:
         ),
         Mount(events.routes, events.BACKEND, engine.events),
         Mount(images.routes, images.BACKEND, engine.images),
+        Mount(images.commit_routes, images.COMMIT_BACKEND,
+              images.EngineCommit(engine.images, engine.containers)),
+        Mount(distribution.routes, distribution.BACKEND, engine.images),
+        Mount(auth.routes, auth.BACKEND, engine.images),
         Mount(containers.routes, containers.BACKEND, engine.containers),
         Mount(exec.routes, exec.BACKEND, engine.execs),
         Mount(volumes.routes, volumes.BACKEND, engine.volumes),

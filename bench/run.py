@@ -16,15 +16,20 @@ on. Not part of the test suite; run it as root:
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,6 +208,41 @@ def m_logs(d: BaseDaemon, a: argparse.Namespace) -> float:
         docker(d, "rm", "-f", name, timeout=60)
 
 
+def m_exec_true(d: BaseDaemon, a: argparse.Namespace) -> float:
+    """`exec true` through the API, as `docker exec` does it: create, start (hijacked,
+    no stdin), read the stream to its end, inspect for the exit code. The median of a
+    few runs into one running container, after one warm-up run."""
+    cid = api(d, None, "POST", "/containers/create",
+              {"Image": "busybox", "Cmd": ["sleep", "3600"]})["Id"]
+    try:
+        api(d, None, "POST", f"/containers/{cid}/start")
+        samples = [exec_true_once(d, cid) for _ in range(a.exec_runs + 1)][1:]
+        return statistics.median(samples)
+    finally:
+        rawhttp.request(d.socket, "DELETE", f"/containers/{cid}?force=1", timeout=60)
+
+
+def exec_true_once(d: BaseDaemon, cid: str) -> float:
+    with rawhttp.Connection(d.socket, timeout=60) as conn:
+        t0 = time.perf_counter()
+        exec_id = api(d, conn, "POST", f"/containers/{cid}/exec",
+                      {"Cmd": ["true"], "AttachStdout": True, "AttachStderr": True})["Id"]
+        with rawhttp.Connection(d.socket, timeout=60) as stream:
+            stream.send_request("POST", f"/exec/{exec_id}/start",
+                                {"Detach": False, "Tty": False},
+                                headers={"Connection": "Upgrade", "Upgrade": "tcp"})
+            head = stream.read_head()
+            if head.status != 101:
+                raise MetricError(f"exec start: HTTP {head.status}")
+            stream.shutdown_write()  # no stdin, as the CLI does
+            stream.recv_to_eof()
+        info = api(d, conn, "GET", f"/exec/{exec_id}/json")
+        dt = time.perf_counter() - t0
+    if not isinstance(info, dict) or info.get("ExitCode") != 0:
+        raise MetricError(f"exec inspect returned {info!r}")
+    return dt * 1000
+
+
 def m_helper_rss(d: BaseDaemon, a: argparse.Namespace) -> float:
     n = a.rss_containers
     ids: list[str] = []
@@ -238,6 +278,216 @@ def m_idle_rss(d: BaseDaemon, a: argparse.Namespace) -> float:
     return sum(process_rss_kib(p) for p in pids) / 1024
 
 
+# -- image metrics: archives made once per run, a registry per daemon ------------------------
+
+BIG_MIB = 200
+SMALL_FILES = 20_000
+COMMIT_MIB = 50
+
+
+class ImageFixtures:
+    """The archives the image metrics load, made once per run (the same bytes for both
+    daemons), and one local docker-registry per daemon, in the daemon's netns."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="wharfd-bench-img-", dir="/var/tmp"))
+        self._archives: dict[str, Path] = {}
+        self.registries: dict[str, Any] = {}
+        self.pushed: set[tuple[str, str]] = set()
+
+    def archive(self, kind: str) -> Path:
+        """``big``: one layer holding one 200 MiB random file; ``small``: one layer of
+        20 000 small files. Each tagged ``bench-<kind>:1``."""
+        if kind not in self._archives:
+            layer = self.dir / f"{kind}.layer.tar"
+            if kind == "big":
+                _write_layer_tar(layer, [("big.bin", None, BIG_MIB * MiB)])
+            else:
+                files = [(f"d{i // 100:03d}/f{i % 100:02d}.txt", f"file {i}\n".encode() * 8, 0)
+                         for i in range(SMALL_FILES)]
+                _write_layer_tar(layer, files)
+            self._archives[kind] = _write_docker_archive(self.dir / f"{kind}.tar", layer,
+                                                         f"bench-{kind}:1")
+            layer.unlink()
+        return self._archives[kind]
+
+    def registry(self, d: BaseDaemon, fresh: bool = False) -> Any:
+        from tests.harness.registry import LocalRegistry
+
+        reg = self.registries.get(d.kind)
+        if reg is not None and fresh:
+            reg.stop()
+            reg = None
+        if reg is None:
+            reg = LocalRegistry(d.netns, tmp_base="/var/tmp").start()
+            self.registries[d.kind] = reg
+            self.pushed = {p for p in self.pushed if p[0] != d.kind}
+        return reg
+
+    def cleanup(self) -> None:
+        for reg in self.registries.values():
+            reg.stop()
+        self.registries.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+FIXTURES: ImageFixtures | None = None
+
+
+def fixtures() -> ImageFixtures:
+    global FIXTURES
+    if FIXTURES is None:
+        FIXTURES = ImageFixtures()
+    return FIXTURES
+
+
+def _write_layer_tar(path: Path, files: Sequence[tuple[str, bytes | None, int]]) -> None:
+    """A layer tar: (name, data, size); data None means ``size`` random bytes."""
+    dirs = sorted({n.rsplit("/", 1)[0] for n, _, _ in files if "/" in n})
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for d in dirs:
+            info = tarfile.TarInfo(d)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
+            tar.addfile(info)
+        for name, data, size in files:
+            info = tarfile.TarInfo(name)
+            info.mode, info.mtime = 0o644, 1_700_000_000
+            if data is None:
+                info.size = size
+                with open("/dev/urandom", "rb") as rnd:
+                    tar.addfile(info, _LimitedReader(rnd, size))
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+class _LimitedReader:
+    def __init__(self, f: Any, size: int) -> None:
+        self._f, self._left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        data = self._f.read(n)
+        self._left -= len(data)
+        return bytes(data)
+
+
+def _write_docker_archive(out: Path, layer: Path, tag: str) -> Path:
+    h = hashlib.sha256()
+    with open(layer, "rb") as f:
+        while chunk := f.read(MiB):
+            h.update(chunk)
+    diff_id = "sha256:" + h.hexdigest()
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux", "created": "2026-01-01T00:00:00Z",
+        "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created": "2026-01-01T00:00:00Z", "created_by": "bench"}],
+    }, separators=(",", ":")).encode()
+    config_hex = hashlib.sha256(config).hexdigest()
+    manifest = json.dumps([{"Config": f"{config_hex}.json", "RepoTags": [tag],
+                            "Layers": [f"{diff_id[7:]}/layer.tar"]}]).encode()
+    with tarfile.open(out, "w") as tar:
+        for name, data in ((f"{config_hex}.json", config), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        tar.add(layer, arcname=f"{diff_id[7:]}/layer.tar")
+    return out
+
+
+def _ensure_loaded(d: BaseDaemon, kind: str) -> None:
+    if docker(d, "image", "inspect", f"bench-{kind}:1").returncode != 0:
+        docker_ok(d, "load", "-q", "-i", str(fixtures().archive(kind)), timeout=600)
+
+
+def _remove_image(d: BaseDaemon, ref: str) -> None:
+    """Remove the image ``ref`` names with every tag it has (its layers go too)."""
+    r = docker(d, "image", "inspect", "-f", "{{.Id}}", ref)
+    if r.returncode == 0:
+        docker(d, "rmi", "-f", r.stdout.decode().strip(), timeout=300)
+
+
+def _ensure_pushed(d: BaseDaemon, kind: str) -> str:
+    fx = fixtures()
+    reg = fx.registry(d)
+    remote = f"{reg.host}/bench-{kind}:1"
+    if (d.kind, kind) not in fx.pushed:
+        _ensure_loaded(d, kind)
+        docker_ok(d, "tag", f"bench-{kind}:1", remote)
+        docker_ok(d, "push", remote, timeout=900)
+        fx.pushed.add((d.kind, kind))
+    return remote
+
+
+def m_image_load(d: BaseDaemon, a: argparse.Namespace) -> float:
+    archive = fixtures().archive("big")
+    _remove_image(d, "bench-big:1")
+    t0 = time.perf_counter()
+    docker_ok(d, "load", "-i", str(archive), timeout=600)
+    return time.perf_counter() - t0
+
+
+def m_image_save(d: BaseDaemon, a: argparse.Namespace) -> float:
+    _ensure_loaded(d, "big")
+    out = fixtures().dir / f"save-{d.kind}.tar"
+    try:
+        t0 = time.perf_counter()
+        docker_ok(d, "save", "-o", str(out), "bench-big:1", timeout=600)
+        dt = time.perf_counter() - t0
+        if out.stat().st_size < BIG_MIB * MiB:
+            raise MetricError(f"saved archive is only {out.stat().st_size} bytes")
+        return dt
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def m_image_push(d: BaseDaemon, a: argparse.Namespace) -> float:
+    _ensure_loaded(d, "big")
+    reg = fixtures().registry(d, fresh=True)  # empty storage: every byte is uploaded
+    remote = f"{reg.host}/bench-push:1"
+    docker_ok(d, "tag", "bench-big:1", remote)
+    try:
+        t0 = time.perf_counter()
+        docker_ok(d, "push", remote, timeout=900)
+        return time.perf_counter() - t0
+    finally:
+        docker(d, "rmi", remote)
+
+
+def _m_pull(d: BaseDaemon, kind: str) -> float:
+    remote = _ensure_pushed(d, kind)
+    _remove_image(d, remote)  # no layer of it left: everything is downloaded
+    t0 = time.perf_counter()
+    docker_ok(d, "pull", remote, timeout=900)
+    return time.perf_counter() - t0
+
+
+def m_image_pull(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return _m_pull(d, "big")
+
+
+def m_image_pull_small(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return _m_pull(d, "small")
+
+
+def m_image_commit(d: BaseDaemon, a: argparse.Namespace) -> float:
+    name = f"bench-commit-{os.getpid()}"
+    docker(d, "rm", "-f", name)
+    docker_ok(d, "run", "--name", name, "busybox", "dd", "if=/dev/urandom", "of=/data",
+              "bs=1M", f"count={COMMIT_MIB}", timeout=300)
+    try:
+        t0 = time.perf_counter()
+        image_id = docker_ok(d, "commit", name, "bench-committed:1", timeout=600).strip()
+        dt = time.perf_counter() - t0
+        if not image_id.startswith("sha256:"):
+            raise MetricError(f"commit printed {image_id!r}")
+        return dt
+    finally:
+        docker(d, "rm", "-f", name)
+        docker(d, "rmi", "bench-committed:1")
+
+
 METRICS = [
     Metric("run_true", "docker run --rm busybox true (CLI wall)", "ms", "lower", "<= 0.33x",
            m_run_true),
@@ -249,10 +499,24 @@ METRICS = [
            m_attach, heavy=True),
     Metric("logs", "docker logs of N MiB of zeros", "MiB/s", "higher", ">= 20x", m_logs,
            heavy=True),
+    Metric("exec_true", "exec `true` via API (create+start+inspect)", "ms", "lower",
+           "<= 0.5x", m_exec_true),
     Metric("helper_rss", "helper RSS per running container", "MiB", "lower", "<= 2 MiB",
            m_helper_rss, heavy=True),
     Metric("idle_rss", "engine RSS idle, all its processes", "MiB", "lower", "<= 60 MiB",
            m_idle_rss),
+    Metric("image_load", "docker load of a 200 MiB image", "s", "lower", "<= 0.8x",
+           m_image_load, heavy=True),
+    Metric("image_save", "docker save of a 200 MiB image", "s", "lower", "<= 0.7x",
+           m_image_save, heavy=True),
+    Metric("image_push", "docker push of 200 MiB to a local registry", "s", "lower",
+           "<= 0.25x", m_image_push, heavy=True),
+    Metric("image_pull", "docker pull of 200 MiB from a local registry", "s", "lower",
+           "<= 0.7x", m_image_pull, heavy=True),
+    Metric("image_pull_small", "docker pull of 20 000 small files", "s", "lower", "<= 0.7x",
+           m_image_pull_small, heavy=True),
+    Metric("image_commit", "docker commit of a 50 MiB change", "s", "lower", "(none)",
+           m_image_commit, heavy=True),
 ]
 
 
@@ -352,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-n", type=int, default=100, help="containers in seq_create_start")
     p.add_argument("--mib", type=int, default=256, help="MiB for attach and logs")
     p.add_argument("--rss-containers", type=int, default=10, help="containers for helper_rss")
+    p.add_argument("--exec-runs", type=int, default=5, help="timed execs per exec_true pass")
     p.add_argument("--no-dockerd", action="store_true")
     p.add_argument("--no-wharfd", action="store_true")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -392,6 +657,8 @@ def main(argv: list[str] | None = None) -> int:
         failed = any(m.errors for m in metrics)
         return 1 if failed else 0
     finally:
+        if FIXTURES is not None:
+            FIXTURES.cleanup()  # the registries (stopped by PID) before their daemons
         for d in daemons:
             left = d.cleanup()
             if left:

@@ -41,7 +41,7 @@ class Engine:
         self.content = ContentStore(self.layout)
         self.snapshotter = OverlaySnapshotter(self.layout, self.db)
         self.images = ImageManager(
-            self.layout, self.db, self.events, self.content, self.snapshotter
+            self.layout, self.db, self.events, self.content, self.snapshotter, config
         )
         self.volumes = VolumeManager(self.layout, self.db, self.events)
         self.runtimes = RuncCLI.from_config(config, self.layout)

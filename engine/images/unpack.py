@@ -45,7 +45,6 @@ import lzma
 import os
 import shutil
 import stat
-import tarfile
 import threading
 import urllib.parse
 import zlib
@@ -56,12 +55,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.errors import InvalidParameter
+from engine.images.tarstream import TarFormatError, TarMember, TarReader
 from engine.store.content import ContentWriter
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # read/write size: big reads keep the per-call overhead negligible
-_TAR_BUFSIZE = 64 * 1024  # tarfile re-slices its buffer on every read: keep it moderate
 _MAX_SYMLINKS = 40  # as the kernel's MAXSYMLINKS
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
@@ -269,12 +268,13 @@ class _Decompressing:
 
 
 class _Tee:
-    """Uncompressed bytes: hashed once (by the writer when there is one) and counted."""
+    """Uncompressed bytes: hashed once (by the writer when there is one, not at all when
+    the caller already knows the digest) and counted."""
 
-    def __init__(self, source: Readable, writer: ContentWriter | None) -> None:
+    def __init__(self, source: Readable, writer: ContentWriter | None, hash_stream: bool) -> None:
         self._source = source
         self._writer = writer
-        self._hash = None if writer is not None else hashlib.sha256()
+        self._hash = hashlib.sha256() if writer is None and hash_stream else None
         self.size = 0
 
     def read(self, n: int = -1, /) -> bytes:
@@ -283,8 +283,7 @@ class _Tee:
             self.size += len(data)
             if self._writer is not None:
                 self._writer.write(data)
-            else:
-                assert self._hash is not None
+            elif self._hash is not None:
                 self._hash.update(data)
         return data
 
@@ -294,9 +293,11 @@ class _Tee:
 
     @property
     def digest(self) -> str:
+        """The stream's sha256 ("" when it was not hashed)."""
         if self._writer is not None:
             return self._writer.digest
-        assert self._hash is not None
+        if self._hash is None:
+            return ""
         return "sha256:" + self._hash.hexdigest()
 
 
@@ -330,7 +331,10 @@ def _zstd_reader(stream: Readable) -> Readable:
         import zstandard  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         raise UnpackError("zstd-compressed layers need the zstandard module") from None
-    reader: Readable = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+    reader: Readable = zstandard.ZstdDecompressor().stream_reader(
+        stream,  # type: ignore[arg-type]  # any object with read() will do
+        read_across_frames=True,
+    )
     return reader
 
 
@@ -357,6 +361,16 @@ class _Root:
         self._cache_key: tuple[str, ...] | None = None
         self._cache_fd = -1
         self._cache_path: tuple[str, ...] = ()
+        self._cache_owner: tuple[int, int] | None = None
+
+    def default_owner(self) -> tuple[int, int]:
+        """Who owns a file created in the cached parent: us, or our uid and the
+        directory's group when it is set-gid."""
+        if self._cache_owner is None:
+            st = os.fstat(self._cache_fd)
+            gid = st.st_gid if st.st_mode & stat.S_ISGID else os.getegid()
+            self._cache_owner = (os.geteuid(), gid)
+        return self._cache_owner
 
     def close(self) -> None:
         if self._cache_fd >= 0:
@@ -377,6 +391,7 @@ class _Root:
             fd, path = self.open_dir(list(key), create=create)
             old = self._cache_fd
             self._cache_key, self._cache_fd, self._cache_path = key, fd, path
+            self._cache_owner = None
             if old >= 0:
                 os.close(old)
         return self._cache_fd, self._cache_path
@@ -464,6 +479,7 @@ class _Extractor:
     def __init__(self, root: Path, same_owner: bool) -> None:
         self._root = _Root(root)
         self._same_owner = same_owner
+        self._umask = _current_umask()
         self._dir_times: list[_DirTimes] = []
         self.size = 0
         self.entries = 0
@@ -472,7 +488,7 @@ class _Extractor:
         self._root.close()
 
     # -- one entry -------------------------------------------------------------------
-    def add(self, member: tarfile.TarInfo, archive: tarfile.TarFile) -> None:
+    def add(self, member: TarMember, archive: TarReader) -> None:
         self.entries += 1
         parts = clean_components(member.name)
         if not parts:
@@ -496,7 +512,7 @@ class _Extractor:
         else:
             log.debug("unpack: skipping %s (tar type %r)", member.name, member.type)
 
-    def _whiteout(self, parts: list[str], member: tarfile.TarInfo) -> None:
+    def _whiteout(self, parts: list[str], member: TarMember) -> None:
         base = parts[-1]
         parent_fd, _ = self._root.parent_of(parts)
         if base == WHITEOUT_OPAQUE:
@@ -512,7 +528,7 @@ class _Extractor:
         if self._same_owner:
             os.chown(name, member.uid, member.gid, dir_fd=parent_fd, follow_symlinks=False)
 
-    def _directory(self, parts: list[str], member: tarfile.TarInfo) -> None:
+    def _directory(self, parts: list[str], member: TarMember) -> None:
         parent_fd, parent_path = self._root.parent_of(parts)
         name = parts[-1]
         self._clear(parent_fd, name, keep_dir=True)
@@ -526,7 +542,7 @@ class _Extractor:
         finally:
             os.close(fd)
 
-    def _apply_dir_meta(self, fd: int, path: tuple[str, ...], member: tarfile.TarInfo) -> None:
+    def _apply_dir_meta(self, fd: int, path: tuple[str, ...], member: TarMember) -> None:
         if self._same_owner:
             os.fchown(fd, member.uid, member.gid)
         os.fchmod(fd, member.mode & 0o7777)
@@ -534,32 +550,37 @@ class _Extractor:
         atime, mtime = _times_ns(member)
         self._dir_times.append(_DirTimes(path, atime, mtime))
 
-    def _regular(self, parts: list[str], member: tarfile.TarInfo, archive: tarfile.TarFile) -> None:
+    def _regular(self, parts: list[str], member: TarMember, archive: TarReader) -> None:
         parent_fd, _ = self._root.parent_of(parts)
         name = parts[-1]
-        self._clear(parent_fd, name, keep_dir=False)
-        fd = os.open(
-            name,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=parent_fd,
-        )
+        mode = member.mode & 0o7777
+        # Most entries are plain files owned by root with ordinary modes: created with
+        # their final mode and owner they need no fchmod/fchown (a layer of many small
+        # files is bound by syscalls per file).
+        plain = mode & ~0o777 == 0 and mode & self._umask == 0
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, mode if plain else 0o600, dir_fd=parent_fd)
+        except FileExistsError:
+            self._clear(parent_fd, name, keep_dir=False)
+            parent_fd, _ = self._root.parent_of(parts)
+            fd = os.open(name, flags, mode if plain else 0o600, dir_fd=parent_fd)
         try:
             if member.size:
-                source = archive.extractfile(member)
-                if source is None:
-                    raise UnpackError(f"{member.name}: no data")
-                _copy(source, fd, member.size, member.name)
-            if self._same_owner:
+                _copy(archive, fd, member.size, member.name)
+            if self._same_owner and (member.uid, member.gid) != self._root.default_owner():
                 os.fchown(fd, member.uid, member.gid)
-            os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears set-id bits
-            _apply_xattrs_fd(fd, member)
+                plain = False  # chown may have cleared bits: set the mode again
+            if not plain:
+                os.fchmod(fd, mode)  # after chown, which clears set-id bits
+            if member.pax_headers:
+                _apply_xattrs_fd(fd, member)
             os.utime(fd, ns=_times_ns(member))
         finally:
             os.close(fd)
         self.size += member.size
 
-    def _symlink(self, parts: list[str], member: tarfile.TarInfo) -> None:
+    def _symlink(self, parts: list[str], member: TarMember) -> None:
         parent_fd, _ = self._root.parent_of(parts)
         name = parts[-1]
         self._clear(parent_fd, name, keep_dir=False)
@@ -567,7 +588,7 @@ class _Extractor:
         self._finish_special(parent_fd, name, member, chmod=False)
         self.size += len(os.fsencode(member.linkname))
 
-    def _hardlink(self, parts: list[str], member: tarfile.TarInfo) -> None:
+    def _hardlink(self, parts: list[str], member: TarMember) -> None:
         target = clean_components(member.linkname)
         if not target:
             raise UnpackError(f"invalid hardlink {member.name!r} -> {member.linkname!r}")
@@ -602,7 +623,7 @@ class _Extractor:
         finally:
             os.close(target_fd)
 
-    def _device(self, parts: list[str], member: tarfile.TarInfo) -> None:
+    def _device(self, parts: list[str], member: TarMember) -> None:
         if not self._same_owner and not member.isfifo():
             log.warning("unpack: not root, skipping device node %s", member.name)
             return
@@ -620,7 +641,7 @@ class _Extractor:
         self._finish_special(parent_fd, name, member, chmod=True)
 
     def _finish_special(
-        self, parent_fd: int, name: str, member: tarfile.TarInfo, chmod: bool
+        self, parent_fd: int, name: str, member: TarMember, chmod: bool
     ) -> None:
         """Owner, mode, xattrs and times of a symlink or node, never through it."""
         if self._same_owner:
@@ -674,7 +695,7 @@ class _Extractor:
 
 
 # =========================================================================== metadata
-def _times_ns(member: tarfile.TarInfo) -> tuple[int, int]:
+def _times_ns(member: TarMember) -> tuple[int, int]:
     mtime = int(float(member.mtime) * 1_000_000_000)
     atime_text = member.pax_headers.get("atime")
     try:
@@ -684,7 +705,7 @@ def _times_ns(member: tarfile.TarInfo) -> tuple[int, int]:
     return atime, mtime
 
 
-def _xattrs_of(member: tarfile.TarInfo) -> list[tuple[str, bytes]]:
+def _xattrs_of(member: TarMember) -> list[tuple[str, bytes]]:
     found: list[tuple[str, bytes]] = []
     for key, value in member.pax_headers.items():
         if key.startswith("SCHILY.xattr."):
@@ -704,7 +725,7 @@ def _xattrs_of(member: tarfile.TarInfo) -> list[tuple[str, bytes]]:
     return found
 
 
-def _apply_xattrs_fd(fd: int, member: tarfile.TarInfo) -> None:
+def _apply_xattrs_fd(fd: int, member: TarMember) -> None:
     for name, value in _xattrs_of(member):
         _set_xattr_fd(fd, name, value, strict=False)
 
@@ -745,13 +766,16 @@ def unpack(
     writer: ContentWriter | None = None,
     same_owner: bool | None = None,
     on_entry: Callable[[int], None] | None = None,
+    hash_stream: bool = True,
 ) -> UnpackResult:
     """Extract the (possibly compressed) tar ``source`` into ``root``. Blocking.
 
     ``writer`` receives the uncompressed stream (it is not committed here). ``same_owner``
-    defaults to "running as root". ``on_entry(count)`` is called after each entry."""
+    defaults to "running as root". ``on_entry(count)`` is called after each entry.
+    ``hash_stream=False`` skips hashing when there is no writer (the caller hashes the
+    same bytes elsewhere); ``diff_id`` is then empty."""
     plain, compression = open_uncompressed(source)
-    tee = _Tee(plain, writer)
+    tee = _Tee(plain, writer, hash_stream)
     extractor = _Extractor(root, os.geteuid() == 0 if same_owner is None else same_owner)
     try:
         _extract_all(tee, extractor, on_entry)
@@ -771,12 +795,8 @@ def unpack(
 def _extract_all(
     tee: _Tee, extractor: _Extractor, on_entry: Callable[[int], None] | None
 ) -> None:
-    try:
-        archive = tarfile.open(fileobj=tee, mode="r|", bufsize=_TAR_BUFSIZE)  # type: ignore[call-overload]
-    except tarfile.ReadError as exc:
-        if tee.size == 0:
-            return  # an empty stream is an empty layer
-        raise UnpackError(f"invalid tar archive: {exc}") from None
+    archive = TarReader(tee)
+    member: TarMember | None = None
     try:
         for member in archive:
             try:
@@ -784,10 +804,22 @@ def _extract_all(
             except UnpackError:
                 raise
             except (OSError, ValueError, OverflowError) as exc:
+                if isinstance(exc, TarFormatError):
+                    raise
                 raise UnpackError(f"extracting {member.name!r}: {exc}") from exc
             if on_entry is not None:
                 on_entry(extractor.entries)
-    except tarfile.TarError as exc:
+    except TarFormatError as exc:
         raise UnpackError(f"invalid tar archive: {exc}") from None
-    finally:
-        archive.close()
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022

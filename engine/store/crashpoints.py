@@ -19,7 +19,24 @@ Names in use (keep this list in step with the code):
     import_before_commit        just before the one transaction (layer + image + tag rows)
     import_after_commit         rows committed, events not yet emitted
 
-  image removal (engine/images/manager.py):
+  pull (engine/images/pull.py), in order:
+    pull_mid_download           first bytes of a layer received (blob and unpack in flight)
+    pull_after_layer_commit     a layer's blob and snapshot committed, other layers in
+                                flight, no row yet
+    pull_before_commit          every layer and the config written, rows not yet
+    pull_after_commit           rows committed
+
+  load (engine/images/archive.py):
+    load_mid_stream             first bytes of a layer member (blob and unpack in flight)
+    load_before_commit          layers committed, rows not yet
+    load_after_commit           rows committed
+
+  commit (engine/images/commit.py):
+    commit_after_layer          the diff's blob and snapshot committed, no row yet
+    commit_before_commit        config written, rows not yet
+    commit_after_commit         rows committed
+
+  image removal (engine/images/removal.py):
     remove_after_rows           image/tag rows deleted, layers and blobs not yet released
     remove_after_layer_row      one layer row deleted, its snapshot not yet removed
 

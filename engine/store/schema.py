@@ -17,6 +17,8 @@
     volume_refs     one row per volume mount point of a container: "in use" survives a
                     restart; active = mounted for a running container, populated = the
                     image's content was copied in (or did not need to be)
+    layer_sources   diff id → compressed blob digests known to registry repositories
+                    (push skips or mounts what a registry already holds)
 
 A file on disk (blob, snapshot, container directory) is referenced by a committed row
 or is garbage: the start-up sweep removes what no row names (architecture §3).
@@ -104,6 +106,26 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (container_id, destination)
     );
     CREATE INDEX volume_refs_volume ON volume_refs(volume);
+    """,
+    # 3: distribution. images.parent is the image a commit was made from (metadata, as
+    # in dockerd: not part of the config); a layer keeps the size of its uncompressed
+    # tar and the compression of the blob kept for it (a pulled layer keeps the blob the
+    # registry served); layer_sources remembers which registry repositories hold a
+    # compressed blob of a diff id, so a push can skip or mount instead of uploading.
+    """
+    ALTER TABLE images ADD COLUMN parent TEXT;
+    ALTER TABLE layers ADD COLUMN tar_size INTEGER;
+    ALTER TABLE layers ADD COLUMN blob_compression TEXT;
+    CREATE INDEX images_parent ON images(parent);
+    CREATE TABLE layer_sources (
+        diff_id    TEXT NOT NULL,
+        digest     TEXT NOT NULL,               -- the compressed blob's digest
+        media_type TEXT NOT NULL,
+        size       INTEGER NOT NULL,
+        registry   TEXT NOT NULL,               -- "127.0.0.1:5000", "docker.io"
+        repository TEXT NOT NULL,               -- path within the registry
+        PRIMARY KEY (diff_id, registry, repository, digest)
+    );
     """,
 ]
 

@@ -76,7 +76,9 @@ class FakeContainers:
         raise NotFound(f"No such container: {ref}")
 
     @contextlib.asynccontextmanager
-    async def rootfs(self, ref: str) -> AsyncIterator[tuple[ContainerView, Path]]:
+    async def rootfs(
+        self, ref: str, *, with_mounts: bool = False
+    ) -> AsyncIterator[tuple[ContainerView, Path]]:
         view = self.get(ref)
         self.mounted.append(view.id)
         try:

@@ -229,7 +229,16 @@ def engine_lifecycle(engine: Engine) -> Lifecycle:
 def make_app(engine: Engine) -> web.Application:
     # Imported here so that build_app (and the system/events routers) can be used and
     # tested before every router and the whole engine are in place.
-    from api.routers import auth, container_files, containers, distribution, exec, images, volumes
+    from api.routers import (
+        auth,
+        container_files,
+        containers,
+        distribution,
+        exec,
+        images,
+        usage,
+        volumes,
+    )
 
     mounts: list[Mount[Any]] = [
         Mount(
@@ -246,6 +255,7 @@ def make_app(engine: Engine) -> web.Application:
         Mount(containers.routes, containers.BACKEND, engine.containers),
         Mount(exec.routes, exec.BACKEND, engine.execs),
         Mount(volumes.routes, volumes.BACKEND, engine.volumes),
+        Mount(usage.routes, usage.BACKEND, engine.usage),
         Mount(container_files.routes, container_files.BACKEND, engine.container_files),
     ]
     return build_app(

@@ -25,6 +25,7 @@ from engine.store.atomic import atomic_write, ensure_dir
 from engine.store.content import ContentStore
 from engine.store.db import Database
 from engine.system.info import SystemInfo
+from engine.system.usage import DiskUsage
 from engine.volumes.manager import VolumeManager
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Engine:
             self.containers, config, self.events, self.snapshotter.mounts
         )
         self.system = SystemInfo(config, self.layout, self.runtimes)
+        self.usage = DiskUsage(self.images, self.containers, self.volumes, self.snapshotter)
 
     async def start(self) -> None:
         rebooted = await asyncio.to_thread(self._note_boot)

@@ -27,9 +27,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +183,93 @@ def m_seq_create_start(d: BaseDaemon, a: argparse.Namespace) -> float:
                 rawhttp.request(d.socket, "DELETE", f"/containers/{cid}?force=1", timeout=60)
             except Exception:
                 pass
+
+
+def _force_remove(d: BaseDaemon, ids: list[str]) -> None:
+    for cid in ids:
+        try:
+            rawhttp.request(d.socket, "DELETE", f"/containers/{cid}?force=1", timeout=60)
+        except Exception:
+            pass
+
+
+def m_concurrent_create_start(d: BaseDaemon, a: argparse.Namespace) -> float:
+    """20 create+start at once, each on its own connection (wall time of the batch)."""
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def one(_: int) -> None:
+        with rawhttp.Connection(d.socket, timeout=120) as conn:
+            cid = api(d, conn, "POST", "/containers/create",
+                      {"Image": "busybox", "Cmd": ["sleep", "3600"]})["Id"]
+            with lock:
+                ids.append(cid)
+            api(d, conn, "POST", f"/containers/{cid}/start")
+
+    try:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(20) as pool:
+            list(pool.map(one, range(20)))
+        return time.perf_counter() - t0
+    finally:
+        _force_remove(d, ids)
+
+
+def m_list_100(d: BaseDaemon, a: argparse.Namespace) -> float:
+    """Median of 20 `GET /containers/json?all=1` with 100 (created) containers."""
+    ids: list[str] = []
+    try:
+        with rawhttp.Connection(d.socket, timeout=60) as conn:
+            for _ in range(100):
+                ids.append(api(d, conn, "POST", "/containers/create",
+                               {"Image": "busybox", "Cmd": ["true"]})["Id"])
+            times = []
+            for _ in range(20):
+                t0 = time.perf_counter()
+                items = api(d, conn, "GET", "/containers/json?all=1")
+                times.append(time.perf_counter() - t0)
+                if len(items) < 100:
+                    raise MetricError(f"listed {len(items)} containers, expected 100")
+        return statistics.median(times) * 1000
+    finally:
+        _force_remove(d, ids)
+
+
+def m_stop_trap(d: BaseDaemon, a: argparse.Namespace) -> float:
+    """`POST /stop` of a container whose shell traps SIGTERM and exits at once."""
+    with rawhttp.Connection(d.socket, timeout=60) as conn:
+        cid = api(d, conn, "POST", "/containers/create", {
+            "Image": "busybox",
+            "Cmd": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.05; done"]})["Id"]
+        try:
+            api(d, conn, "POST", f"/containers/{cid}/start")
+            time.sleep(0.3)  # let the trap be installed
+            t0 = time.perf_counter()
+            api(d, conn, "POST", f"/containers/{cid}/stop")
+            return (time.perf_counter() - t0) * 1000
+        finally:
+            _force_remove(d, [cid])
+
+
+def m_stats_50(d: BaseDaemon, a: argparse.Namespace) -> float:
+    """`docker stats --no-stream` wall time with 50 running containers."""
+    ids: list[str] = []
+    try:
+        with rawhttp.Connection(d.socket, timeout=120) as conn:
+            for _ in range(50):
+                cid = api(d, conn, "POST", "/containers/create",
+                          {"Image": "busybox", "Cmd": ["sleep", "3600"]})["Id"]
+                ids.append(cid)
+                api(d, conn, "POST", f"/containers/{cid}/start")
+        t0 = time.perf_counter()
+        out = docker_ok(d, "stats", "--no-stream", timeout=300)
+        elapsed = time.perf_counter() - t0
+        rows = [line for line in out.splitlines()[1:] if line.strip()]
+        if len(rows) < 50:
+            raise MetricError(f"stats showed {len(rows)} rows, expected 50")
+        return elapsed
+    finally:
+        _force_remove(d, ids)
 
 
 def m_attach(d: BaseDaemon, a: argparse.Namespace) -> float:
@@ -501,6 +590,14 @@ METRICS = [
            heavy=True),
     Metric("exec_true", "exec `true` via API (create+start+inspect)", "ms", "lower",
            "<= 0.5x", m_exec_true),
+    Metric("concurrent_create_start", "20 concurrent create+start (API)", "s", "lower",
+           "<= 0.3x", m_concurrent_create_start, heavy=True),
+    Metric("list_100", "/containers/json?all=1 with 100 containers", "ms", "lower",
+           "<= 0.3x", m_list_100, heavy=True),
+    Metric("stop_trap", "stop of a container that traps SIGTERM", "ms", "lower", "<= 0.5x",
+           m_stop_trap),
+    Metric("stats_50", "docker stats --no-stream, 50 running containers", "s", "lower",
+           "(none)", m_stats_50, heavy=True),
     Metric("helper_rss", "helper RSS per running container", "MiB", "lower", "<= 2 MiB",
            m_helper_rss, heavy=True),
     Metric("idle_rss", "engine RSS idle, all its processes", "MiB", "lower", "<= 60 MiB",

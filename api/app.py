@@ -236,6 +236,7 @@ def make_app(engine: Engine) -> web.Application:
         distribution,
         exec,
         images,
+        networks,
         usage,
         volumes,
     )
@@ -254,9 +255,11 @@ def make_app(engine: Engine) -> web.Application:
         Mount(auth.routes, auth.BACKEND, engine.images),
         Mount(containers.routes, containers.BACKEND, engine.containers),
         Mount(exec.routes, exec.BACKEND, engine.execs),
+        Mount(container_files.routes, container_files.BACKEND, engine.container_files),
         Mount(volumes.routes, volumes.BACKEND, engine.volumes),
         Mount(usage.routes, usage.BACKEND, engine.usage),
-        Mount(container_files.routes, container_files.BACKEND, engine.container_files),
+        Mount(networks.routes, networks.BACKEND,
+              networks.EngineNetworks(engine.networks, engine.containers)),
     ]
     return build_app(
         mounts, experimental=engine.config.experimental, lifecycle_ctx=engine_lifecycle(engine)

@@ -6,6 +6,7 @@ No logic lives here beyond wiring and ordering.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ from engine.containers.manager import ContainerManager
 from engine.events import EventBus
 from engine.images.manager import ImageManager
 from engine.layout import Layout
+from engine.networks.manager import NetworkManager
 from engine.runtime.cli import RuncCLI
 from engine.runtime.conmon import ConmonMonitor
 from engine.snapshots.overlay import OverlaySnapshotter
@@ -47,6 +49,10 @@ class Engine:
         self.volumes = VolumeManager(self.layout, self.db, self.events)
         self.runtimes = RuncCLI.from_config(config, self.layout)
         self.monitor = ConmonMonitor(self.layout)
+        # The nftables table is named after the data root: daemons sharing a namespace
+        # never touch each other's rules, and a restart finds its own again.
+        table_suffix = hashlib.sha256(str(config.data_root).encode()).hexdigest()[:8]
+        self.networks = NetworkManager(config, self.db, self.events, table_suffix)
         self.containers = ContainerManager(
             config=config,
             layout=self.layout,
@@ -57,6 +63,7 @@ class Engine:
             runtimes=self.runtimes,
             monitor=self.monitor,
             volumes=self.volumes,
+            networks=self.networks,
         )
         self.images.set_usage_source(self.containers.containers_using_image)
         self.execs = ExecManager(
@@ -80,6 +87,7 @@ class Engine:
         await self.volumes.load()
         await self._probe_runtimes()
         await self.system.probe(self.runtimes)
+        await self.networks.load()
         await self.containers.restore(rebooted=rebooted)
         await self.health.start()
         log.info("engine started (data root %s)", self.layout.data_root)
@@ -133,6 +141,7 @@ class Engine:
         await self.health.close()
         await self.execs.close()
         await self.containers.close()
+        await self.networks.close()
         await self.images.close()
         await self.volumes.close()
         await self.db.close()

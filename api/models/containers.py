@@ -232,11 +232,10 @@ def inspect_body(
     bundle: str,
     mounts: list[dict[str, Any]] | None = None,
     rootfs_upper: str | None = None,
+    network: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     cfg = view.config
     host_config = dict(cfg.host_config)
-    network_mode = host_config.get("NetworkMode") or "default"
-    network_name = "bridge" if network_mode == "default" else network_mode
     return {
         "Id": cfg.id,
         "Created": cfg.created,
@@ -263,38 +262,91 @@ def inspect_body(
         },
         "Mounts": mounts or [],
         "Config": dict(cfg.config),
-        "NetworkSettings": {
-            "Bridge": "",
-            "SandboxID": "",
-            "SandboxKey": "",
-            "Ports": {},
-            "HairpinMode": False,
-            "LinkLocalIPv6Address": "",
-            "LinkLocalIPv6PrefixLen": 0,
-            "SecondaryIPAddresses": None,
-            "SecondaryIPv6Addresses": None,
-            "EndpointID": "",
-            "Gateway": "",
-            "GlobalIPv6Address": "",
-            "GlobalIPv6PrefixLen": 0,
-            "IPAddress": "",
-            "IPPrefixLen": 0,
-            "IPv6Gateway": "",
-            "MacAddress": "",
-            "Networks": {
-                network_name: {
-                    "IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "",
-                    "DriverOpts": None, "GwPriority": 0, "NetworkID": "", "EndpointID": "",
-                    "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
-                    "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": None,
-                }
-            } if network_mode not in ("host",) else {},
-        },
+        "NetworkSettings": network_settings(view, network),
+    }
+
+
+def _port_key(key: str) -> str:
+    port, _, proto = key.partition("/")
+    return f"{port}/{proto or 'tcp'}"
+
+
+def _exposed(view: ContainerView) -> list[str]:
+    keys = [*(view.config.config.get("ExposedPorts") or {}),
+            *(view.config.host_config.get("PortBindings") or {})]
+    return list(dict.fromkeys(_port_key(k) for k in keys))
+
+
+def inspect_ports(view: ContainerView, network: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"80/tcp": [{"HostIp", "HostPort"}], "53/udp": null}`` while running, else {}."""
+    if not network or not network.get("Running"):
+        return {}
+    mode = view.config.host_config.get("NetworkMode") or "default"
+    if mode == "host" or mode.startswith("container:"):
+        return {}
+    out: dict[str, Any] = {key: None for key in _exposed(view)}
+    for b in network.get("Ports") or []:
+        key = f"{b.container_port}/{b.proto}"
+        entries = out.get(key) or []
+        entries.append({"HostIp": b.host_ip, "HostPort": str(b.host_port)})
+        out[key] = entries
+    return out
+
+
+def list_ports(view: ContainerView, network: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The list's ``Ports``: published ones with IP/PublicPort, exposed ones without."""
+    ports = inspect_ports(view, network)
+    out: list[dict[str, Any]] = []
+    for key, entries in ports.items():
+        port, _, proto = key.partition("/")
+        if not entries:
+            out.append({"PrivatePort": int(port), "Type": proto})
+            continue
+        for entry in entries:
+            out.append({"IP": entry["HostIp"], "PrivatePort": int(port),
+                        "PublicPort": int(entry["HostPort"]), "Type": proto})
+    return out
+
+
+_EMPTY_ENDPOINT = {
+    "IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "", "DriverOpts": None,
+    "GwPriority": 0, "NetworkID": "", "EndpointID": "", "Gateway": "", "IPAddress": "",
+    "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+    "DNSNames": None,
+}
+
+
+def network_settings(view: ContainerView, network: dict[str, Any] | None) -> dict[str, Any]:
+    """NetworkSettings as dockerd fills it; the top-level copies are the default
+    bridge's (deprecated fields, kept for older clients and scripts)."""
+    networks = dict((network or {}).get("Networks") or {})
+    default = networks.get("bridge") or _EMPTY_ENDPOINT
+    key = (network or {}).get("SandboxKey") or ""
+    return {
+        "Bridge": "",
+        "SandboxID": key.rsplit("/", 1)[-1] if key else "",
+        "SandboxKey": key,
+        "Ports": inspect_ports(view, network),
+        "HairpinMode": False,
+        "LinkLocalIPv6Address": "",
+        "LinkLocalIPv6PrefixLen": 0,
+        "SecondaryIPAddresses": None,
+        "SecondaryIPv6Addresses": None,
+        "EndpointID": default["EndpointID"],
+        "Gateway": default["Gateway"],
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "IPAddress": default["IPAddress"],
+        "IPPrefixLen": default["IPPrefixLen"],
+        "IPv6Gateway": "",
+        "MacAddress": default["MacAddress"],
+        "Networks": networks,
     }
 
 
 def list_item(
-    view: ContainerView, now: float, mounts: list[dict[str, Any]] | None = None
+    view: ContainerView, now: float, mounts: list[dict[str, Any]] | None = None,
+    network: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     cfg = view.config
     command = " ".join(shlex.quote(part) if part else "''" for part in [cfg.path, *cfg.args])
@@ -306,11 +358,11 @@ def list_item(
         "ImageID": cfg.image_id,
         "Command": command,
         "Created": int(_parse_time(cfg.created)),
-        "Ports": [],
+        "Ports": list_ports(view, network),
         "Labels": cfg.labels,
         "State": _list_state(view),
         "Status": status_text(view, now),
         "HostConfig": {"NetworkMode": network_mode},
-        "NetworkSettings": {"Networks": {}},
+        "NetworkSettings": {"Networks": (network or {}).get("Networks") or {}},
         "Mounts": mounts or [],
     }

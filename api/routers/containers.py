@@ -32,6 +32,7 @@ class ContainerBackend(Protocol):
     def inspect(self, ref: str) -> ContainerView: ...
     def log_path(self, container_id: str) -> Any: ...
     def mounts(self, container_id: str) -> list[dict[str, Any]]: ...
+    def network_settings(self, container_id: str) -> dict[str, Any]: ...
     async def list_views(
         self, *, all_: bool, limit: int | None, filters: dict[str, list[str]]
     ) -> list[ContainerView]: ...
@@ -101,7 +102,10 @@ async def get_containers_json(request: web.Request) -> web.Response:
     )
     now = time.time()
     backend = _backend(request)
-    return json_response([list_item(view, now, backend.mounts(view.id)) for view in views])
+    return json_response([
+        list_item(view, now, backend.mounts(view.id), backend.network_settings(view.id))
+        for view in views
+    ])
 
 
 @routes.post("/containers/prune")
@@ -118,7 +122,8 @@ async def get_containers_inspect(request: web.Request) -> web.Response:
     log_path = str(backend.log_path(view.id))
     bundle = log_path.rsplit("/", 1)[0]
     return json_response(
-        inspect_body(view, log_path=log_path, bundle=bundle, mounts=backend.mounts(view.id))
+        inspect_body(view, log_path=log_path, bundle=bundle, mounts=backend.mounts(view.id),
+                     network=backend.network_settings(view.id))
     )
 
 

@@ -32,9 +32,19 @@ def hosts_file(extra_hosts: Iterable[str], own_entries: Iterable[tuple[str, str]
     return "".join(lines).encode()
 
 
-def resolv_conf(host_resolv: Path, dns: list[str], search: list[str], options: list[str]) -> bytes:
+EMBEDDED_RESOLVER = "127.0.0.11"
+
+
+def resolv_conf(
+    host_resolv: Path, dns: list[str], search: list[str], options: list[str],
+    embedded: bool = False,
+) -> bytes:
     """The host's resolv.conf without loopback resolvers (unreachable from a container's
-    namespace), unless the container sets its own servers, search domains or options."""
+    namespace), unless the container sets its own servers, search domains or options.
+
+    On user-defined networks (``embedded``) the only server is the embedded resolver,
+    which forwards to the container's ``--dns`` servers or the host's, and dockerd adds
+    ``ndots:0`` there."""
     servers: list[str] = []
     host_search: list[str] = []
     host_options: list[str] = []
@@ -52,6 +62,10 @@ def resolv_conf(host_resolv: Path, dns: list[str], search: list[str], options: l
             host_search = words[1:]
         elif words[0] == "options":
             host_options.extend(words[1:])
+    if embedded:
+        servers, dns = [EMBEDDED_RESOLVER], []
+        if not options and "ndots:0" not in host_options:
+            host_options = [*host_options, "ndots:0"]
     out = [f"nameserver {s}\n" for s in (dns or servers)]
     if search or host_search:
         out.append("search " + " ".join(search or host_search) + "\n")

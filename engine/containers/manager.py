@@ -58,6 +58,7 @@ from engine.images.manager import ImageManager
 from engine.layout import Layout
 from engine.locks import KeyedLock
 from engine.networks import netns
+from engine.networks.manager import NetworkManager, SandboxRequest
 from engine.runtime.base import MonitorHandle, MonitorLaunch, OCIRuntime, RuntimeCreateError
 from engine.runtime.conmon import ConmonMonitor
 from engine.snapshots import mount as mounting
@@ -120,8 +121,10 @@ class ContainerManager:
         runtimes: dict[str, Any],
         monitor: ConmonMonitor,
         volumes: VolumeManager,
+        networks: NetworkManager,
     ) -> None:
         self._volumes = volumes
+        self._networks = networks
         self._exec_source: Callable[[str], Sequence[str]] | None = None
         self._config = config
         self._layout = layout
@@ -254,6 +257,7 @@ class ContainerManager:
         # The OCI spec is built at start (it needs the mounted rootfs); check its inputs now
         # so that bad values are a 400 at create, as in current dockerd.
         await asyncio.to_thread(validate_host_config, record, self._config, self._layout)
+        self._networks.check_container(host_config, config, networking)
         # Mounts are planned (and named volumes created, B12 checked) before the name is
         # taken; a crash in between leaves plans that restore's sweep forgets.
         await self._volumes.create_container_mounts(
@@ -268,8 +272,11 @@ class ContainerManager:
                 # Reserve the name in the view before any await: a racing create gets 409.
                 self._views[container_id] = ContainerView(record, ContainerState())
             await self._materialise(record, image.top_layer)
+            await self._networks.attach(container_id, chosen, host_config, networking)
         except BaseException:
             self._views.pop(container_id, None)
+            with contextlib.suppress(Exception):
+                await self._networks.forget(container_id)
             await self._volumes.release_container(container_id, remove_anonymous=True)
             raise
         self._emit(self._views[container_id], "create")
@@ -373,10 +380,12 @@ class ContainerManager:
         rootfs = self._layout.container_rootfs(cid)
         mounts = await self._snapshotter.mounts(cid)
         await asyncio.to_thread(mounting.mount, mounts, rootfs)
-        netns_path = await self._prepare_netns(view)
+        netns_path = self._netns_of(view)
         handle: MonitorHandle | None = None
         io = self._io.setdefault(cid, ContainerIO())
         try:
+            netns_path = await self._prepare_netns(view)
+            await asyncio.to_thread(self._write_network_files, view)
             shared = self._shared_namespaces(view)
             volume_mounts = await self._volumes.mount_container(cid, rootfs)
             spec = await asyncio.to_thread(
@@ -441,7 +450,50 @@ class ContainerManager:
         path = self._layout.netns_path(view.id)
         if not path.exists():
             await asyncio.to_thread(netns.create, path)
+        hc, cfg = view.config.host_config, view.config.config
+        await self._networks.plug(SandboxRequest(
+            container_id=view.id, name=view.name, netns=path,
+            exposed=cfg.get("ExposedPorts"), bindings=hc.get("PortBindings"),
+            publish_all=bool(hc.get("PublishAllPorts")), dns=hc.get("Dns") or [],
+        ), mode)
         return path
+
+    def _write_network_files(self, view: ContainerView) -> None:
+        """/etc/hosts (own addresses, links, --add-host) and resolv.conf for this run.
+
+        Rewritten in place: the files are bind-mounted, a rename would not be seen by a
+        running container (network connect/disconnect)."""
+        bundle = self._layout.container_dir(view.id)
+        hc, cfg = view.config.host_config, view.config.config
+        hostname = cfg.get("Hostname") or view.id[:12]
+        domain = cfg.get("Domainname") or ""
+        names = f"{hostname}.{domain} {hostname}" if domain else hostname
+        own = [(address, names) for address in self._networks.addresses_of(view.id)]
+        gateway = self._networks.gateway_of(view.id) or ""
+        extra = [_host_gateway(entry, gateway) for entry in hc.get("ExtraHosts") or []]
+        hosts = etcfiles.hosts_file(extra, [*self._link_entries(view), *own])
+        resolv = etcfiles.resolv_conf(
+            Path("/etc/resolv.conf"), hc.get("Dns") or [], hc.get("DnsSearch") or [],
+            hc.get("DnsOptions") or [], embedded=self._networks.uses_embedded_dns(view.id),
+        )
+        for name, data in (("hosts", hosts), ("resolv.conf", resolv)):
+            with open(bundle / name, "wb") as handle:
+                handle.write(data)
+
+    def _link_entries(self, view: ContainerView) -> list[tuple[str, str]]:
+        """`--link name[:alias]`: hosts entries for the linked containers (one way)."""
+        entries = []
+        for name, alias in link_pairs(view.config.host_config.get("Links") or []):
+            try:
+                other = self.get(name)
+            except NotFound:
+                continue
+            addresses = self._networks.addresses_of(other.id)
+            if addresses:
+                hostname = other.config.config.get("Hostname") or other.id[:12]
+                names = " ".join(dict.fromkeys([alias, hostname, other.name]))
+                entries.append((addresses[0], names))
+        return entries
 
     async def _teardown(
         self, cid: str, runtime: OCIRuntime | None, netns_path: Path | None
@@ -457,6 +509,8 @@ class ContainerManager:
             await self._volumes.unmount_container(cid)
         with contextlib.suppress(Exception):
             await asyncio.to_thread(mounting.unmount, self._layout.container_rootfs(cid))
+        with contextlib.suppress(Exception):
+            await self._networks.unplug(cid)
         own_netns = self._layout.netns_path(cid)
         if netns_path is None or netns_path == own_netns:
             with contextlib.suppress(Exception):
@@ -687,6 +741,7 @@ class ContainerManager:
             )
             view = ContainerView(record, view.state, view.image_names, view.exec_ids)
             self._views[view.id] = view
+            await self._networks.rename(view.id, name)
         self._emit(view, "rename", {"oldName": f"/{old_name}"})
 
     def _runtime_of(self, view: ContainerView) -> OCIRuntime:
@@ -703,8 +758,7 @@ class ContainerManager:
             return
         self._handles.pop(cid, None)
         self._stop_log_rotation(cid)
-        runtime = self._runtimes.get(self.runtime_name(view))
-        await self._teardown(cid, runtime, self._netns_of(view))
+        # Read conmon's oom marker before its files are cleaned up below.
         oom = await asyncio.to_thread(self._monitor_oom, cid)
         state = view.state.evolve(
             status=Status.RESTARTING if restarting else Status.EXITED, pid=0, conmon_pid=0,
@@ -714,6 +768,10 @@ class ContainerManager:
         if oom:
             self._emit(view, "oom")
         self._emit(view, "die", {"exitCode": str(code)})
+        # What the run held (runtime state, mounts, namespace, addresses and ports) is
+        # released before anyone learns of the exit: a stopped container shows no IP.
+        runtime = self._runtimes.get(self.runtime_name(view))
+        await self._teardown(cid, runtime, self._netns_of(view))
         for future in self._exit_waiters.pop(cid, []):
             if not future.done():
                 future.set_result(code)
@@ -734,8 +792,11 @@ class ContainerManager:
         view = self.get(ref)
         if view.state.status == Status.RESTARTING:
             await self._stop_restarting(view.id)
-            self._emit(view, "stop")
-            return
+            view = self.get(ref)
+            if not view.running:
+                self._emit(view, "stop")
+                return
+            # The restart won the race and the container runs again: stop it for real.
         if not view.running:
             raise NotModified("container already stopped")
         stop_signal, timeout = _stop_settings(view, signal_, stop_timeout)
@@ -779,7 +840,9 @@ class ContainerManager:
         number = parse_signal(signal_, default=signal.SIGKILL)
         if view.state.status == Status.RESTARTING and number == signal.SIGKILL:
             await self._stop_restarting(view.id)
-            return
+            view = self.get(ref)
+            if not view.running:
+                return
         if not view.running:
             raise Conflict(f"Cannot kill container: {ref}: Container {view.id} is not running")
         if number != signal.SIGKILL:
@@ -803,16 +866,22 @@ class ContainerManager:
             if self._views[view.id].state.status == Status.PAUSED:
                 # A frozen process cannot act on the signal: thaw it, as dockerd does
                 # (`runc kill --all` may have thawed it already).
-                with contextlib.suppress(Conflict):
+                with contextlib.suppress(Conflict, NotFound):
                     await runtime.resume(view.id)
-                await self._commit_state(
-                    view.id, self._views[view.id].state.evolve(status=Status.RUNNING)
-                )
+                await self._mark_thawed(view.id)
         except NotFound:
             pass  # it exited meanwhile; the exit watcher records it
         except EngineError as exc:
             if self.is_running(view.id):
                 raise Conflict(str(exc)) from None
+
+    async def _mark_thawed(self, cid: str) -> None:
+        """Paused → running after a signal thawed it; never over an exit recorded
+        meanwhile (the signal may have killed it already)."""
+        async with self._locks.hold(cid):
+            current = self._views.get(cid)
+            if current is not None and current.state.status == Status.PAUSED:
+                await self._commit_state(cid, current.state.evolve(status=Status.RUNNING))
 
     def _exit_future(self, cid: str) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -956,6 +1025,49 @@ class ContainerManager:
             raise Conflict(f"Container {view.id} is not running")
         await self._monitor.resize(handle, height, width)
 
+    # ------------------------------------------------------------------ networks
+    def network_settings(self, container_id: str) -> dict[str, Any]:
+        """Inspect's NetworkSettings parts that come from the network manager."""
+        view = self._views.get(container_id)
+        running = view is not None and view.running
+        endpoints = {self._networks.get(e.network_id).name: self._networks.endpoint_settings(e)
+                     for e in self._networks.endpoints_of(container_id)}
+        return {
+            "Networks": endpoints,
+            "SandboxKey": self._networks.sandbox_key(container_id) if running else "",
+            "Ports": self._networks.bindings_of(container_id) if running else [],
+            "Running": running,
+        }
+
+    async def connect_network(self, network: str, ref: str, settings: dict[str, Any]) -> None:
+        """`docker network connect`, on a running or stopped container."""
+        self._networks.get(network)  # 404 before anything else (B20)
+        view = self.get(ref)
+        async with self._locks.hold(view.id):
+            view = self._views[view.id]
+            mode = view.config.host_config.get("NetworkMode") or "default"
+            netns_path = self._layout.netns_path(view.id) if view.running else None
+            await self._networks.connect(view.id, view.name, mode, network, settings,
+                                         netns_path)
+            if view.running:
+                await asyncio.to_thread(self._write_network_files, view)
+
+    async def disconnect_network(self, network: str, ref: str, force: bool = False) -> None:
+        net = self._networks.get(network)
+        try:
+            view = self.get(ref)
+        except NotFound:
+            if force:
+                await self._networks.forget_in(ref, net.id)
+                return
+            raise
+        async with self._locks.hold(view.id):
+            view = self._views[view.id]
+            netns_path = self._layout.netns_path(view.id) if view.running else None
+            await self._networks.disconnect(view.id, network, netns_path)
+            if view.running:
+                await asyncio.to_thread(self._write_network_files, view)
+
     # ------------------------------------------------------------------ logs
     def logs(
         self,
@@ -1041,6 +1153,7 @@ class ContainerManager:
         runtime = self._runtimes.get(self.runtime_name(view))
         await self._teardown(cid, runtime, self._netns_of(view))
         await self._snapshotter.remove(cid)
+        await self._networks.forget(cid)
         # `docker rm -v` and `--rm` take the container's anonymous volumes along.
         await self._volumes.release_container(
             cid, remove_anonymous=remove_anonymous_volumes or view.config.auto_remove
@@ -1122,6 +1235,12 @@ class ContainerManager:
                 await self._restore_one(view, rebooted)
             except Exception:
                 log.exception("restoring container %s failed", view.id)
+        running = {v.id: self._layout.netns_path(v.id) for v in self._views.values()
+                   if v.running}
+        try:
+            await self._networks.reconcile(running, self._views.keys())
+        except Exception:
+            log.exception("restoring container networking failed")
         for view in list(self._views.values()):
             state = view.state
             policy = view.config.host_config.get("RestartPolicy") or {}
@@ -1236,6 +1355,23 @@ def _stop_settings(
         return stop_signal, stop_timeout
     configured = view.config.config.get("StopTimeout")
     return stop_signal, DEFAULT_STOP_TIMEOUT if configured is None else int(configured)
+
+
+def _host_gateway(entry: str, gateway: str) -> str:
+    """`--add-host name:host-gateway`: the gateway of the container's first network."""
+    name, _, address = entry.partition(":")
+    return f"{name}:{gateway}" if address == "host-gateway" and gateway else entry
+
+
+def link_pairs(links: Sequence[str]) -> list[tuple[str, str]]:
+    """HostConfig.Links (``name:alias``, or dockerd's ``/name:/me/alias``) → pairs."""
+    pairs = []
+    for link in links:
+        name, _, alias = link.partition(":")
+        name = name.lstrip("/")
+        alias = alias.rsplit("/", 1)[-1] if alias else name
+        pairs.append((name, alias))
+    return pairs
 
 
 def _no_such_container(ref: str) -> NotFound:

@@ -19,6 +19,11 @@
                     image's content was copied in (or did not need to be)
     layer_sources   diff id → compressed blob digests known to registry repositories
                     (push skips or mounts what a registry already holds)
+    networks        bridge/host/none networks (config JSON: IPAM, options, labels, flags)
+    endpoints       a container's membership of a network (asked config JSON); address,
+                    mac, interface and endpoint id are set only while the container runs,
+                    and (network_id, address) is unique: an address is never handed out twice
+    sandboxes       a running container's network namespace and the host ports it holds
 
 A file on disk (blob, snapshot, container directory) is referenced by a committed row
 or is garbage: the start-up sweep removes what no row names (architecture §3).
@@ -125,6 +130,37 @@ MIGRATIONS: list[str] = [
         registry   TEXT NOT NULL,               -- "127.0.0.1:5000", "docker.io"
         repository TEXT NOT NULL,               -- path within the registry
         PRIMARY KEY (diff_id, registry, repository, digest)
+    );
+    """,
+    # 4: networks. endpoints has no foreign key to containers (networks sit below
+    # containers, which drop their rows on removal).
+    """
+    CREATE TABLE networks (
+        id       TEXT PRIMARY KEY,
+        name     TEXT NOT NULL UNIQUE,
+        driver   TEXT NOT NULL,
+        config   TEXT NOT NULL,                 -- JSON (engine.networks.manager)
+        created  TEXT NOT NULL                  -- RFC 3339
+    );
+    CREATE TABLE endpoints (
+        container_id   TEXT NOT NULL,
+        network_id     TEXT NOT NULL REFERENCES networks(id),
+        container_name TEXT NOT NULL,
+        config         TEXT NOT NULL,           -- EndpointSettings asked for (JSON)
+        seq            INTEGER NOT NULL,        -- order of connection (eth0, eth1, ...)
+        endpoint_id    TEXT,                    -- the rest only while the container runs
+        address        TEXT,
+        mac            TEXT,
+        host_if        TEXT,
+        ifname         TEXT,
+        PRIMARY KEY (container_id, network_id)
+    );
+    CREATE UNIQUE INDEX endpoints_address ON endpoints(network_id, address)
+        WHERE address IS NOT NULL;
+    CREATE TABLE sandboxes (
+        container_id TEXT PRIMARY KEY,
+        netns        TEXT NOT NULL,
+        ports        TEXT NOT NULL              -- JSON list of held host ports
     );
     """,
 ]

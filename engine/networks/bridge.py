@@ -1,0 +1,213 @@
+"""Links, addresses and routes with pyroute2 (netlink). Every function here blocks.
+
+Bridges and the host ends of veth pairs live in the daemon's own network namespace.
+Configuring a container's end needs a netlink socket inside the container's namespace:
+a short-lived thread of our own joins that namespace with ``setns`` (only the calling
+thread changes namespace), does the work and exits, so no pooled thread is ever left
+in a foreign namespace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+T = TypeVar("T")
+# pyroute2 logs every netlink message at debug level: that would drown the daemon log.
+logging.getLogger("pyroute2").setLevel(logging.WARNING)
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+
+
+@dataclass(frozen=True)
+class Plumbing:
+    """One endpoint's veth pair: host end on ``bridge``, the other as ``ifname`` inside."""
+
+    netns: Path
+    host_if: str
+    bridge: str
+    ifname: str
+    address: str
+    prefixlen: int
+    mac: str
+    gateway: str | None  # default route via this address, when it is the first network
+    mtu: int
+
+
+def _link_index(ip: IPRoute, name: str) -> int | None:
+    found = ip.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    # /proc/sys/net is the namespace of the writing process: the daemon's own.
+    try:
+        with open(path, "w") as handle:
+            handle.write(value)
+    except OSError:
+        pass
+
+
+def enable_forwarding() -> None:
+    _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+
+
+def ensure_bridge(name: str, address: str, prefixlen: int, mtu: int) -> None:
+    """Create (or adopt) the bridge with its gateway address, up."""
+    with IPRoute() as ip:
+        index = _link_index(ip, name)
+        if index is None:
+            try:
+                ip.link("add", ifname=name, kind="bridge", mtu=mtu)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
+            index = _link_index(ip, name)
+        assert index is not None
+        present = {
+            (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+            for a in ip.get_addr(index=index, family=2)
+        }
+        if (address, prefixlen) not in present:
+            ip.addr("add", index=index, address=address, prefixlen=prefixlen)
+        ip.link("set", index=index, state="up")
+    # Published ports reached from the daemon namespace's 127.0.0.1 are DNATed to a
+    # container: the kernel routes such packets out of the bridge only with this set.
+    _write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
+
+
+def delete_link(name: str) -> None:
+    with IPRoute() as ip:
+        index = _link_index(ip, name)
+        if index is None:
+            return
+        try:
+            ip.link("del", index=index)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENODEV, errno.ENOENT):
+                raise
+
+
+def _kind(link: Any) -> str:
+    info = link.get_attr("IFLA_LINKINFO")
+    return str(info.get_attr("IFLA_INFO_KIND") or "") if info is not None else ""
+
+
+def veths_with_prefix(prefix: str) -> list[str]:
+    """Host ends of veth pairs named ``prefix…`` (never a bridge or anything else)."""
+    with IPRoute() as ip:
+        links = [(str(link.get_attr("IFLA_IFNAME")), _kind(link)) for link in ip.get_links()]
+    return [name for name, kind in links if kind == "veth" and name.startswith(prefix)]
+
+
+def in_netns(netns: Path, work: Callable[[], T]) -> T:
+    """Run ``work`` on a fresh thread that joined ``netns`` (see the module docstring)."""
+    outcome: list[Any] = []
+
+    def body() -> None:
+        try:
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns {netns}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            outcome.append((True, work()))
+        except BaseException as exc:  # handed to the caller, which re-raises
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=body, name="wharfd-netns", daemon=True)
+    worker.start()
+    worker.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def plumb(p: Plumbing) -> None:
+    """Create the veth pair, attach the host end, configure the container end."""
+    peer_tmp = "wp" + p.host_if[2:]
+    with IPRoute() as ip:
+        stale = _link_index(ip, p.host_if)
+        if stale is not None:  # left by a crash between plumb and the commit
+            ip.link("del", index=stale)
+        bridge = _link_index(ip, p.bridge)
+        if bridge is None:
+            raise OSError(errno.ENODEV, f"bridge {p.bridge} does not exist")
+        ip.link("add", ifname=p.host_if, kind="veth", peer={"ifname": peer_tmp, "mtu": p.mtu},
+                mtu=p.mtu)
+        try:
+            host = _link_index(ip, p.host_if)
+            peer = _link_index(ip, peer_tmp)
+            assert host is not None and peer is not None
+            ip.link("set", index=host, master=bridge, state="up")
+            fd = os.open(p.netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                ip.link("set", index=peer, net_ns_fd=fd)
+            finally:
+                os.close(fd)
+            in_netns(p.netns, lambda: _configure_inside(p, peer_tmp))
+        except BaseException:
+            index = _link_index(ip, p.host_if)
+            if index is not None:
+                ip.link("del", index=index)
+            raise
+
+
+def _configure_inside(p: Plumbing, current_name: str) -> None:
+    with IPRoute() as ip:
+        index = _link_index(ip, current_name)
+        assert index is not None
+        ip.link("set", index=index, ifname=p.ifname, address=p.mac)
+        ip.addr("add", index=index, address=p.address, prefixlen=p.prefixlen)
+        ip.link("set", index=index, state="up")
+        if p.gateway is not None:
+            ip.route("add", dst="0.0.0.0/0", gateway=p.gateway, oif=index)
+
+
+def unplumb(host_if: str) -> None:
+    """Delete the pair by its host end (the container end goes with it)."""
+    delete_link(host_if)
+
+
+def next_ifname(netns: Path) -> str:
+    """``eth<N>`` for the next interface of a running container (network connect)."""
+
+    def scan() -> str:
+        with IPRoute() as ip:
+            names = {str(link.get_attr("IFLA_IFNAME")) for link in ip.get_links()}
+        n = 0
+        while f"eth{n}" in names:
+            n += 1
+        return f"eth{n}"
+
+    return in_netns(netns, scan)
+
+
+def set_default_route(netns: Path, ifname: str, gateway: str | None) -> None:
+    """Point the default route at ``gateway`` via ``ifname`` (after a disconnect)."""
+
+    def work() -> None:
+        with IPRoute() as ip:
+            index = _link_index(ip, ifname)
+            if index is None or gateway is None:
+                return
+            try:
+                ip.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=index)
+            except NetlinkError:
+                pass
+
+    in_netns(netns, work)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
 from engine.containers.model import ContainerView
@@ -21,6 +21,7 @@ def select(
     limit: int | None,
     filters: Mapping[str, list[str]],
     image_matches: Mapping[str, set[str]] | None = None,
+    also: Callable[[ContainerView], bool] | None = None,
 ) -> list[ContainerView]:
     """Newest first, like dockerd. ``image_matches`` maps an ancestor filter value to the
     image ids it names (resolved by the caller, which knows images)."""
@@ -43,6 +44,8 @@ def select(
         if not show_all and not (view.running or view.state.status == Status.RESTARTING):
             continue
         if not _passes(view, filters, image_matches or {}):
+            continue
+        if also is not None and not also(view):
             continue
         result.append(view)
     if limit is not None and limit > 0:

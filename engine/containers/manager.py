@@ -202,8 +202,35 @@ class ContainerManager:
             except NotFound:
                 ancestors[ref] = set()
         return listing.select(
-            self._views.values(), all_=all_, limit=limit, filters=filters, image_matches=ancestors
+            self._views.values(), all_=all_, limit=limit, filters=filters,
+            image_matches=ancestors, also=self._attachment_filter(filters),
         )
+
+    def _attachment_filter(
+        self, filters: dict[str, list[str]]
+    ) -> Callable[[ContainerView], bool] | None:
+        """`volume=` (name or mount point) and `network=` (name or id) filters, which
+        other managers answer."""
+        volumes = set(filters.get("volume", []))
+        networks = set(filters.get("network", []))
+        if not volumes and not networks:
+            return None
+
+        def matches(view: ContainerView) -> bool:
+            if volumes:
+                mounts = self._volumes.inspect_mounts(view.id)
+                keys = {m.get(k) for m in mounts for k in ("Name", "Destination", "Source")}
+                if not volumes & keys:
+                    return False
+            if networks:
+                attached = self.network_settings(view.id)["Networks"]
+                ids = {e.get("NetworkID", "") for e in attached.values()}
+                if not any(n in attached or any(i.startswith(n) for i in ids if i)
+                           for n in networks):
+                    return False
+            return True
+
+        return matches
 
     # ------------------------------------------------------------------ create
     async def create(

@@ -437,3 +437,50 @@ def test_volume_mount_events(docker_cli: DockerCLI, cleanup: list[str]) -> None:
     out = docker_cli.ok("events", "--since", since, "--until", until, "--filter",
                         "type=volume", "--filter", f"volume={vol}", "--format", "{{.Action}}")
     assert out.splitlines() == ["create", "mount", "unmount"]
+
+
+def test_ps_filters_by_volume_and_network(docker_cli: DockerCLI) -> None:
+    name = f"{P}-flt"
+    docker_cli.ok("run", "-d", "--name", name, "-v", f"{P}fltvol:/data", "busybox", "sleep", "60")
+    try:
+        by_name = docker_cli.ok("ps", "--filter", f"volume={P}fltvol", "--format", "{{.Names}}").split()
+        by_path = docker_cli.ok("ps", "--filter", "volume=/data", "--format", "{{.Names}}").split()
+        assert name in by_name and name in by_path
+        assert name not in docker_cli.ok("ps", "--filter", "volume=nosuchvol",
+                                  "--format", "{{.Names}}").split()
+        assert name in docker_cli.ok("ps", "--filter", "network=bridge",
+                              "--format", "{{.Names}}").split()
+    finally:
+        docker_cli("rm", "-f", name)
+        docker_cli("volume", "rm", f"{P}fltvol")
+
+
+def test_bind_mount_served_over_a_published_port(docker_cli: DockerCLI, daemon: BaseDaemon,
+                                                 tmp_path: Path) -> None:
+    """The seed's web scenario: an empty host dir hides the image's content; a file put
+    there from the host is served at once."""
+    www = tmp_path / "www"
+    www.mkdir()
+    name = f"{P}-web"
+    docker_cli.ok("run", "-d", "--name", name, "-v", f"{www}:/www", "-p", "8081:80",
+                  "busybox", "httpd", "-f", "-p", "80", "-h", "/www")
+
+    def fetch() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["nsenter", f"--net={daemon.netns.path}", "curl", "-s", "-o", "/dev/stdout",
+             "-w", "%{http_code}", "--max-time", "5", "http://127.0.0.1:8081/"],
+            capture_output=True, text=True, timeout=20,
+        )
+
+    try:
+        deadline = time.time() + 10
+        first = fetch()
+        while not first.stdout.endswith("404") and time.time() < deadline:
+            time.sleep(0.2)
+            first = fetch()
+        assert first.stdout.endswith("404"), first
+        (www / "index.html").write_text("hello world\n")
+        second = fetch()
+        assert second.stdout == "hello world\n200", second
+    finally:
+        docker_cli("rm", "-f", name)

@@ -441,10 +441,12 @@ def test_volume_mount_events(docker_cli: DockerCLI, cleanup: list[str]) -> None:
 
 def test_ps_filters_by_volume_and_network(docker_cli: DockerCLI) -> None:
     name = f"{P}-flt"
-    docker_cli.ok("run", "-d", "--name", name, "-v", f"{P}fltvol:/data", "busybox", "sleep", "60")
+    docker_cli.ok("run", "-d", "--name", name, "-v", f"{P}fltvol:/data", "busybox",
+                  "sleep", "60")
     try:
-        by_name = docker_cli.ok("ps", "--filter", f"volume={P}fltvol", "--format", "{{.Names}}").split()
-        by_path = docker_cli.ok("ps", "--filter", "volume=/data", "--format", "{{.Names}}").split()
+        fmt = ("--format", "{{.Names}}")
+        by_name = docker_cli.ok("ps", "--filter", f"volume={P}fltvol", *fmt).split()
+        by_path = docker_cli.ok("ps", "--filter", "volume=/data", *fmt).split()
         assert name in by_name and name in by_path
         assert name not in docker_cli.ok("ps", "--filter", "volume=nosuchvol",
                                   "--format", "{{.Names}}").split()

@@ -272,6 +272,82 @@ def m_stats_50(d: BaseDaemon, a: argparse.Namespace) -> float:
         _force_remove(d, ids)
 
 
+_VOLUME_IMAGE = "wharfd-bench-volfiles:1"
+_volume_image_tar: Path | None = None
+
+
+def _volume_image(d: BaseDaemon) -> None:
+    """busybox plus 10 000 small files under /data, declared as a VOLUME (made once per
+    run, imported into each daemon once)."""
+    global _volume_image_tar
+    if _volume_image_tar is None:
+        base = Path(tempfile.mkdtemp(prefix="wharfd-bench-vol-", dir="/var/tmp"))
+        root = BusyboxArtifacts.create(base).rootfs
+        _volume_image_tar = base / "volfiles.tar"
+        with tarfile.open(_volume_image_tar, "w") as tar:
+            tar.add(root, arcname=".")
+            for i in range(10_000):
+                data = f"file {i}\n".encode()
+                info = tarfile.TarInfo(f"./data/d{i % 100}/f{i}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    if not docker(d, "image", "inspect", _VOLUME_IMAGE).returncode == 0:
+        with open(_volume_image_tar, "rb") as source:
+            r = subprocess.run([docker_binary(), "import", "-c", "VOLUME /data", "-",
+                                _VOLUME_IMAGE], stdin=source, env=d.env,
+                               capture_output=True, timeout=300)
+        if r.returncode != 0:
+            raise MetricError(f"import failed: {r.stderr.decode()[:300]}")
+
+
+def m_volume_copyup(d: BaseDaemon, a: argparse.Namespace) -> float:
+    """`docker run --rm` of an image whose VOLUME holds 10 000 files, into a new named
+    volume (create + populate + mount + run `true`)."""
+    _volume_image(d)
+    name = f"bench-vol-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        t0 = time.perf_counter()
+        docker_ok(d, "run", "--rm", "-v", f"{name}:/data", _VOLUME_IMAGE, "true")
+        elapsed = time.perf_counter() - t0
+        count = docker_ok(d, "run", "--rm", "-v", f"{name}:/data", "busybox", "sh", "-c",
+                          "find /data -type f | wc -l").strip()
+        if count != "10000":
+            raise MetricError(f"volume holds {count} files, expected 10000")
+        return elapsed
+    finally:
+        docker(d, "volume", "rm", "-f", name)
+
+
+def _volume_dd(d: BaseDaemon, name: str, script: str) -> float:
+    t0 = time.perf_counter()
+    docker_ok(d, "run", "--rm", "-v", f"{name}:/data", "busybox", "sh", "-c", script,
+              timeout=600)
+    return time.perf_counter() - t0
+
+
+def m_volume_write(d: BaseDaemon, a: argparse.Namespace) -> float:
+    """MiB/s of writing 1 GiB (fsync'd) into a named volume from a container."""
+    name = f"bench-vw-{os.getpid()}"
+    try:
+        dt = _volume_dd(d, name, "dd if=/dev/zero of=/data/f bs=1M count=1024 conv=fsync "
+                                 "2>/dev/null")
+        return 1024 / dt
+    finally:
+        docker(d, "volume", "rm", "-f", name)
+
+
+def m_volume_read(d: BaseDaemon, a: argparse.Namespace) -> float:
+    """MiB/s of reading 1 GiB back from a named volume (page cache dropped is not
+    possible here without privileges: both daemons read warm data alike)."""
+    name = f"bench-vr-{os.getpid()}"
+    try:
+        _volume_dd(d, name, "dd if=/dev/zero of=/data/f bs=1M count=1024 2>/dev/null")
+        dt = _volume_dd(d, name, "dd if=/data/f of=/dev/null bs=1M 2>/dev/null")
+        return 1024 / dt
+    finally:
+        docker(d, "volume", "rm", "-f", name)
+
+
 def m_attach(d: BaseDaemon, a: argparse.Namespace) -> float:
     n, dt = count_stream(
         [docker_binary(), "run", "--rm", "busybox", "dd", "if=/dev/zero", "bs=1M",
@@ -598,6 +674,12 @@ METRICS = [
            m_stop_trap),
     Metric("stats_50", "docker stats --no-stream, 50 running containers", "s", "lower",
            "(none)", m_stats_50, heavy=True),
+    Metric("volume_copyup", "run with a new volume filled from 10 000 image files", "s",
+           "lower", "(none)", m_volume_copyup, heavy=True),
+    Metric("volume_write", "write 1 GiB into a named volume (fsync)", "MiB/s", "higher",
+           "~1x (kernel path)", m_volume_write, heavy=True),
+    Metric("volume_read", "read 1 GiB from a named volume", "MiB/s", "higher",
+           "~1x (kernel path)", m_volume_read, heavy=True),
     Metric("helper_rss", "helper RSS per running container", "MiB", "lower", "<= 2 MiB",
            m_helper_rss, heavy=True),
     Metric("idle_rss", "engine RSS idle, all its processes", "MiB", "lower", "<= 60 MiB",

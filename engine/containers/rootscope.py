@@ -27,25 +27,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.pathnames import clean_components
+
 MAX_SYMLINKS = 40  # as the kernel's MAXSYMLINKS
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE_RETRIES = 8
 
 
-def clean(path: str) -> list[str]:
-    """The components of ``path`` taken as absolute, cleaned like Go's ``filepath.Clean``:
-    ``.`` and empty parts vanish, ``..`` pops one part and stops at the root."""
-    parts: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(part)
-    return parts
+clean = clean_components
 
 
 def join(parts: list[str] | tuple[str, ...]) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from engine.errors import InvalidParameter
 from engine.images.timefmt import parse_go_duration
+from engine.pathnames import clean_components
 
 # Dockerfile-like instructions that ``docker import --change`` / ``commit --change`` take
 # (moby builder/dockerfile: validCommitCommands, BuildFromConfig, dispatchers).
@@ -310,16 +311,7 @@ def _change_workdir(state: _ChangeState, rest: str, _line: str) -> None:
     requested = _exactly_one("WORKDIR", rest, state)
     if not requested.startswith("/"):
         requested = "/".join([state.config.get("WorkingDir") or "", requested])
-    parts: list[str] = []
-    for part in requested.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(part)
-    state.config["WorkingDir"] = "/" + "/".join(parts)
+    state.config["WorkingDir"] = "/" + "/".join(clean_components(requested))
 
 
 def _change_volume(state: _ChangeState, rest: str, _line: str) -> None:

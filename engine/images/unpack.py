@@ -56,6 +56,7 @@ from typing import Any, Protocol
 
 from engine.errors import InvalidParameter
 from engine.images.tarstream import TarFormatError, TarMember, TarReader
+from engine.pathnames import clean_components
 from engine.store.content import ContentWriter
 
 log = logging.getLogger(__name__)
@@ -339,18 +340,6 @@ def _zstd_reader(stream: Readable) -> Readable:
 
 
 # =========================================================================== paths
-def clean_components(name: str) -> list[str]:
-    """Lexical clean of an archive path, clamped at the root (``..`` never climbs out)."""
-    parts: list[str] = []
-    for part in name.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(part)
-    return parts
 
 
 class _Root:

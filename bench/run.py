@@ -152,6 +152,15 @@ def m_run_true(d: BaseDaemon, a: argparse.Namespace) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
+def m_run_true_none(d: BaseDaemon, a: argparse.Namespace) -> float:
+    """As run_true with `--network none`: the reference dockerd here runs with
+    `--bridge=none` (its default containers get no network), so this pair compares the
+    same work; run_true compares our bridged start with dockerd's network-less one."""
+    t0 = time.perf_counter()
+    docker_ok(d, "run", "--rm", "--network", "none", "busybox", "true", timeout=60)
+    return (time.perf_counter() - t0) * 1000
+
+
 def m_api_lifecycle(d: BaseDaemon, a: argparse.Namespace) -> float:
     with rawhttp.Connection(d.socket, timeout=60) as conn:
         t0 = time.perf_counter()
@@ -656,6 +665,8 @@ def m_image_commit(d: BaseDaemon, a: argparse.Namespace) -> float:
 METRICS = [
     Metric("run_true", "docker run --rm busybox true (CLI wall)", "ms", "lower", "<= 0.33x",
            m_run_true),
+    Metric("run_true_none", "docker run --rm --network none busybox true", "ms", "lower",
+           "<= 0.33x", m_run_true_none),
     Metric("api_lifecycle", "create+start+wait+delete `true` via API", "ms", "lower",
            "<= 0.33x", m_api_lifecycle),
     Metric("seq_create_start", "N sequential create+start (API)", "s", "lower", "<= 0.3x",

@@ -227,3 +227,33 @@ def test_platform_mismatch_is_404(docker_cli: DockerCLI) -> None:
     assert r.returncode != 0
     assert "does not match the specified platform" in r.stderr
     docker_cli.ok("rm", docker_cli.ok("create", "--platform", "linux/amd64", "busybox").strip())
+
+
+def test_oom_kill_is_reported(docker_cli: DockerCLI) -> None:
+    since = str(int(time.time()))
+    r = docker_cli("run", "--name", "oom1", "--memory", "8m", "--memory-swap", "8m", "busybox",
+                   "sh", "-c", "x=$(head -c 50000000 /dev/zero | tr '\\0' a); echo ${#x}")
+    try:
+        assert r.returncode == 137
+        state = _state(docker_cli, "oom1")
+        assert state["OOMKilled"] is True and state["ExitCode"] == 137
+        events = docker_cli.ok("events", "--since", since, "--until", str(int(time.time()) + 1),
+                               "--filter", "event=oom", "--format", "{{.Actor.Attributes.name}}")
+        assert events.split() == ["oom1"]
+    finally:
+        docker_cli("rm", "-f", "oom1")
+
+
+def test_more_create_options(docker_cli: DockerCLI) -> None:
+    r = docker_cli("run", "--rm", "--read-only", "busybox", "touch", "/x")
+    assert r.returncode != 0 and "Read-only file system" in r.stderr
+    docker_cli.ok("run", "--rm", "--read-only", "--tmpfs", "/tmp", "busybox", "touch", "/tmp/x")
+    out = docker_cli.ok("run", "--rm", "--device", "/dev/null:/dev/mynull", "busybox", "sh",
+                        "-c", "echo hi > /dev/mynull && echo written")
+    assert out.strip() == "written"
+    assert docker_cli.ok("run", "--rm", "--ulimit", "nofile=100:200", "busybox", "sh", "-c",
+                         "ulimit -n; ulimit -Hn").split() == ["100", "200"]
+    assert docker_cli.ok("run", "--rm", "--pids-limit", "10", "busybox", "cat",
+                         "/sys/fs/cgroup/pids/pids.max").strip() == "10"
+    assert docker_cli.ok("run", "--rm", "--cpus", "0.5", "busybox", "cat",
+                         "/sys/fs/cgroup/cpu/cpu.cfs_quota_us").strip() == "50000"

@@ -438,6 +438,10 @@ class ConmonMonitor:
 
     async def resize(self, handle: MonitorHandle, height: int, width: int) -> None:
         """Write ``1 <rows> <cols>`` to the ctl FIFO; conmon applies it to the pty."""
+        # conmon may still hold the FIFO open for a moment after the container exited:
+        # the exit file is what says the container is gone.
+        if await asyncio.to_thread(self.exit_code, handle.container_id) is not None:
+            raise Conflict(f"container {handle.container_id} is not running")
         await self._control(handle, f"1 {int(height)} {int(width)}\n".encode(), "resize")
 
     async def reopen_log(self, handle: MonitorHandle) -> None:

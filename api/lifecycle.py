@@ -14,7 +14,7 @@ sets a per-connection ``closed`` event that ``follow`` watches too.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import TypeVar
 
 from aiohttp import web
@@ -51,8 +51,10 @@ def stop_signals(request: web.Request) -> list[asyncio.Event]:
     return events
 
 
-async def _any_set(events: list[asyncio.Event]) -> None:
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+async def first_of(events: list[asyncio.Event], *others: Awaitable[object]) -> None:
+    """Return as soon as one event is set or one of ``others`` finishes."""
+    waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(e.wait()) for e in events]
+    waiters += [asyncio.ensure_future(o) for o in others]
     try:
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -66,7 +68,7 @@ async def follow(request: web.Request, source: AsyncIterator[T]) -> AsyncGenerat
     Use as ``async with contextlib.aclosing(follow(request, it)) as items:``; ``source``
     is closed on every exit path, so its subscriptions are released.
     """
-    stop = asyncio.ensure_future(_any_set(stop_signals(request)))
+    stop = asyncio.ensure_future(first_of(stop_signals(request)))
     try:
         while not stop.done():
             step = asyncio.ensure_future(anext(source))

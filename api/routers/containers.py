@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -169,7 +169,7 @@ async def post_containers_wait(request: web.Request) -> web.StreamResponse:
     response.enable_chunked_encoding()
     await response.prepare(request)
     try:
-        await _first_set(lifecycle.stop_signals(request), asyncio.shield(future))
+        await lifecycle.first_of(lifecycle.stop_signals(request), asyncio.shield(future))
     except BaseException:
         backend.forget_waiter(future)
         raise
@@ -212,7 +212,7 @@ async def post_containers_attach(request: web.Request) -> web.StreamResponse:
     shutting_down = lifecycle.shutting_down(request.app)
 
     async def client_gone_or_shutdown() -> None:
-        await _first_set([shutting_down], connection.wait_closed())
+        await lifecycle.first_of([shutting_down], connection.wait_closed())
 
     streams = StreamSet(
         write_output=write_output,
@@ -233,17 +233,6 @@ async def post_containers_attach(request: web.Request) -> web.StreamResponse:
     finally:
         await connection.finish()
     return hijacked_response()
-
-
-async def _first_set(events: list[asyncio.Event], *others: Awaitable[object]) -> None:
-    """Return as soon as one event is set or one awaitable finishes."""
-    waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(e.wait()) for e in events]
-    waiters += [asyncio.ensure_future(o) for o in others]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 def _tail(raw: str | None) -> int | None:

@@ -53,12 +53,6 @@ def _merge_env(image_env: list[str], env: list[str]) -> list[str]:
     return list(result.values())
 
 
-def validate_env(env: list[str]) -> None:
-    for entry in env:
-        if entry.startswith("=") or entry == "":
-            raise InvalidParameter(f"invalid environment variable: {entry}")
-
-
 def command_line(config: dict[str, Any]) -> list[str]:
     entrypoint = list(config.get("Entrypoint") or [])
     cmd = list(config.get("Cmd") or [])

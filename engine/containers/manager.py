@@ -31,6 +31,7 @@ from engine.containers import (
     naming,
     resources,
     restart,
+    spec,
 )
 from engine.containers.logs import LogRecord, read_logs
 from engine.containers.model import ContainerConfig, ContainerState, ContainerView
@@ -247,7 +248,7 @@ class ContainerManager:
         image = await self._images.get(image_ref)
         if platform:
             _check_platform(platform, image_ref, image.config)
-        createconfig.validate_env(config_in.get("Env") or [])
+        spec.validate_env(config_in.get("Env") or [])
         createconfig.validate_restart_policy(host_in)
         runtime = host_in.get("Runtime") or ""
         if runtime and runtime not in self._runtimes:
@@ -415,11 +416,11 @@ class ContainerManager:
             await asyncio.to_thread(self._write_network_files, view)
             shared = self._shared_namespaces(view)
             volume_mounts = await self._volumes.mount_container(cid, rootfs)
-            spec = await asyncio.to_thread(
+            config_json = await asyncio.to_thread(
                 build_container_spec, view.config, self._config, self._layout, netns_path,
                 shared, volume_mounts,
             )
-            await asyncio.to_thread(atomic_write, bundle / "config.json", spec, 0o600)
+            await asyncio.to_thread(atomic_write, bundle / "config.json", config_json, 0o600)
             cfg = view.config
             log_settings = logdrivers.settings(cfg.host_config.get("LogConfig") or {})
             launch = MonitorLaunch(

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from engine.containers import createconfig, naming
+from engine.containers import createconfig, naming, spec
 from engine.containers.etcfiles import hosts_file, resolv_conf
 from engine.containers.signals import parse_signal
 from engine.containers.state import TRANSITIONS, Status, can_transition
@@ -87,7 +87,7 @@ def test_restart_policy_messages(
 
 def test_env_validation() -> None:
     with pytest.raises(InvalidParameter, match="invalid environment variable: =x"):
-        createconfig.validate_env(["=x"])
+        spec.validate_env(["=x"])
 
 
 def test_fill_host_config_defaults_log_driver() -> None:

@@ -841,7 +841,9 @@ class ContainerManager:
         """
         if manual:
             await self._mark_manually_stopped(view.id)
-        waiter = self._exit_future(view.id)
+        waiter = self._exit_future(view.id, of_run=view.state.pid)
+        if waiter.done():
+            return  # it exited while we marked it: a concurrent stop, kill or restart
         await self._signal(view, stop_signal)
         if grace < 0:
             await asyncio.shield(waiter)
@@ -879,7 +881,9 @@ class ContainerManager:
         # Like dockerd, a SIGKILL returns once the container is really gone, so that an
         # inspect right after `docker kill` sees it exited.
         await self._mark_manually_stopped(view.id)
-        waiter = self._exit_future(view.id)
+        waiter = self._exit_future(view.id, of_run=view.state.pid)
+        if waiter.done():
+            return  # it exited while we marked it; nothing left to kill
         await self._signal(view, number)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(waiter), KILL_WAIT)
@@ -911,8 +915,18 @@ class ContainerManager:
             if current is not None and current.state.status == Status.PAUSED:
                 await self._commit_state(cid, current.state.evolve(status=Status.RUNNING))
 
-    def _exit_future(self, cid: str) -> asyncio.Future[int]:
+    def _exit_future(self, cid: str, of_run: int | None = None) -> asyncio.Future[int]:
+        """A future for the container's next exit. With ``of_run`` (the pid of the run
+        the caller acts on) it is already done when that run has ended: callers that
+        awaited something since they looked at the container (a lock, a state write)
+        could otherwise miss the exit and wait for one that never comes."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        current = self._views.get(cid)
+        if of_run is not None and (
+            current is None or not current.running or current.state.pid != of_run
+        ):
+            future.set_result(current.state.exit_code if current is not None else 0)
+            return future
         self._exit_waiters.setdefault(cid, []).append(future)
         return future
 

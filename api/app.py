@@ -231,6 +231,7 @@ def make_app(engine: Engine) -> web.Application:
     # tested before every router and the whole engine are in place.
     from api.routers import (
         auth,
+        build,
         container_files,
         containers,
         distribution,
@@ -258,6 +259,7 @@ def make_app(engine: Engine) -> web.Application:
         Mount(container_files.routes, container_files.BACKEND, engine.container_files),
         Mount(volumes.routes, volumes.BACKEND, engine.volumes),
         Mount(usage.routes, usage.BACKEND, engine.usage),
+        Mount(build.routes, build.BACKEND, engine.builder),
         Mount(networks.routes, networks.BACKEND,
               networks.EngineNetworks(engine.networks, engine.containers)),
     ]

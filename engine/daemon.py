@@ -11,6 +11,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from engine.builder.manager import BuildManager
 from engine.config import EngineConfig
 from engine.containers.exec import ExecManager
 from engine.containers.files import ContainerFiles
@@ -75,6 +76,7 @@ class Engine:
             self.containers, config, self.events, self.snapshotter.mounts
         )
         self.system = SystemInfo(config, self.layout, self.runtimes)
+        self.builder = BuildManager(self.db, self.layout, self.images, self.containers)
         self.usage = DiskUsage(self.images, self.containers, self.volumes, self.snapshotter)
 
     async def start(self) -> None:

@@ -153,8 +153,14 @@ def progress_object(message: Progress) -> dict[str, Any]:
 
 
 def error_object(exc: BaseException) -> dict[str, Any]:
+    """The stream's last message. A failed build step carries its exit code, which the
+    CLI exits with (``errorDetail.code``)."""
     text = str(exc) or type(exc).__name__
-    return {"errorDetail": {"message": text}, "error": text}
+    detail: dict[str, Any] = {"message": text}
+    code = getattr(exc, "exit_code", None)
+    if isinstance(code, int) and code:
+        detail = {"code": code, "message": text}
+    return {"errorDetail": detail, "error": text}
 
 
 class ProgressStream:

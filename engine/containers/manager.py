@@ -981,6 +981,28 @@ class ContainerManager:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    async def run_attached(
+        self, ref: str, write_output: Callable[[int, bytes], Awaitable[None]]
+    ) -> int:
+        """Start a created container with ``write_output`` receiving its output from
+        the first byte, and return its exit code once it has exited and its output has
+        been delivered (the builder's RUN)."""
+        view = self.get(ref)
+        io = self._io.setdefault(view.id, ContainerIO())
+        session = io.add_session(StreamSet(write_output=write_output))
+        try:
+            waiter = self._exit_future(view.id)
+            try:
+                await self.start(view.id)
+            except BaseException:
+                self.forget_waiter(waiter)
+                raise
+            code = await asyncio.shield(waiter)
+            await session.done.wait()
+        finally:
+            io.remove_session(session)
+        return code
+
     async def _pump_stdin(
         self, view: ContainerView, io: ContainerIO, streams: StreamSet, session: Session
     ) -> None:

@@ -43,6 +43,7 @@ from engine.images.catalog import NewImage
 from engine.images.changes import build_config_from_changes, container_config
 from engine.images.layers import EMPTY_TAR_DIGEST, Ingested, chain_ids, ingest
 from engine.images.pipes import ThreadJob, ThreadPipe
+from engine.images.platforms import host_arch
 from engine.images.reference import Reference, repo_tag_reference
 from engine.images.timefmt import rfc3339_nano
 from engine.store.content import ContentStore, ContentWriter
@@ -147,35 +148,99 @@ async def _commit(
         if paused_here:
             with contextlib.suppress(Conflict, NotFound):
                 await source.unpause(view.id)
-    parent = m.view_by_id(parent_id, include_removed=True)
-    if parent is None:
+    image_id = await _register_child(m, parent_id, diff, _Child(
+        new_config, container_cfg, view.id, comment, author, ref))
+    attributes = {"comment": comment, "imageID": image_id,
+                  "imageRef": ref.familiar() if ref else "", "name": view.name}
+    m.events.emit("container", "commit", view.id, attributes)
+    return image_id
+
+
+# =========================================================================== build steps
+async def commit_step(
+    m: ImageManager,
+    source: CommitSource,
+    *,
+    container: str | None,
+    parent_id: str | None,
+    config: dict[str, Any],
+    container_config: dict[str, Any],
+    author: str = "",
+) -> str:
+    """One step of a build: the image ``config`` on top of ``parent_id`` (None: FROM
+    scratch), with the stopped ``container``'s rw layer when there is one; without a
+    container only the metadata changes (an ``empty_layer`` history entry).
+    ``container_config`` is the step's run config, whose Cmd becomes the history's
+    ``created_by`` and the build cache's key (as moby's classic builder)."""
+    child = _Child(config, container_config, container or "", "", author, None)
+    if container is None:
+        return await m.run_owned(_register_child(m, parent_id, None, child))
+    return await m.run_owned(_commit_step(m, source, container, parent_id, child))
+
+
+async def _commit_step(
+    m: ImageManager, source: CommitSource, container: str, parent_id: str | None,
+    child: _Child,
+) -> str:
+    async with source.rootfs(container) as (current, _mounted):
+        diff = await _diff(m, source.upper_dir(current.id))
+    return await _register_child(m, parent_id, diff, child)
+
+
+@dataclass(frozen=True)
+class _Child:
+    config: dict[str, Any]
+    container_config: dict[str, Any]
+    container_id: str
+    comment: str
+    author: str
+    ref: Reference | None
+
+
+async def _register_child(
+    m: ImageManager, parent_id: str | None, diff: _Diff | None, child: _Child
+) -> str:
+    """The new image on top of ``parent_id`` (None: no parent) with ``diff`` as its
+    top layer (None: no new layer), named ``child.ref``; one transaction."""
+    parent = m.view_by_id(parent_id, include_removed=True) if parent_id else None
+    if parent_id and parent is None:
         await _drop(m, diff)
         raise NotFound(f"No such image: {parent_id}")
-    empty = diff is None
-    diff_ids = list(parent.diff_ids) + ([] if diff is None else [diff.ingested.diff_id])
+    parent_diff_ids = list(parent.diff_ids) if parent is not None else []
+    diff_ids = parent_diff_ids + ([] if diff is None else [diff.ingested.diff_id])
     chains = chain_ids(diff_ids)
     async with m.lease(chains):
         layers = []
         if diff is not None:
             try:
-                layers.append(await m.commit_layer(diff.key, diff.ingested, parent.top_layer,
-                                                   diff.writer))
+                layers.append(await m.commit_layer(
+                    diff.key, diff.ingested, parent.top_layer if parent else None, diff.writer))
             except BaseException:
                 await _drop(m, diff)
                 raise
         crash_point("commit_after_layer")
-        data = _image_config(parent.config, new_config, container_cfg, view.id,
-                             diff_ids, comment, author, empty)
+        parent_config = parent.config if parent is not None else _scratch_config()
+        data = _image_config(parent_config, child.config, child.container_config,
+                             child.container_id, diff_ids, child.comment, child.author,
+                             diff is None)
         image_id = await m.write_config(data)
-        size = sum(parent.layer_sizes) + (diff.ingested.size if diff is not None else 0)
+        size = (sum(parent.layer_sizes) if parent else 0) + (
+            diff.ingested.size if diff is not None else 0)
         image = NewImage(image_id, data, chains[-1] if chains else None, size,
-                         parent=parent.id, tags=[ref] if ref is not None else [])
+                         parent=parent.id if parent else None,
+                         tags=[child.ref] if child.ref is not None else [])
         await m.register(layers, [image], before_commit="commit_before_commit")
         crash_point("commit_after_commit")
-    attributes = {"comment": comment, "imageID": image_id,
-                  "imageRef": ref.familiar() if ref else "", "name": view.name}
-    m.events.emit("container", "commit", view.id, attributes)
     return image_id
+
+
+def _scratch_config() -> dict[str, Any]:
+    """What ``FROM scratch`` starts from: no layers, no history, this machine's platform."""
+    arch, variant = host_arch()
+    out: dict[str, Any] = {"architecture": arch, "os": "linux"}
+    if variant:
+        out["variant"] = variant
+    return out
 
 
 async def _drop(m: ImageManager, diff: _Diff | None) -> None:

@@ -24,6 +24,8 @@
                     mac, interface and endpoint id are set only while the container runs,
                     and (network_id, address) is unique: an address is never handed out twice
     sandboxes       a running container's network namespace and the host ports it holds
+    build_cache     (parent image, step key) → the image a build step produced; a hit
+                    needs the image to still exist (``docker builder prune`` drops rows)
 
 A file on disk (blob, snapshot, container directory) is referenced by a committed row
 or is garbage: the start-up sweep removes what no row names (architecture §3).
@@ -162,6 +164,17 @@ MIGRATIONS: list[str] = [
         netns        TEXT NOT NULL,
         ports        TEXT NOT NULL              -- JSON list of held host ports
     );
+    """,
+    # 5: the classic builder's cache
+    """
+    CREATE TABLE build_cache (
+        parent   TEXT NOT NULL,                 -- image id the step ran on ("" = scratch)
+        key      TEXT NOT NULL,                 -- sha256 of the step's run config (JSON)
+        image_id TEXT NOT NULL,                 -- what the step produced
+        created  REAL NOT NULL,
+        PRIMARY KEY (parent, key)
+    );
+    CREATE INDEX build_cache_image ON build_cache(image_id);
     """,
 ]
 

@@ -1,0 +1,168 @@
+"""Build router: the classic builder's ``POST /build`` and ``POST /build/prune``
+(api-notes §3.9, §3.10).
+
+The query is moby's ``newImageBuildOptions`` (booleans case-insensitive: docker-py sends
+``q=False``); the body is the context tar, streamed to the engine, never read whole.
+The answer is a JSON progress stream: errors found before the first message (a bad
+tag, the context, the Dockerfile) are plain HTTP errors, later ones end the stream with
+``errorDetail`` (a failed RUN carries its exit code, which the CLI exits with).
+``version=2`` (BuildKit) is refused: this daemon has no BuildKit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from api import params
+from api.errors import json_response
+from api.routers.images import ProgressStream
+from engine.builder.manager import BuildPruneReport
+from engine.builder.options import BuildOptions, RunLimits
+from engine.errors import InvalidParameter, NotSupported
+from engine.images.auth import AuthConfig, auth_from_object
+from engine.images.progress import ProgressSink
+
+_UPLOAD_CHUNK = 1 << 16
+
+
+class BuildBackend(Protocol):
+    async def build(
+        self, body: AsyncIterator[bytes], options: BuildOptions, sink: ProgressSink
+    ) -> str: ...
+    async def prune(self) -> BuildPruneReport: ...
+
+
+BACKEND: web.AppKey[BuildBackend] = web.AppKey("build", BuildBackend)
+routes = web.RouteTableDef()
+
+
+@routes.post("/build")
+async def post_build(request: web.Request) -> web.StreamResponse:
+    options = build_options(request)
+    backend = request.app[BACKEND]
+    body = request.content.iter_chunked(_UPLOAD_CHUNK)
+
+    async def build(sink: ProgressSink) -> None:
+        await backend.build(body, options, sink)
+
+    return await ProgressStream(request).run(build)
+
+
+@routes.post("/build/prune")
+async def post_build_prune(request: web.Request) -> web.Response:
+    # Filters, ``all`` and ``keep-storage`` shape BuildKit's cache; the classic cache
+    # is one set of entries, all of which go.
+    params.filters_param(request, frozenset({"until", "unused-for", "id", "parent", "type",
+                                             "description", "inuse", "shared", "private"}))
+    report = await request.app[BACKEND].prune()
+    return json_response({"CachesDeleted": report.deleted or None,
+                          "SpaceReclaimed": report.space_reclaimed})
+
+
+@routes.post("/build/cancel")
+async def post_build_cancel(_request: web.Request) -> web.Response:
+    raise NotSupported("build cancellation is a BuildKit feature; this daemon has no BuildKit")
+
+
+# ------------------------------------------------------------------ the query
+def build_options(request: web.Request) -> BuildOptions:
+    query = request.query
+    version = query.get("version", "1")
+    if version == "2":
+        raise InvalidParameter(
+            "BuildKit is not supported by this daemon: build with the classic builder "
+            "(DOCKER_BUILDKIT=0)")
+    if version != "1":
+        raise InvalidParameter(f"unsupported builder version {version!r}")
+    if query.get("remote"):
+        raise InvalidParameter(
+            f"remote build contexts are not supported (remote={query['remote']!r}): "
+            "send the context as the request body")
+    if query.get("securityopt"):
+        raise InvalidParameter("The daemon on this platform does not support setting "
+                               "security options on build")
+    force_remove = params.bool_param(request, "forcerm")
+    return BuildOptions(
+        dockerfile=query.get("dockerfile") or "Dockerfile",
+        tags=tuple(t for t in query.getall("t", []) if t),
+        build_args=_json_map(query.get("buildargs"), "buildargs", allow_null=True),
+        labels={k: v or "" for k, v in
+                _json_map(query.get("labels"), "labels", allow_null=False).items()},
+        target=query.get("target", ""),
+        no_cache=params.bool_param(request, "nocache"),
+        pull=params.bool_param(request, "pull"),
+        remove=params.bool_param(request, "rm", True) or force_remove,
+        force_remove=force_remove,
+        cache_from=tuple(_json_list(query.get("cachefrom"), "cachefrom")),
+        platform=query.get("platform", ""),
+        quiet=params.bool_param(request, "q"),
+        limits=RunLimits(
+            network_mode=query.get("networkmode", "") if query.get("networkmode") != "default"
+            else "",
+            shm_size=params.int_param(request, "shmsize", 0) or 0,
+            memory=params.int_param(request, "memory", 0) or 0,
+            memory_swap=params.int_param(request, "memswap", 0) or 0,
+            cpu_shares=params.int_param(request, "cpushares", 0) or 0,
+            cpuset_cpus=query.get("cpusetcpus", ""),
+            cpu_period=params.int_param(request, "cpuperiod", 0) or 0,
+            cpu_quota=params.int_param(request, "cpuquota", 0) or 0,
+            cgroup_parent=query.get("cgroupparent", ""),
+            extra_hosts=tuple(h for h in query.get("extrahosts", "").split(",") if h),
+            ulimits=tuple(_json_list(query.get("ulimits"), "ulimits")),
+        ),
+        registry_auth=registry_config(request.headers.get("X-Registry-Config")),
+    )
+
+
+def _json_map(raw: str | None, name: str, allow_null: bool) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise InvalidParameter(f"failed to parse {name}: invalid JSON") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(v, str) or (allow_null and v is None) for v in value.values()
+    ):
+        raise InvalidParameter(f"failed to parse {name}: expected a map of strings")
+    return value
+
+
+def _json_list(raw: str | None, name: str) -> list[Any]:
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise InvalidParameter(f"failed to parse {name}: invalid JSON") from None
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidParameter(f"failed to parse {name}: expected a list")
+    return value
+
+
+def registry_config(header: str | None) -> Mapping[str, AuthConfig]:
+    """``X-Registry-Config``: base64url JSON of registry → AuthConfig. Anything that
+    does not decode is no credentials (never echoed: reliability B29)."""
+    if not header:
+        return {}
+    raw = header.strip()
+    padded = raw + "=" * (-len(raw) % 4)
+    for decode in (base64.urlsafe_b64decode, base64.b64decode):
+        try:
+            data = json.loads(decode(padded.encode("ascii")))
+        except (binascii.Error, ValueError, UnicodeError):
+            continue
+        if isinstance(data, dict):
+            return {str(k): auth_from_object(v) for k, v in data.items()}
+        return {}
+    return {}

@@ -1,0 +1,1 @@
+"""The classic builder: Dockerfile parsing, word expansion and the build steps."""

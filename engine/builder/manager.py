@@ -1,0 +1,260 @@
+"""``POST /build``: dockerd's classic builder.
+
+A build receives the context (engine/builder/context.py), parses the Dockerfile
+(engine/builder/dockerfile.py), works out which stages the target needs, and runs
+them in order (engine/builder/steps.py), printing the classic builder's lines as
+``stream`` messages. Only a build that succeeds tags anything: the tags are the last
+thing it does. The context lives in the daemon's tmp directory (wiped at start-up) and
+goes when the build ends, however it ends.
+
+What a build leaves behind on failure is what dockerd leaves: the intermediate images
+of the steps that succeeded (untagged, removable, and the cache of the next try) and,
+unless ``forcerm``, the container of the RUN that failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from engine.builder import dockerfile as df
+from engine.builder.cache import BuildCache
+from engine.builder.context import receive_context
+from engine.builder.options import PROXY_ARGS, BuildOptions
+from engine.builder.shellwords import expand_word
+from engine.builder.steps import BuildRun, StageBuilder, StageState
+from engine.containers.manager import ContainerManager
+from engine.errors import EngineError, InvalidParameter, NotFound
+from engine.ids import new_id
+from engine.images.auth import AuthConfig
+from engine.images.changes import container_config
+from engine.images.manager import ImageManager
+from engine.images.progress import Progress, ProgressSink, discard
+from engine.images.reference import Reference, parse_normalized_named
+from engine.layout import Layout
+from engine.store.db import Database
+
+
+@dataclass(frozen=True)
+class BuildPruneReport:
+    deleted: list[str]
+    space_reclaimed: int
+
+
+class BuildManager:
+    def __init__(
+        self, db: Database, layout: Layout, images: ImageManager, containers: ContainerManager
+    ) -> None:
+        self._layout = layout
+        self._images = images
+        self._containers = containers
+        self._cache = BuildCache(db, lambda i: images.view_by_id(i) is not None)
+
+    # ------------------------------------------------------------------ build
+    async def build(
+        self, body: AsyncIterator[bytes], options: BuildOptions, sink: ProgressSink
+    ) -> str:
+        """Run one build; returns the image id. Errors raised before the first message
+        (bad tags, context, Dockerfile) reach the client as plain HTTP errors."""
+        tags = [_parse_tag(t) for t in options.tags]
+        workdir = self._layout.tmp_dir / f"build-{new_id()[:16]}"
+        await asyncio.to_thread((workdir / "context").mkdir, parents=True)
+        try:
+            context = await receive_context(body, workdir / "context", options.dockerfile)
+            dockerfile = df.parse(context.dockerfile_text)
+            stages = _stages_to_build(dockerfile, options)
+            shown = discard if options.quiet else sink
+            run = BuildRun(
+                options=options, images=self._images, containers=self._containers,
+                cache=self._cache, sink=shown, context_root=context.root,
+                escape=dockerfile.escape, meta_args={},
+                resolve_image=lambda ref: self._base_image(ref, options, shown),
+            )
+            try:
+                image_id = await self._run_stages(run, dockerfile, stages)
+            finally:
+                if options.force_remove:
+                    for cid in run.failed_containers:
+                        with contextlib.suppress(EngineError):
+                            await self._containers.remove(cid, force=True)
+            unused = sorted(set(k for k in options.build_args
+                                if k not in PROXY_ARGS) - run.consumed_args)
+            if unused:
+                shown(Progress(stream="[Warning] One or more build-args "
+                                      f"[{' '.join(unused)}] were not consumed\n"))
+            if options.quiet:
+                sink(Progress(stream=f"{image_id}\n"))
+                for ref in tags:
+                    await self._images.tag(image_id, ref.name, ref.tag)
+                return image_id
+            shown(Progress(stream=f"Successfully built {image_id.partition(':')[2][:12]}\n"))
+            for ref in tags:
+                name = await self._images.tag(image_id, ref.name, ref.tag)
+                shown(Progress(stream=f"Successfully tagged {name}\n"))
+            return image_id
+        finally:
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+    async def _run_stages(
+        self, run: BuildRun, dockerfile: df.Dockerfile, stages: Sequence[int]
+    ) -> str:
+        options = run.options
+        total = len(dockerfile.meta_args) + sum(
+            1 + len(dockerfile.stages[i].commands) for i in stages) + (1 if options.labels else 0)
+        step = 0
+
+        def announce(original: str) -> None:
+            nonlocal step
+            step += 1
+            run.say(f"Step {step}/{total} : {original}")
+            run.say("\n")
+
+        for arg in dockerfile.meta_args:
+            announce(arg.original)
+            for name, default in arg.args:
+                given = options.build_args.get(name)
+                if given is not None:
+                    run.meta_args[name] = given
+                elif default is not None:
+                    env = {k: v for k, v in run.meta_args.items() if v is not None}
+                    run.meta_args[name] = expand_word(default, env, dockerfile.escape)
+                else:
+                    run.meta_args[name] = None
+                run.consumed_args.add(name)
+
+        image_id: str | None = None
+        for index in stages:
+            stage = dockerfile.stages[index]
+            announce(stage.original)
+            builder = await self._from(run, stage)
+            await builder.run_onbuild_triggers()
+            for command in stage.commands:
+                announce(command.original)
+                await builder.dispatch(command)
+            if index == stages[-1] and options.labels:
+                announce("LABEL " + " ".join(f"{k}={v}" for k, v in
+                                             sorted(options.labels.items())))
+                await builder.add_labels(options.labels)
+            image_id = builder.state.image_id
+            if image_id is None:
+                raise InvalidParameter("No image was generated. Is your Dockerfile empty?")
+            run.stage_images[str(index)] = image_id
+            if stage.name:
+                run.stage_images[stage.name] = image_id
+            run.sink(Progress(aux={"ID": image_id}))
+        assert image_id is not None
+        return image_id
+
+    async def _from(self, run: BuildRun, stage: df.Stage) -> StageBuilder:
+        env = {k: v for k, v in run.meta_args.items() if v is not None}
+        base = expand_word(stage.base, env, run.escape)
+        if not base:
+            raise InvalidParameter(f"base name ({stage.base}) should not be blank")
+        image_id: str | None
+        if base.lower() in run.stage_images:
+            image_id = run.stage_images[base.lower()]
+        elif base == "scratch":
+            image_id = None
+        else:
+            assert run.resolve_image is not None
+            image_id = await run.resolve_image(base)
+        if image_id is None:
+            state = StageState(image_id=None, config=container_config({}))
+        else:
+            view = self._images.view_by_id(image_id)
+            if view is None:
+                raise NotFound(f"No such image: {image_id}")
+            config = dict(view.config.get("config") or {})
+            state = StageState(image_id=image_id, config=container_config(config))
+            run.say(f" ---> {view.short_id}\n")
+        return StageBuilder(run, state)
+
+    async def _base_image(self, ref: str, options: BuildOptions, sink: ProgressSink) -> str:
+        """A FROM or COPY --from image: local unless ``pull`` (or missing), then pulled
+        with the X-Registry-Config credentials of its registry."""
+        if not options.pull:
+            with contextlib.suppress(NotFound):
+                return self._images.resolve(ref).id
+        named = parse_normalized_named(ref)
+        auth = _auth_for(named, options.registry_auth)
+        await self._images.pull(str(named.tag_name_only()), None, options.platform or None,
+                                auth, sink)
+        return self._images.resolve(ref).id
+
+    # ------------------------------------------------------------------ prune
+    async def prune(self) -> BuildPruneReport:
+        """``POST /build/prune``: forget every cache entry, and remove the images only
+        the cache kept (untagged, unused, no children); returns what went."""
+        image_ids = await self._cache.prune()
+        deleted: list[str] = []
+        reclaimed = 0
+        for image_id in reversed(image_ids):
+            view = self._images.view_by_id(image_id)
+            if view is None or not view.dangling:
+                continue
+            if self._images.catalog.children.get(image_id):
+                continue
+            if self._containers.containers_using_image(image_id):
+                continue
+            size = view.size
+            with contextlib.suppress(EngineError):
+                records = await self._images.remove(image_id)
+                reclaimed += size if any("Deleted" in r for r in records) else 0
+                deleted.extend(r["Deleted"] for r in records if "Deleted" in r)
+        return BuildPruneReport(deleted, reclaimed)
+
+
+def _stages_to_build(dockerfile: df.Dockerfile, options: BuildOptions) -> list[int]:
+    """The target stage and the stages it needs (by FROM or COPY --from), in order."""
+    stages = dockerfile.stages
+    if options.target:
+        names = [s.name for s in stages]
+        if options.target.lower() not in names:
+            raise InvalidParameter(
+                f"failed to reach build target {options.target} in Dockerfile")
+        target = names.index(options.target.lower())
+    else:
+        target = len(stages) - 1
+    by_name = {s.name: i for i, s in enumerate(stages) if s.name}
+    needed = {target}
+    pending = [target]
+    while pending:
+        index = pending.pop()
+        stage = stages[index]
+        refs = [stage.base.lower()]
+        refs += [c.flags["from"].lower() for c in stage.commands
+                 if isinstance(c, df.CopyCommand) and c.flags.get("from")]
+        for ref in refs:
+            dep = by_name.get(ref)
+            if dep is None and ref.isdigit() and int(ref) < index:
+                dep = int(ref)
+            if dep is not None and dep < index and dep not in needed:
+                needed.add(dep)
+                pending.append(dep)
+    return sorted(needed)
+
+
+def _parse_tag(text: str) -> Reference:
+    named = parse_normalized_named(text)
+    if named.digest is not None:
+        raise InvalidParameter(f"invalid reference format: {text} is a digest reference")
+    return named.tag_name_only()
+
+
+def _auth_for(named: Reference, configs: Mapping[str, AuthConfig]) -> AuthConfig:
+    candidates = [named.domain]
+    if named.domain == "docker.io":
+        candidates += ["https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io"]
+    for key in candidates:
+        if key in configs:
+            return configs[key]
+    for key, auth in configs.items():
+        host = key.removeprefix("https://").removeprefix("http://").split("/")[0]
+        if host == named.domain:
+            return auth
+    return AuthConfig()
+
+

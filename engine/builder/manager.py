@@ -72,6 +72,7 @@ class BuildManager:
                 cache=self._cache, sink=shown, context_root=context.root,
                 escape=dockerfile.escape, meta_args={},
                 resolve_image=lambda ref: self._base_image(ref, options, shown),
+                cache_sources=self._cache_sources(options.cache_from),
             )
             try:
                 image_id = await self._run_stages(run, dockerfile, stages)
@@ -171,6 +172,14 @@ class BuildManager:
             state = StageState(image_id=image_id, config=container_config(config))
             run.say(f" ---> {view.short_id}\n")
         return StageBuilder(run, state)
+
+    def _cache_sources(self, refs: Sequence[str]) -> list[str]:
+        """``cachefrom`` images that exist here (dockerd ignores the others)."""
+        out = []
+        for ref in refs:
+            with contextlib.suppress(EngineError):
+                out.append(self._images.resolve(ref).id)
+        return out
 
     async def _base_image(self, ref: str, options: BuildOptions, sink: ProgressSink) -> str:
         """A FROM or COPY --from image: local unless ``pull`` (or missing), then pulled

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.builder import cachefrom, history
 from engine.builder import copy as files
 from engine.builder import dockerfile as df
-from engine.builder import history
 from engine.builder.cache import BuildCache, step_key
 from engine.builder.context import read_in_root
 from engine.builder.options import PROXY_ARGS, BuildOptions
@@ -89,6 +89,7 @@ class BuildRun:
     stage_images: dict[str, str | None] = field(default_factory=dict)  # name or index → id
     failed_containers: list[str] = field(default_factory=list)
     resolve_image: Callable[[str], Awaitable[str | None]] | None = None
+    cache_sources: list[str] = field(default_factory=list)  # --cache-from image ids
 
     def say(self, text: str) -> None:
         self.sink(Progress(stream=text))
@@ -167,6 +168,12 @@ class StageBuilder:
         key = step_key(run_config)
         if not self._run.options.no_cache:
             hit = await self._run.cache.lookup(parent, key)
+            if hit is None and self._run.cache_sources:
+                hit = await cachefrom.probe(
+                    self._run.images, self._run.cache_sources, parent,
+                    " ".join(run_config.get("Cmd") or []), container_config(self._state.config))
+                if hit is not None:
+                    await self._run.cache.record(parent, key, hit)
             if hit is not None:
                 self._run.say(" ---> Using cache\n")
                 self._set_image(hit)

@@ -20,12 +20,13 @@ import contextlib
 import copy as copying
 import os
 import posixpath
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.builder import cachefrom, history
+from engine.builder import cachefrom, history, remote
 from engine.builder import copy as files
 from engine.builder import dockerfile as df
 from engine.builder.cache import BuildCache, step_key
@@ -90,6 +91,7 @@ class BuildRun:
     failed_containers: list[str] = field(default_factory=list)
     resolve_image: Callable[[str], Awaitable[str | None]] | None = None
     cache_sources: list[str] = field(default_factory=list)  # --cache-from image ids
+    downloads: int = 0  # ADD <url> directories made so far
 
     def say(self, text: str) -> None:
         self.sink(Progress(stream=text))
@@ -167,8 +169,11 @@ class StageBuilder:
         parent = self._state.image_id
         key = step_key(run_config)
         if not self._run.options.no_cache:
-            hit = await self._run.cache.lookup(parent, key)
-            if hit is None and self._run.cache_sources:
+            # With --cache-from only the given images count, as with dockerd (whose
+            # local hits must then be ancestors of those images).
+            hit = None if self._run.cache_sources else await self._run.cache.lookup(
+                parent, key)
+            if self._run.cache_sources:
                 hit = await cachefrom.probe(
                     self._run.images, self._run.cache_sources, parent,
                     " ".join(run_config.get("Cmd") or []), container_config(self._state.config))
@@ -403,18 +408,17 @@ class StageBuilder:
         instruction = "ADD" if c.is_add else "COPY"
         sources = [w for raw in c.sources for w in self._words(raw)] if c.sources else []
         dest = self._word(c.dest)
-        for source in sources:
-            if c.is_add and _is_url(source):
-                raise InvalidParameter(
-                    f"ADD {source}: fetching remote URLs is not supported by this daemon; "
-                    "download the file into the build context and ADD it from there")
+        urls = [source for source in sources if c.is_add and remote.is_url(source)]
+        if urls and len(urls) != len(sources):
+            raise InvalidParameter("ADD of URLs and local files in one instruction is not "
+                                   "supported: use one ADD for each")
         chown = self._word(c.flags["chown"]) if c.flags.get("chown") else ""
         chmod = self._parse_chmod(c.flags.get("chmod") or "")
         source_from = self._word(c.flags["from"]) if c.flags.get("from") else ""
-        async with self._source_root(source_from) as src_root:
+        async with self._source_root(source_from, sources, urls, dest) as (src_root, sources):
             resolved = await asyncio.to_thread(
                 files.resolve_sources, src_root, sources, cmd=instruction,
-                in_context=not source_from)
+                in_context=not source_from and not urls)
             digest = await asyncio.to_thread(files.content_digest, src_root, resolved)
             chown_text = f"--chown={chown}" if chown else ""
             comment = f"{instruction} {chown_text}{digest} in {dest} "
@@ -429,13 +433,14 @@ class StageBuilder:
                         owner = await asyncio.to_thread(_chown_ids, rootfs, chown)
                     await asyncio.to_thread(
                         files.copy_into, src_root, resolved, rootfs, dest, workdir,
-                        chown=owner, chmod=chmod, extract_archives=c.is_add, cmd=instruction,
+                        chown=owner, chmod=chmod, extract_archives=c.is_add and not urls,
+                        cmd=instruction,
                     )
                 return cid
 
             if self._state.image_id is None:
                 await self._commit_scratch_copy(run_config, src_root, resolved, dest, chown,
-                                                chmod, c.is_add)
+                                                chmod, c.is_add and not urls)
                 return
             await self._commit_or_reuse(run_config, make)
 
@@ -485,6 +490,26 @@ class StageBuilder:
         await self._run.cache.record(None, key, image_id)
         self._set_image(image_id)
 
+    @contextlib.asynccontextmanager
+    async def _downloads(
+        self, urls: Sequence[str], dest: str
+    ) -> AsyncIterator[tuple[Path, list[str]]]:
+        """ADD's URLs fetched into a directory of the build's own (gone afterwards)."""
+        self._run.downloads += 1
+        directory = self._run.context_root.parent / f"add-{self._run.downloads}"
+        await asyncio.to_thread(directory.mkdir)
+        try:
+            names = []
+            for url in urls:
+                # A destination not ending in / names the file; else the URL does.
+                name = remote.file_name(url) if dest.endswith("/") or len(urls) > 1 \
+                    else posixpath.basename(dest) or remote.file_name(url)
+                await asyncio.to_thread(remote.download, url, directory, name)
+                names.append(name)
+            yield directory, names
+        finally:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+
     def _parse_chmod(self, text: str) -> int | None:
         if not text:
             return None
@@ -497,11 +522,18 @@ class StageBuilder:
         return value
 
     @contextlib.asynccontextmanager
-    async def _source_root(self, source_from: str) -> AsyncIterator[Path]:
-        """The directory COPY reads from: the context, or the rootfs of a previous stage
-        or another image (``--from``), mounted through a container never started."""
+    async def _source_root(
+        self, source_from: str, sources: Sequence[str], urls: Sequence[str], dest: str
+    ) -> AsyncIterator[tuple[Path, list[str]]]:
+        """The directory COPY reads from and the source names in it: the context, the
+        files ADD downloaded, or the rootfs of a previous stage or another image
+        (``--from``), mounted through a container never started."""
+        if urls:
+            async with self._downloads(urls, dest) as found:
+                yield found
+            return
         if not source_from:
-            yield self._run.context_root
+            yield self._run.context_root, list(sources)
             return
         key = source_from.lower()
         if key in self._run.stage_images:
@@ -517,7 +549,7 @@ class StageBuilder:
              "HostConfig": {"NetworkMode": "none", "LogConfig": {"Type": "none"}}}, None)
         try:
             async with self._run.containers.rootfs(cid) as (_view, rootfs):
-                yield rootfs
+                yield rootfs, list(sources)
         finally:
             await self._remove_container(cid)
 
@@ -542,10 +574,6 @@ def _chown_ids(rootfs: Path, spec: str) -> tuple[int, int]:
         passwd.decode("utf-8", "replace") if passwd is not None else None,
         group.decode("utf-8", "replace") if group is not None else None,
     )
-
-
-def _is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
 
 
 def _port_keys(word: str) -> list[str]:

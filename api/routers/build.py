@@ -113,7 +113,9 @@ def build_options(request: web.Request) -> BuildOptions:
             cpu_period=params.int_param(request, "cpuperiod", 0) or 0,
             cpu_quota=params.int_param(request, "cpuquota", 0) or 0,
             cgroup_parent=query.get("cgroupparent", ""),
-            extra_hosts=tuple(h for h in query.get("extrahosts", "").split(",") if h),
+            # the CLI joins them with commas, docker-py repeats the parameter
+            extra_hosts=tuple(h for v in query.getall("extrahosts", []) for h in v.split(",")
+                              if h),
             ulimits=tuple(_json_list(query.get("ulimits"), "ulimits")),
         ),
         registry_auth=registry_config(request.headers.get("X-Registry-Config")),

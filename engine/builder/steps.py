@@ -36,6 +36,7 @@ from engine.builder.shellwords import expand_word, expand_words
 from engine.containers import rootscope
 from engine.containers.manager import ContainerManager
 from engine.containers.signals import parse_signal
+from engine.containers.streams import STDERR
 from engine.errors import EngineError, InvalidParameter, NotFound
 from engine.images.changes import container_config
 from engine.images.commit import commit_step
@@ -171,8 +172,8 @@ class StageBuilder:
         if not self._run.options.no_cache:
             # With --cache-from only the given images count, as with dockerd (whose
             # local hits must then be ancestors of those images).
-            hit = None if self._run.cache_sources else await self._run.cache.lookup(
-                parent, key)
+            with_sources = bool(self._run.options.cache_from)
+            hit = None if with_sources else await self._run.cache.lookup(parent, key)
             if self._run.cache_sources:
                 hit = await cachefrom.probe(
                     self._run.images, self._run.cache_sources, parent,
@@ -401,8 +402,10 @@ class StageBuilder:
 
         await self._commit_or_reuse(run_config, make, announce_container=True)
 
-    async def _output(self, _stream: int, data: bytes) -> None:
-        self._run.say(data.decode("utf-8", "replace"))
+    async def _output(self, stream: int, data: bytes) -> None:
+        text = data.decode("utf-8", "replace")
+        # dockerd colours a RUN's stderr red in the stream (docker-py tests for it).
+        self._run.say(f"\x1b[91m{text}\x1b[0m" if stream == STDERR else text)
 
     async def copy(self, c: df.CopyCommand) -> None:
         instruction = "ADD" if c.is_add else "COPY"

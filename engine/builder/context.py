@@ -29,7 +29,6 @@ one that climbs out of it is an error, as dockerd's ``breakoutError``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
@@ -42,10 +41,9 @@ from pathlib import Path
 
 from engine.builder.ignore import IgnoreRules, clean_path
 from engine.containers import rootscope
-from engine.errors import EngineError, InvalidParameter
-from engine.images.pipes import ThreadJob
+from engine.errors import InvalidParameter
 from engine.images.tarstream import TarFormatError, TarMember, TarReader
-from engine.images.unpack import CHUNK, ChunkPipe, Readable, UnpackError, open_uncompressed
+from engine.images.unpack import CHUNK, Readable, UnpackError, open_uncompressed, run_fed
 from engine.pathnames import clean_components
 
 log = logging.getLogger(__name__)
@@ -81,22 +79,8 @@ async def receive_context(
 ) -> BuildContext:
     """Extract the request body into ``dest`` (an empty directory the caller made and
     removes) and read the Dockerfile. Errors are InvalidParameter with dockerd's text."""
-    pipe = ChunkPipe(asyncio.get_running_loop())
-    feeder = asyncio.ensure_future(pipe.feed(chunks))
-    job = ThreadJob(prepare_context, pipe, dest, dockerfile, name="wharfd-build-context")
-    try:
-        return await job.result()
-    except BaseException:
-        # Cancelled (client gone, daemon stopping) or failed: make the thread stop reading
-        # and wait for it, so the caller may remove ``dest`` safely.
-        pipe.fail(EngineError("build context upload aborted"))
-        await job.settle()
-        raise
-    finally:
-        pipe.close_reader()
-        if not feeder.done():
-            feeder.cancel()
-        await asyncio.gather(feeder, return_exceptions=True)
+    return await run_fed(chunks, prepare_context, dest, dockerfile,
+                         name="wharfd-build-context", aborted="build context upload aborted")
 
 
 def prepare_context(source: Readable, dest: Path, dockerfile: str) -> BuildContext:

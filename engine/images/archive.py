@@ -61,7 +61,7 @@ from engine.images.reference import (
     parse_any,
     parse_normalized_named,
 )
-from engine.images.unpack import CHUNK, ChunkPipe, Readable, UnpackError, open_uncompressed
+from engine.images.unpack import CHUNK, ChunkPipe, Readable, UnpackError, open_uncompressed, run_fed
 from engine.store.content import ContentStore, ContentWriter
 from engine.store.crashpoints import crash_point
 
@@ -333,27 +333,14 @@ async def load(
 ) -> None:
     loop = asyncio.get_running_loop()
     members = _Members()
-    pipe = ChunkPipe(loop)
-    feeder = asyncio.ensure_future(pipe.feed(stream))
     show: ProgressSink = p.discard if quiet else sink
 
     def threadsafe_sink(message: p.Progress) -> None:
         loop.call_soon_threadsafe(show, message)
 
-    job = ThreadJob(_read_members, pipe, members, _Bridge(loop, m), threadsafe_sink,
-                    name="wharfd-load")
     try:
-        try:
-            await job.result()
-        except BaseException:
-            pipe.fail(EngineError("load aborted"))
-            await job.settle()
-            raise
-        finally:
-            pipe.close_reader()
-            if not feeder.done():
-                feeder.cancel()
-            await asyncio.gather(feeder, return_exceptions=True)
+        await run_fed(stream, _read_members, members, _Bridge(loop, m), threadsafe_sink,
+                      name="wharfd-load", aborted="load aborted")
         await _register(m, members, sink)
     finally:
         await _discard_unused(m, members)

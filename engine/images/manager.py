@@ -73,7 +73,7 @@ from engine.images.reference import (
 from engine.images.registry import Registries
 from engine.images.removal import PRUNE_FILTERS, PruneReport, RemovalMixin
 from engine.images.timefmt import parse_go_duration, parse_rfc3339, parse_timestamp, rfc3339_nano
-from engine.images.unpack import ChunkPipe, Readable, UnpackError, UnpackResult, unpack
+from engine.images.unpack import Readable, UnpackResult, run_fed, unpack
 from engine.layout import Layout
 from engine.locks import KeyedLock
 from engine.snapshots.base import Snapshotter
@@ -688,20 +688,8 @@ class ImageManager(RemovalMixin):
             except asyncio.CancelledError:
                 await asyncio.wait({work})  # the worker must leave root before cleanup
                 raise
-        pipe = ChunkPipe(loop)
-        feeder = asyncio.ensure_future(pipe.feed(stream))  # type: ignore[arg-type]
-        work = loop.run_in_executor(None, unpack, pipe, root, writer)
-        try:
-            return await work
-        except BaseException:
-            pipe.fail(UnpackError("import aborted"))
-            await asyncio.wait({work})
-            raise
-        finally:
-            pipe.close_reader()
-            if not feeder.done():
-                feeder.cancel()
-            await asyncio.gather(feeder, return_exceptions=True)
+        return await run_fed(stream, unpack, root, writer,  # type: ignore[arg-type]
+                             name="wharfd-import", aborted="import aborted")
 
     @staticmethod
     def _import_config(plan: _ImportPlan, diff_id: str) -> bytes:

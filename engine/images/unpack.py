@@ -52,12 +52,15 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from engine.errors import InvalidParameter
+from engine.errors import EngineError, InvalidParameter
+from engine.images.pipes import ThreadJob
 from engine.images.tarstream import TarFormatError, TarMember, TarReader
 from engine.pathnames import clean_components
 from engine.store.content import ContentWriter
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +169,30 @@ class ChunkPipe:
             self._buffered -= len(chunk)
         self._loop.call_soon_threadsafe(self._space.set)
         return chunk
+
+
+async def run_fed(
+    chunks: AsyncIterator[bytes], fn: Callable[..., T], *args: Any, name: str, aborted: str
+) -> T:
+    """Run the blocking ``fn(pipe, *args)`` in a thread of its own, ``pipe`` delivering
+    ``chunks`` (a request body, read on the event loop) through a bounded buffer. When
+    ``fn`` fails or the caller is cancelled, the thread is told to stop (``aborted`` is
+    what its reads then raise) and awaited, so that the caller may remove what it was
+    writing as soon as this returns."""
+    pipe = ChunkPipe(asyncio.get_running_loop())
+    feeder = asyncio.ensure_future(pipe.feed(chunks))
+    job = ThreadJob(fn, pipe, *args, name=name)
+    try:
+        return await job.result()
+    except BaseException:
+        pipe.fail(EngineError(aborted))
+        await job.settle()
+        raise
+    finally:
+        pipe.close_reader()
+        if not feeder.done():
+            feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
 
 
 class _Prefixed:

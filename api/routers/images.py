@@ -12,9 +12,10 @@ bad name, an unknown manifest, an unreachable registry) is a plain HTTP error as
 dockerd; later failures end the stream with ``errorDetail``. Load always streams.
 
 Wire shapes follow api-notes §5.4 and moby v28 (API 1.50), with the version gates that
-matter to old clients: ``VirtualSize`` before 1.44, ``Container``/``ContainerConfig``
-before 1.45, ``<none>:<none>`` for untagged images before 1.43, and the legacy
-container-config fields of image ``Config`` before 1.50.
+matter to old clients: ``VirtualSize`` before 1.44, ``Container`` before 1.45
+(``ContainerConfig`` at every version, for compose v1), ``<none>:<none>`` for untagged
+images before 1.43, and the legacy container-config fields of image ``Config`` before
+1.50.
 """
 
 from __future__ import annotations
@@ -485,8 +486,11 @@ def inspect_body(
     }
     if version < (1, 45):
         body["Container"] = _text(cfg.get("container"))
-        legacy = cfg.get("container_config")
-        body["ContainerConfig"] = container_config(legacy if isinstance(legacy, dict) else None)
+    # moby drops ContainerConfig from 1.45 on, but compose v1 negotiates the newest API
+    # and then reads it when it recreates a service's container (KeyError 'ContainerConfig'
+    # against Docker 25+): kept at every version; newer clients ignore it.
+    legacy = cfg.get("container_config")
+    body["ContainerConfig"] = container_config(legacy if isinstance(legacy, dict) else None)
     body["DockerVersion"] = _text(cfg.get("docker_version"))
     body["Author"] = _text(cfg.get("author"))
     body["Config"] = image_config_body(view.container_config, version)

@@ -104,7 +104,7 @@ class BuildManager:
     ) -> str:
         options = run.options
         total = len(dockerfile.meta_args) + sum(
-            1 + len(dockerfile.stages[i].commands) for i in stages) + (1 if options.labels else 0)
+            1 + len(dockerfile.stages[i].commands) for i in stages) + len(options.labels)
         step = 0
 
         def announce(original: str) -> None:
@@ -135,10 +135,12 @@ class BuildManager:
             for command in stage.commands:
                 announce(command.original)
                 await builder.dispatch(command)
-            if index == stages[-1] and options.labels:
-                announce("LABEL " + " ".join(f"{k}={v}" for k, v in
-                                             sorted(options.labels.items())))
-                await builder.add_labels(options.labels)
+            if index == stages[-1]:
+                # The request's labels: one LABEL step each, sorted (moby's
+                # buildLabelOptions appends them to the Dockerfile).
+                for key, value in sorted(options.labels.items()):
+                    announce(f"LABEL {key}={value}")
+                    await builder.add_label(key, value)
             image_id = builder.state.image_id
             if image_id is None:
                 raise InvalidParameter("No image was generated. Is your Dockerfile empty?")

@@ -21,7 +21,7 @@ import copy as copying
 import os
 import posixpath
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,12 +256,10 @@ class StageBuilder:
         self._state.config["Labels"] = labels
         await self._metadata("LABEL " + " ".join(parts))
 
-    async def add_labels(self, labels: Mapping[str, str]) -> None:
-        """The request's ``labels``: one final LABEL step (as dockerd's classic builder)."""
-        merged = dict(self._state.config.get("Labels") or {})
-        merged.update(labels)
-        self._state.config["Labels"] = merged
-        await self._metadata("LABEL " + " ".join(f"{k}={v}" for k, v in sorted(labels.items())))
+    async def add_label(self, key: str, value: str) -> None:
+        """One of the request's ``labels`` (taken as written: no expansion)."""
+        self._state.config["Labels"] = {**(self._state.config.get("Labels") or {}), key: value}
+        await self._metadata(f"LABEL {key}={value}")
 
     async def maintainer(self, c: df.MaintainerCommand) -> None:
         self._state.author = c.maintainer
@@ -543,7 +541,10 @@ class StageBuilder:
             image_id = self._run.stage_images[key]
         else:
             assert self._run.resolve_image is not None
-            image_id = await self._run.resolve_image(source_from)
+            try:
+                image_id = await self._run.resolve_image(source_from)
+            except EngineError as exc:
+                raise type(exc)(f"invalid from flag value {source_from}: {exc}") from None
         if image_id is None:
             raise InvalidParameter(f"COPY --from={source_from}: the stage has no files "
                                    "(FROM scratch with nothing added)")
@@ -590,9 +591,9 @@ def _port_keys(word: str) -> list[str]:
         start = int(first)
         end = int(last) if last else start
     except ValueError:
-        raise InvalidParameter(f"invalid containerPort: {port}") from None
+        raise InvalidParameter(f"Invalid containerPort: {port}") from None
     if not 0 < start <= end <= 65535:
-        raise InvalidParameter(f"invalid containerPort: {port}")
+        raise InvalidParameter(f"Invalid containerPort: {port}")
     return [f"{p}/{proto}" for p in range(start, end + 1)]
 
 

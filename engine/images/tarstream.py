@@ -171,6 +171,18 @@ class TarReader:
         self.consumed += n
         return out
 
+    def _skip_padding(self, n: int) -> bool:
+        """Skip a member's padding; False when the archive ends inside it."""
+        while n > 0:
+            available = len(self._buf) - self._pos
+            if available == 0 and not self._fill(1):
+                return False
+            step = min(n, len(self._buf) - self._pos)
+            self._pos += step
+            self.consumed += step
+            n -= step
+        return True
+
     def _skip(self, n: int) -> None:
         while n > 0:
             available = len(self._buf) - self._pos
@@ -207,8 +219,10 @@ class TarReader:
             yield member
 
     def next(self) -> TarMember | None:
-        self._skip(self._left + self._pad)
-        self._left = self._pad = 0
+        self._skip(self._left)
+        pad, self._left, self._pad = self._pad, 0, 0
+        if not self._skip_padding(pad):
+            return None  # ended right after the last member's data, as the CLI's `-f -` tar
         pax: dict[str, str] = {}
         long_name: str | None = None
         long_link: str | None = None

@@ -310,7 +310,7 @@ class ConmonMonitor:
         argv = self.argv(launch, runtime)
         await asyncio.to_thread(self._prepare, cid, launch)
         try:
-            launched = await self._spawn(argv)
+            launched = await self._spawn(argv, self._dir(cid))
         except OSError as exc:
             await asyncio.shield(asyncio.to_thread(self.cleanup, cid, launch.bundle))
             raise SystemError_(f"cannot run conmon ({argv[0]}): {exc}") from exc
@@ -343,7 +343,7 @@ class ConmonMonitor:
         if launch.log_path is not None:
             launch.log_path.parent.mkdir(parents=True, exist_ok=True)
 
-    async def _spawn(self, argv: list[str]) -> _Launched:
+    async def _spawn(self, argv: list[str], cwd: Path) -> _Launched:
         sync_ours, sync_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         start_theirs, start_ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -353,6 +353,7 @@ class ConmonMonitor:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
+                cwd=cwd,  # conmon writes an "oom" file into its working directory
                 env=env,
                 pass_fds=(sync_theirs.fileno(), start_theirs.fileno()),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -580,7 +581,7 @@ class ConmonMonitor:
         argv = self.exec_argv(launch, runtime)
         await asyncio.to_thread(_prepare_exec_dir, launch)
         try:
-            launched = await self._spawn_exec(argv, launch.attach)
+            launched = await self._spawn_exec(argv, launch.attach, launch.session_dir)
         except OSError as exc:
             raise SystemError_(f"cannot run conmon ({argv[0]}): {exc}") from exc
         provisional = MonitorHandle(launch.container_id, 0, 0, launch.session_dir)
@@ -624,7 +625,7 @@ class ConmonMonitor:
         """Remove an exec session's directory (blocking: call through asyncio.to_thread)."""
         shutil.rmtree(session_dir, ignore_errors=True)
 
-    async def _spawn_exec(self, argv: list[str], attach: bool) -> _ExecLaunched:
+    async def _spawn_exec(self, argv: list[str], attach: bool, cwd: Path) -> _ExecLaunched:
         """conmon with the sync, start and (for an attached session) attach socketpairs.
         Unlike a create, the start socket stays open: an attached exec takes two bytes."""
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(3)]
@@ -644,6 +645,7 @@ class ConmonMonitor:
             proc = await asyncio.to_thread(
                 subprocess.Popen,
                 argv,
+                cwd=cwd,  # conmon writes an "oom" file into its working directory
                 env=env,
                 pass_fds=fds,
                 stdin=subprocess.DEVNULL,

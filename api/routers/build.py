@@ -80,16 +80,13 @@ def build_options(request: web.Request) -> BuildOptions:
             "(DOCKER_BUILDKIT=0)")
     if version != "1":
         raise InvalidParameter(f"unsupported builder version {version!r}")
-    if query.get("remote"):
-        raise InvalidParameter(
-            f"remote build contexts are not supported (remote={query['remote']!r}): "
-            "send the context as the request body")
     if query.get("securityopt"):
         raise InvalidParameter("The daemon on this platform does not support setting "
                                "security options on build")
     force_remove = params.bool_param(request, "forcerm")
     return BuildOptions(
         dockerfile=query.get("dockerfile") or "Dockerfile",
+        remote=query.get("remote", ""),
         tags=tuple(t for t in query.getall("t", []) if t),
         build_args=_json_map(query.get("buildargs"), "buildargs", allow_null=True),
         labels={k: v or "" for k, v in

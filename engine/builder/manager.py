@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from engine.builder import dockerfile as df
+from engine.builder import remote
 from engine.builder.cache import BuildCache
 from engine.builder.context import receive_context
 from engine.builder.options import PROXY_ARGS, BuildOptions
@@ -63,7 +64,12 @@ class BuildManager:
         workdir = self._layout.tmp_dir / f"build-{new_id()[:16]}"
         await asyncio.to_thread((workdir / "context").mkdir, parents=True)
         try:
-            context = await receive_context(body, workdir / "context", options.dockerfile)
+            if options.remote:
+                context = await asyncio.to_thread(
+                    remote.fetch_context, options.remote, workdir / "context",
+                    options.dockerfile)
+            else:
+                context = await receive_context(body, workdir / "context", options.dockerfile)
             dockerfile = df.parse(context.dockerfile_text)
             stages = _stages_to_build(dockerfile, options)
             shown = discard if options.quiet else sink

@@ -53,6 +53,7 @@ class RunLimits:
 @dataclass(frozen=True)
 class BuildOptions:
     dockerfile: str = "Dockerfile"
+    remote: str = ""  # a URL the context comes from (the body is then not read)
     tags: tuple[str, ...] = ()
     build_args: Mapping[str, str | None] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)

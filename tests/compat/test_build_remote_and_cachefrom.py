@@ -1,16 +1,20 @@
-"""`ADD <url>` (a file server inside the daemon's network namespace) and
-`--cache-from` (an image whose parent chain was lost through save/rmi/load), through
-the docker CLI with the classic builder."""
+"""`ADD <url>` and remote contexts (a file server inside the daemon's network
+namespace; docker-py sends `remote=` for a URL path, the docker CLI downloads URLs
+itself) and `--cache-from` (an image whose parent chain was lost through
+save/rmi/load), with the classic builder."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
 
 from tests.harness.daemon import BaseDaemon
@@ -111,3 +115,41 @@ def test_cache_from_an_image_without_its_parents(daemon: BaseDaemon, tmp_path: P
     assert len(ids) == 1, ids
     for n in (1, 2, 3):
         _docker(daemon, "rmi", f"cachesrc:{n}")
+
+
+def _context_tar(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_remote_context_tarball_and_plain_dockerfile(daemon: BaseDaemon, file_server: str,
+                                                     tmp_path: Path,
+                                                     dclient: docker.DockerClient) -> None:
+    www = tmp_path / "www"
+    (www / "ctx.tar.gz").write_bytes(_context_tar({
+        "Dockerfile": "FROM busybox\nCOPY greeting /greeting\n", "greeting": "from a tarball\n",
+    }))
+    (www / "Dockerfile").write_text("FROM busybox\nRUN echo from a remote Dockerfile > /g\n")
+    image, _logs = dclient.images.build(path=f"{file_server}/ctx.tar.gz", tag="remotectx:1")
+    out = dclient.containers.run(image.id, ["cat", "/greeting"], remove=True)
+    assert out == b"from a tarball\n"
+    image, _logs = dclient.images.build(path=f"{file_server}/Dockerfile", tag="remotectx:2")
+    out = dclient.containers.run(image.id, ["cat", "/g"], remove=True)
+    assert out == b"from a remote Dockerfile\n"
+    for tag in ("remotectx:1", "remotectx:2"):
+        dclient.images.remove(tag)
+
+
+def test_remote_context_that_cannot_be_fetched(daemon: BaseDaemon, file_server: str,
+                                               dclient: docker.DockerClient) -> None:
+    with pytest.raises(docker.errors.APIError) as failure:
+        dclient.images.build(path=f"{file_server}/nothing-here.tar", tag="remotectx:missing")
+    assert f"{file_server}/nothing-here.tar" in str(failure.value)
+    with pytest.raises(docker.errors.ImageNotFound):
+        dclient.images.get("remotectx:missing")

@@ -77,7 +77,8 @@ class BuildManager:
                 options=options, images=self._images, containers=self._containers,
                 cache=self._cache, sink=shown, context_root=context.root,
                 escape=dockerfile.escape, meta_args={},
-                resolve_image=lambda ref: self._base_image(ref, options, shown),
+                resolve_image=lambda ref, platform: self._base_image(
+                    ref, options, shown, platform),
                 cache_sources=self._cache_sources(options.cache_from),
             )
             try:
@@ -169,7 +170,8 @@ class BuildManager:
             image_id = None
         else:
             assert run.resolve_image is not None
-            image_id = await run.resolve_image(base)
+            platform = expand_word(stage.platform, env, run.escape) if stage.platform else ""
+            image_id = await run.resolve_image(base, platform)
         if image_id is None:
             state = StageState(image_id=None, config=container_config({}))
         else:
@@ -189,16 +191,19 @@ class BuildManager:
                 out.append(self._images.resolve(ref).id)
         return out
 
-    async def _base_image(self, ref: str, options: BuildOptions, sink: ProgressSink) -> str:
+    async def _base_image(
+        self, ref: str, options: BuildOptions, sink: ProgressSink, platform: str = ""
+    ) -> str:
         """A FROM or COPY --from image: local unless ``pull`` (or missing), then pulled
-        with the X-Registry-Config credentials of its registry."""
+        for ``FROM --platform`` (else the request's platform) with the X-Registry-Config
+        credentials of its registry."""
         if not options.pull:
             with contextlib.suppress(NotFound):
                 return self._images.resolve(ref).id
         named = parse_normalized_named(ref)
         auth = _auth_for(named, options.registry_auth)
-        await self._images.pull(str(named.tag_name_only()), None, options.platform or None,
-                                auth, sink)
+        await self._images.pull(str(named.tag_name_only()), None,
+                                platform or options.platform or None, auth, sink)
         return self._images.resolve(ref).id
 
     # ------------------------------------------------------------------ prune

@@ -90,7 +90,8 @@ class BuildRun:
     consumed_args: set[str] = field(default_factory=set)
     stage_images: dict[str, str | None] = field(default_factory=dict)  # name or index → id
     failed_containers: list[str] = field(default_factory=list)
-    resolve_image: Callable[[str], Awaitable[str | None]] | None = None
+    # (reference, platform) → image id, pulled when needed
+    resolve_image: Callable[[str, str], Awaitable[str | None]] | None = None
     cache_sources: list[str] = field(default_factory=list)  # --cache-from image ids
     downloads: int = 0  # ADD <url> directories made so far
 
@@ -542,7 +543,7 @@ class StageBuilder:
         else:
             assert self._run.resolve_image is not None
             try:
-                image_id = await self._run.resolve_image(source_from)
+                image_id = await self._run.resolve_image(source_from, "")
             except EngineError as exc:
                 raise type(exc)(f"invalid from flag value {source_from}: {exc}") from None
         if image_id is None:

@@ -63,6 +63,13 @@ def enable_forwarding() -> None:
     _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
 
 
+def enable_bridge_netfilter() -> None:
+    """Frames between two ports of one bridge reach the ``ip`` family's forward hook (our
+    enable_icc=false drop rule) only with br_netfilter's switch on; it is per namespace
+    and usually on already, but nothing else would notice it off. dockerd sets it too."""
+    _write_sysctl("/proc/sys/net/bridge/bridge-nf-call-iptables", "1")
+
+
 def ensure_bridge(name: str, address: str, prefixlen: int, mtu: int) -> None:
     """Create (or adopt) the bridge with its gateway address, up."""
     with IPRoute() as ip:
@@ -139,27 +146,17 @@ def in_netns(netns: Path, work: Callable[[], T]) -> T:
 
 def plumb(p: Plumbing) -> None:
     """Create the veth pair, attach the host end, configure the container end."""
-    peer_tmp = "wp" + p.host_if[2:]
     with IPRoute() as ip:
-        stale = _link_index(ip, p.host_if)
-        if stale is not None:  # left by a crash between plumb and the commit
-            ip.link("del", index=stale)
         bridge = _link_index(ip, p.bridge)
         if bridge is None:
             raise OSError(errno.ENODEV, f"bridge {p.bridge} does not exist")
-        ip.link("add", ifname=p.host_if, kind="veth", peer={"ifname": peer_tmp, "mtu": p.mtu},
-                mtu=p.mtu)
+        fd = os.open(p.netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            host = _link_index(ip, p.host_if)
-            peer = _link_index(ip, peer_tmp)
-            assert host is not None and peer is not None
-            ip.link("set", index=host, master=bridge, state="up")
-            fd = os.open(p.netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                ip.link("set", index=peer, net_ns_fd=fd)
-            finally:
-                os.close(fd)
-            in_netns(p.netns, lambda: _configure_inside(p, peer_tmp))
+            _add_veth(ip, p, bridge, fd)
+        finally:
+            os.close(fd)
+        try:
+            in_netns(p.netns, lambda: _configure_inside(p))
         except BaseException:
             index = _link_index(ip, p.host_if)
             if index is not None:
@@ -167,11 +164,34 @@ def plumb(p: Plumbing) -> None:
             raise
 
 
-def _configure_inside(p: Plumbing, current_name: str) -> None:
+def _add_veth(ip: IPRoute, p: Plumbing, bridge: int, netns_fd: int) -> None:
+    """One request: the host end up on the bridge, the container end born inside its
+    namespace with its final name and MAC. Moving a link into a namespace afterwards
+    waits for an RCU grace period: 15 to 40 ms of every bridged start (measured, see
+    docs/networking.md)."""
+    spec: dict[str, Any] = {
+        "ifname": p.host_if, "kind": "veth", "mtu": p.mtu, "master": bridge, "state": "up",
+        "peer": {"ifname": p.ifname, "mtu": p.mtu, "address": p.mac, "net_ns_fd": netns_fd},
+    }
+    try:
+        ip.link("add", **spec)
+    except NetlinkError as exc:
+        stale = _link_index(ip, p.host_if) if exc.code == errno.EEXIST else None
+        if stale is None:
+            raise
+        # left by a crash between plumb and the commit of the endpoint row
+        ip.link("del", index=stale)
+        ip.link("add", **spec)
+
+
+def _configure_inside(p: Plumbing) -> None:
     with IPRoute() as ip:
-        index = _link_index(ip, current_name)
-        assert index is not None
-        ip.link("set", index=index, ifname=p.ifname, address=p.mac)
+        index = _link_index(ip, p.ifname)
+        if index is None:
+            raise OSError(errno.ENODEV, f"{p.ifname} did not appear in {p.netns}")
+        # No IPv6 on an IPv4-only network, as dockerd (no link-local address, no DAD).
+        # /proc/sys/net is that of the opening thread: this one, inside the namespace.
+        _write_sysctl(f"/proc/sys/net/ipv6/conf/{p.ifname}/disable_ipv6", "1")
         ip.addr("add", index=index, address=p.address, prefixlen=p.prefixlen)
         ip.link("set", index=index, state="up")
         if p.gateway is not None:

@@ -38,6 +38,7 @@ from engine.errors import Conflict, EngineError, InvalidParameter, NotFound, Sys
 from engine.events import EventBus
 from engine.ids import new_id
 from engine.layout import Layout
+from engine.networks import links
 from engine.runtime.base import OCIRuntime
 from engine.runtime.conmon import (
     LOST_EXIT_CODE,
@@ -525,7 +526,9 @@ class ExecManager:
         return exec_process(
             base, cfg,
             hostname=view.config.config.get("Hostname") or view.id[:12],
-            container_env=view.config.config.get("Env") or [],
+            # --link variables of the current run first, as dockerd's exec has them
+            container_env=[*links.load(self._layout.container_dir(view.id)),
+                           *(view.config.config.get("Env") or [])],
             user=user,
             all_capabilities=runspec.host_facts().capabilities,
             size=size,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import signal
@@ -58,7 +59,7 @@ from engine.ids import is_full_id, new_id, resolve
 from engine.images.manager import ImageManager
 from engine.layout import Layout
 from engine.locks import KeyedLock
-from engine.networks import netns
+from engine.networks import links, netns
 from engine.networks.manager import NetworkManager, SandboxRequest
 from engine.runtime.base import MonitorHandle, MonitorLaunch, OCIRuntime, RuntimeCreateError
 from engine.runtime.conmon import ConmonMonitor
@@ -413,12 +414,14 @@ class ContainerManager:
         io = self._io.setdefault(cid, ContainerIO())
         try:
             netns_path = await self._prepare_netns(view)
+            linked = self._linked_env(view)
             await asyncio.to_thread(self._write_network_files, view)
+            await asyncio.to_thread(links.save, bundle, linked)
             shared = self._shared_namespaces(view)
             volume_mounts = await self._volumes.mount_container(cid, rootfs)
             config_json = await asyncio.to_thread(
-                build_container_spec, view.config, self._config, self._layout, netns_path,
-                shared, volume_mounts,
+                build_container_spec, _with_link_env(view.config, linked), self._config,
+                self._layout, netns_path, shared, volume_mounts,
             )
             await asyncio.to_thread(atomic_write, bundle / "config.json", config_json, 0o600)
             cfg = view.config
@@ -522,6 +525,30 @@ class ContainerManager:
                 names = " ".join(dict.fromkeys([alias, hostname, other.name]))
                 entries.append((addresses[0], names))
         return entries
+
+    def _linked_env(self, view: ContainerView) -> list[str]:
+        """`--link name[:alias]` environment variables (dockerd's setupLinkedContainers):
+        only for a container on the default bridge, each linked container must run."""
+        if self._networks.default_bridge_endpoint(view.id) is None:
+            return []
+        env: list[str] = []
+        for name, alias in link_pairs(view.config.host_config.get("Links") or []):
+            try:
+                child = self.get(name)
+            except NotFound:
+                continue  # removed since: dockerd's link graph forgets it too
+            link_name = f"/{view.name}/{alias}"
+            if not child.running:
+                raise SystemError_(f"Cannot link to a non running container: /{child.name} "
+                                   f"AS {link_name}")
+            endpoint = self._networks.default_bridge_endpoint(child.id)
+            if endpoint is None or endpoint.address is None:
+                raise SystemError_(f"container {child.id} not attached to default bridge "
+                                   "network")
+            cfg = child.config.config
+            env += links.link_env(link_name, endpoint.address, cfg.get("Env"),
+                                  cfg.get("ExposedPorts"))
+        return env
 
     async def _teardown(
         self, cid: str, runtime: OCIRuntime | None, netns_path: Path | None
@@ -1425,6 +1452,15 @@ def _host_gateway(entry: str, gateway: str) -> str:
     """`--add-host name:host-gateway`: the gateway of the container's first network."""
     name, _, address = entry.partition(":")
     return f"{name}:{gateway}" if address == "host-gateway" and gateway else entry
+
+
+def _with_link_env(record: ContainerConfig, linked: Sequence[str]) -> ContainerConfig:
+    """The record as the spec sees it: link variables before the container's own Env,
+    where dockerd puts them (the container's own win on a clash)."""
+    if not linked:
+        return record
+    config = {**record.config, "Env": [*linked, *(record.config.get("Env") or [])]}
+    return dataclasses.replace(record, config=config)
 
 
 def link_pairs(links: Sequence[str]) -> list[tuple[str, str]]:

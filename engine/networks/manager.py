@@ -196,6 +196,8 @@ class NetworkManager:
         subnet = net.subnets[0]
         await asyncio.to_thread(bridge.ensure_bridge, net.bridge, str(subnet.gateway),
                                 subnet.subnet.prefixlen, net.mtu)
+        if not net.icc:
+            await asyncio.to_thread(bridge.enable_bridge_netfilter)
 
     async def _insert_network(self, net: Network) -> None:
         await self._db.execute(
@@ -522,7 +524,7 @@ class NetworkManager:
         wanted = ep.wanted_ip()
         async with self._lock:
             address = pool.allocate(ipaddress.IPv4Address(wanted) if wanted else None,
-                                    f"{net.name} ({net.id[:12]})")
+                                    f"{net.name} ({net.id})")
             mac = ep.wanted_mac() or ipam.mac_for(address)
             plugged = ep.evolve(endpoint_id=new_id(), address=str(address), mac=mac,
                                 host_if=_veth_name(ep.container_id, net.id), ifname=ifname)
@@ -705,6 +707,15 @@ class NetworkManager:
                 return str(self._networks[ep.network_id].subnets[0].gateway)
         default = next(n for n in self._networks.values() if n.name == "bridge")
         return str(default.subnets[0].gateway)
+
+    def default_bridge_endpoint(self, container_id: str) -> Endpoint | None:
+        """The container's membership of the predefined ``bridge`` network, if any:
+        legacy links (their environment variables) exist only there."""
+        for ep in self.endpoints_of(container_id):
+            net = self._networks.get(ep.network_id)
+            if net is not None and net.name == "bridge":
+                return ep
+        return None
 
     def addresses_of(self, container_id: str) -> list[str]:
         return [e.address for e in self.endpoints_of(container_id) if e.address]

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.compat import test_networks_links
 from tests.harness.cli import DockerCLI, import_busybox
 from tests.harness.daemon import BaseDaemon
 from tests.harness.netns import NetNS
@@ -26,6 +27,9 @@ from tests.harness.netns import NetNS
 pytestmark = pytest.mark.root
 
 P = "wn" + secrets.token_hex(3)
+
+# --against-dockerd: a reference dockerd with its own default bridge (in its netns)
+daemon = test_networks_links.daemon
 
 
 def describe(r: subprocess.CompletedProcess[Any]) -> str:
@@ -249,12 +253,18 @@ def test_exhausted_pool_b16(docker_cli: DockerCLI) -> None:
     cli = docker_cli
     net, a, b = f"{P}-tiny", f"{P}-ta", f"{P}-tb"
     try:
-        cli.ok("network", "create", "--subnet", "10.50.0.0/30", net)
+        net_id = cli.ok("network", "create", "--subnet", "10.50.0.0/30", net).strip()
+        # /30: network, gateway .1, one address (.2), broadcast
         cli.ok("run", "-d", "--name", a, "--network", net, "busybox", "sleep", "3600")
-        cli.ok("create", "--name", b, "--network", net, "busybox", "sleep", "3600")
+        # dockerd 20.10's words, with the network's full id
+        message = f"no available IPv4 addresses on this network's address pools: {net} " \
+                  f"({net_id})"
+        r = cli("run", "-d", "--name", b, "--network", net, "busybox", "sleep", "3600")
+        assert r.returncode == 125 and message in r.stderr, describe(r)
         r = cli("start", b)
-        assert r.returncode != 0 and "no available IPv4 addresses" in r.stderr, describe(r)
-        assert inspect(cli, b)[0]["State"]["Status"] == "created"
+        assert r.returncode != 0 and message in r.stderr, describe(r)
+        state = inspect(cli, b)[0]["State"]
+        assert state["Status"] == "created" and state["Error"] == message, state
         cli.ok("rm", "-f", a)
         cli.ok("start", b)
         assert inspect(cli, b)[0]["NetworkSettings"]["Networks"][net]["IPAddress"] == \

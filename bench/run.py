@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench import netbench  # noqa: E402
 from tests.harness import rawhttp  # noqa: E402
 from tests.harness.busybox import BusyboxArtifacts  # noqa: E402
 from tests.harness.cli import docker_binary, import_busybox  # noqa: E402
@@ -69,6 +70,7 @@ class Metric:
     goal: str  # from docs/performance.md: ratio to dockerd, or an absolute figure
     func: Callable[[BaseDaemon, argparse.Namespace], float]
     heavy: bool = False
+    network: bool = False  # measured against the bridged dockerd (bench/netbench.py)
     results: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
@@ -662,6 +664,30 @@ def m_image_commit(d: BaseDaemon, a: argparse.Namespace) -> float:
         docker(d, "rmi", "bench-committed:1")
 
 
+def m_net_loopback(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return netbench.published_loopback(d, a.net_mib)
+
+
+def m_net_other_netns(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return netbench.published_other_netns(d, a.net_mib)
+
+
+def m_net_conn_rate(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return netbench.connection_rate(d, a.conns)
+
+
+def m_net_c2c(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return netbench.container_to_container(d, a.net_mib)
+
+
+def m_net_start_overhead(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return netbench.bridge_start_overhead(d, a.start_pairs)
+
+
+def m_net_start_bridged(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return netbench.start_bridged(d, a.start_pairs)
+
+
 METRICS = [
     Metric("run_true", "docker run --rm busybox true (CLI wall)", "ms", "lower", "<= 0.33x",
            m_run_true),
@@ -707,12 +733,26 @@ METRICS = [
            m_image_pull_small, heavy=True),
     Metric("image_commit", "docker commit of a 50 MiB change", "s", "lower", "(none)",
            m_image_commit, heavy=True),
+    Metric("net_loopback", "TCP N MiB via published port, from lo", "MiB/s", "higher",
+           ">= 1x", m_net_loopback, heavy=True, network=True),
+    Metric("net_other_netns", "TCP N MiB via published port, other netns", "MiB/s",
+           "higher", ">= 1x", m_net_other_netns, heavy=True, network=True),
+    Metric("net_conn_rate", "new connections via published port, from lo", "conn/s",
+           "higher", ">= 1x", m_net_conn_rate, network=True),
+    Metric("net_c2c", "TCP N MiB container to container, user net", "MiB/s", "higher",
+           ">= 1x", m_net_c2c, heavy=True, network=True),
+    Metric("net_start_bridged", "start (API) of a container on the bridge", "ms", "lower",
+           "(none)", m_net_start_bridged, network=True),
+    Metric("net_start_overhead", "start (API): bridged minus --network none", "ms",
+           "lower", "<= 0.5x", m_net_start_overhead, network=True),
 ]
 
 
 # -- driver ---------------------------------------------------------------------------------
 
-def start_daemons(a: argparse.Namespace, bb: BusyboxArtifacts) -> list[BaseDaemon]:
+def start_daemons(a: argparse.Namespace, bb: BusyboxArtifacts,
+                  plain_dockerd: bool = True) -> list[BaseDaemon]:
+    """wharfd, and the network-less dockerd when a metric other than net_* needs it."""
     daemons: list[BaseDaemon] = []
     wanted: list[type[BaseDaemon]] = []
     if not a.no_wharfd:
@@ -721,7 +761,7 @@ def start_daemons(a: argparse.Namespace, bb: BusyboxArtifacts) -> list[BaseDaemo
             print(f"wharfd: cannot run here: {reason}")
         else:
             wanted.append(DaemonProcess)
-    if not a.no_dockerd:
+    if not a.no_dockerd and plain_dockerd:
         reason = dockerd_unavailable_reason()
         if reason:
             print(f"dockerd: not measured: {reason}")
@@ -740,6 +780,36 @@ def start_daemons(a: argparse.Namespace, bb: BusyboxArtifacts) -> list[BaseDaemo
             print(f"{d.kind}: FAILED to start or import busybox: {e}")
             d.cleanup()
     return daemons
+
+
+def start_bridged_dockerd(a: argparse.Namespace, bb: BusyboxArtifacts) -> BaseDaemon | None:
+    """The reference for the network metrics: dockerd with its default bridge."""
+    reason = dockerd_unavailable_reason() or netbench.check_tools()
+    if reason:
+        print(f"dockerd (bridged): not measured: {reason}")
+        return None
+    d = netbench.BridgedDockerd(userland_proxy=a.dockerd_userland_proxy == "on")
+    try:
+        t0 = time.perf_counter()
+        d.start()
+        import_busybox(d, bb.tar_path)
+        print(f"dockerd (bridged, userland-proxy {a.dockerd_userland_proxy}): started in "
+              f"{time.perf_counter() - t0:.2f}s (pid {d.pid}, netns {d.netns.name})")
+        return d
+    except Exception as e:
+        print(f"dockerd (bridged): FAILED to start or import busybox: {e}")
+        d.cleanup()
+        return None
+
+
+def daemons_for(m: Metric, daemons: list[BaseDaemon],
+                bridged: BaseDaemon | None) -> list[BaseDaemon]:
+    """The network metrics compare with the bridged dockerd, the others with the plain
+    one (both of kind "dockerd": one column in the table)."""
+    if not m.network:
+        return daemons
+    others = [d for d in daemons if d.kind != "dockerd"]
+    return others + ([bridged] if bridged is not None else [])
 
 
 def run_metric(m: Metric, daemons: list[BaseDaemon], a: argparse.Namespace) -> None:
@@ -779,8 +849,8 @@ def report(metrics: list[Metric], kinds: list[str], a: argparse.Namespace) -> di
         med = {k: statistics.median(v) for k, v in m.results.items() if v}
         w, dk = med.get("wharfd"), med.get("dockerd")
         ratio = w / dk if w is not None and dk else None
-        title = m.title.replace("N MiB", f"{a.mib} MiB").replace("N sequential",
-                                                                   f"{a.seq_n} sequential")
+        title = m.title.replace("N MiB", f"{a.net_mib if m.network else a.mib} MiB")
+        title = title.replace("N sequential", f"{a.seq_n} sequential")
         print(f"{title[:44]:<44} {m.unit:>6} {fmt(w):>9} {fmt(dk):>9} "
               f"{(f'{ratio:.2f}x' if ratio else '-'):>7}  {m.goal} ({m.better} is better)")
         for kind, err in m.errors.items():
@@ -807,6 +877,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mib", type=int, default=256, help="MiB for attach and logs")
     p.add_argument("--rss-containers", type=int, default=10, help="containers for helper_rss")
     p.add_argument("--exec-runs", type=int, default=5, help="timed execs per exec_true pass")
+    p.add_argument("--net-mib", type=int, default=1024,
+                   help="MiB per transfer in the net_* throughput metrics")
+    p.add_argument("--conns", type=int, default=2000, help="connections in net_conn_rate")
+    p.add_argument("--start-pairs", type=int, default=5,
+                   help="bridged/none run pairs per net_start_overhead pass")
+    p.add_argument("--dockerd-userland-proxy", choices=("on", "off"), default="on",
+                   help="the bridged dockerd's --userland-proxy (on: dockerd's default)")
     p.add_argument("--no-dockerd", action="store_true")
     p.add_argument("--no-wharfd", action="store_true")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -830,18 +907,22 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bb = BusyboxArtifacts.create()
     daemons: list[BaseDaemon] = []
+    bridged: BaseDaemon | None = None
     try:
-        daemons = start_daemons(a, bb)
-        if not daemons:
+        daemons = start_daemons(a, bb, any(not m.network for m in metrics))
+        if any(m.network for m in metrics) and not a.no_dockerd:
+            bridged = start_bridged_dockerd(a, bb)
+        if not daemons and bridged is None:
             print("no daemon could be started; nothing to measure", file=sys.stderr)
             return 1
         print(f"passes: {a.passes} light, {a.heavy_passes} heavy; order alternates per pass")
         for m in metrics:
             t0 = time.perf_counter()
             print(f"  {m.key} ...", end="", flush=True)
-            run_metric(m, daemons, a)
+            run_metric(m, daemons_for(m, daemons, bridged), a)
             print(f" {time.perf_counter() - t0:.1f}s")
-        results = report(metrics, [d.kind for d in daemons], a)
+        kinds = [d.kind for d in daemons] + (["dockerd"] if bridged is not None else [])
+        results = report(metrics, kinds, a)
         if a.json:
             a.json.write_text(json.dumps(results, indent=2) + "\n")
         failed = any(m.errors for m in metrics)
@@ -849,7 +930,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if FIXTURES is not None:
             FIXTURES.cleanup()  # the registries (stopped by PID) before their daemons
-        for d in daemons:
+        netbench.PEERS.cleanup()
+        for d in [*daemons, *([bridged] if bridged is not None else [])]:
             left = d.cleanup()
             if left:
                 print(f"{d.kind}: left behind after cleanup: {left}", file=sys.stderr)

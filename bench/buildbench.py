@@ -12,6 +12,7 @@ runs without a bridge, so its RUN containers have no network either.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -118,6 +119,4 @@ def big_context(d: BaseDaemon) -> float:
 
 
 def remove_contexts() -> None:
-    import shutil
-
     shutil.rmtree(_CONTEXTS, ignore_errors=True)

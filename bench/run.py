@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import netbench  # noqa: E402
+from bench import buildbench, netbench  # noqa: E402
 from tests.harness import rawhttp  # noqa: E402
 from tests.harness.busybox import BusyboxArtifacts  # noqa: E402
 from tests.harness.cli import docker_binary, import_busybox  # noqa: E402
@@ -664,6 +664,18 @@ def m_image_commit(d: BaseDaemon, a: argparse.Namespace) -> float:
         docker(d, "rmi", "bench-committed:1")
 
 
+def m_build_ten(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return buildbench.ten_steps(d)
+
+
+def m_build_ten_cached(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return buildbench.ten_steps_cached(d)
+
+
+def m_build_big_context(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return buildbench.big_context(d)
+
+
 def m_net_loopback(d: BaseDaemon, a: argparse.Namespace) -> float:
     return netbench.published_loopback(d, a.net_mib)
 
@@ -733,6 +745,12 @@ METRICS = [
            m_image_pull_small, heavy=True),
     Metric("image_commit", "docker commit of a 50 MiB change", "s", "lower", "(none)",
            m_image_commit, heavy=True),
+    Metric("build_ten", "docker build, 10 steps, no cache (classic builder)", "s", "lower",
+           "<= 0.5x", m_build_ten),
+    Metric("build_ten_cached", "docker build, 10 steps, all cached", "s", "lower", "<= 1x",
+           m_build_ten_cached),
+    Metric("build_big_context", "docker build, COPY of a 100 MiB / 20 000 file context",
+           "s", "lower", "(none)", m_build_big_context, heavy=True),
     Metric("net_loopback", "TCP N MiB via published port, from lo", "MiB/s", "higher",
            ">= 1x", m_net_loopback, heavy=True, network=True),
     Metric("net_other_netns", "TCP N MiB via published port, other netns", "MiB/s",
@@ -931,6 +949,7 @@ def main(argv: list[str] | None = None) -> int:
         if FIXTURES is not None:
             FIXTURES.cleanup()  # the registries (stopped by PID) before their daemons
         netbench.PEERS.cleanup()
+        buildbench.remove_contexts()
         for d in [*daemons, *([bridged] if bridged is not None else [])]:
             left = d.cleanup()
             if left:

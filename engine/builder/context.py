@@ -43,7 +43,7 @@ from engine.builder.ignore import IgnoreRules, clean_path
 from engine.containers import rootscope
 from engine.errors import InvalidParameter
 from engine.images.tarstream import TarFormatError, TarMember, TarReader
-from engine.images.unpack import CHUNK, Readable, UnpackError, open_uncompressed, run_fed
+from engine.images.unpack import CHUNK, Readable, UnpackError, make_room, open_uncompressed, run_fed
 from engine.pathnames import clean_components
 
 log = logging.getLogger(__name__)
@@ -205,20 +205,9 @@ class SafeExtractor:
         self._parent, self._parent_key = None, None
 
     def _clear(self, dir_fd: int, name: str, keep_dir: bool) -> None:
-        """Later entries replace earlier ones (tar order); a directory stays for a
-        directory entry (its metadata is replaced)."""
-        try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            if keep_dir:
-                return
-            shutil.rmtree(name, dir_fd=dir_fd)
-        else:
-            os.unlink(name, dir_fd=dir_fd)
-        # The cached parent may have been reached through what just went away.
-        self._drop_parent()
+        if make_room(dir_fd, name, keep_dir):
+            # The cached parent may have been reached through what just went away.
+            self._drop_parent()
 
     # -- entry kinds ---------------------------------------------------------------------
     def _directory(self, parts: list[str], member: TarMember) -> None:

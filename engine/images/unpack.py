@@ -677,19 +677,9 @@ class _Extractor:
         os.utime(name, ns=_times_ns(member), dir_fd=parent_fd, follow_symlinks=False)
 
     def _clear(self, parent_fd: int, name: str, keep_dir: bool) -> None:
-        """Make room for a new entry: later entries replace earlier ones (tar order)."""
-        try:
-            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            if keep_dir:
-                return
-            shutil.rmtree(name, dir_fd=parent_fd)
-        else:
-            os.unlink(name, dir_fd=parent_fd)
-        # A cached parent may have been resolved through (or inside) what just went away.
-        self._root.invalidate()
+        if make_room(parent_fd, name, keep_dir):
+            # A cached parent may have been resolved through (or inside) what went away.
+            self._root.invalidate()
 
     # -- the end -------------------------------------------------------------------------
     def finish(self) -> None:
@@ -711,6 +701,23 @@ class _Extractor:
 
 
 # =========================================================================== metadata
+def make_room(dir_fd: int, name: str, keep_dir: bool) -> bool:
+    """Before extracting entry ``name``: later tar entries replace earlier ones, except
+    that a directory stays for a directory entry (``keep_dir``; its metadata is then
+    replaced). Returns whether something was removed."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        if keep_dir:
+            return False
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+    return True
+
+
 def _times_ns(member: TarMember) -> tuple[int, int]:
     mtime = int(float(member.mtime) * 1_000_000_000)
     atime_text = member.pax_headers.get("atime")

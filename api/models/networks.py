@@ -93,12 +93,13 @@ def network_body(net: Network, endpoints: Iterable[Endpoint] = (),
         if not ep.plugged:
             continue
         prefix = net.subnets[0].subnet.prefixlen if net.subnets else 0
+        prefix6 = net.ipv6.subnet.prefixlen if net.ipv6 is not None else 0
         containers[ep.container_id] = {
             "Name": ep.container_name,
             "EndpointID": ep.endpoint_id or "",
             "MacAddress": ep.mac or "",
             "IPv4Address": f"{ep.address}/{prefix}" if ep.address else "",
-            "IPv6Address": "",
+            "IPv6Address": f"{ep.address6}/{prefix6}" if ep.address6 else "",
         }
     return {
         "Name": net.name,
@@ -106,7 +107,7 @@ def network_body(net: Network, endpoints: Iterable[Endpoint] = (),
         "Created": net.created,
         "Scope": "local",
         "Driver": net.driver,
-        "EnableIPv6": False,
+        "EnableIPv6": net.enable_ipv6,
         "EnableIPv4": True,
         "IPAM": {
             "Driver": net.ipam_driver,

@@ -26,6 +26,11 @@ T = TypeVar("T")
 # pyroute2 logs every netlink message at debug level: that would drown the daemon log.
 logging.getLogger("pyroute2").setLevel(logging.WARNING)
 _CLONE_NEWNET = 0x40000000
+# ifaddrmsg flag: no duplicate address detection. dockerd adds container (and we also
+# bridge) IPv6 addresses with it: a tentative address cannot be used for a second or
+# so, and the addresses come from IPAM, so they are unique on the bridge anyway.
+IFA_F_NODAD = 0x02
+_AF_INET6 = 10
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
@@ -43,6 +48,9 @@ class Plumbing:
     mac: str
     gateway: str | None  # default route via this address, when it is the first network
     mtu: int
+    address6: str | None = None   # on a network with EnableIPv6
+    prefixlen6: int = 0
+    gateway6: str | None = None   # IPv6 default route (the first IPv6 network)
 
 
 def _link_index(ip: IPRoute, name: str) -> int | None:
@@ -63,11 +71,18 @@ def enable_forwarding() -> None:
     _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
 
 
+def enable_ipv6_forwarding() -> None:
+    """Routing between an IPv6 bridge and the rest (published ports reached over IPv6
+    from another namespace); dockerd turns it on too once an IPv6 network exists."""
+    _write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+
+
 def enable_bridge_netfilter() -> None:
     """Frames between two ports of one bridge reach the ``ip`` family's forward hook (our
     enable_icc=false drop rule) only with br_netfilter's switch on; it is per namespace
     and usually on already, but nothing else would notice it off. dockerd sets it too."""
     _write_sysctl("/proc/sys/net/bridge/bridge-nf-call-iptables", "1")
+    _write_sysctl("/proc/sys/net/bridge/bridge-nf-call-ip6tables", "1")
 
 
 def ensure_bridge(name: str, address: str, prefixlen: int, mtu: int) -> None:
@@ -92,6 +107,31 @@ def ensure_bridge(name: str, address: str, prefixlen: int, mtu: int) -> None:
     # Published ports reached from the daemon namespace's 127.0.0.1 are DNATed to a
     # container: the kernel routes such packets out of the bridge only with this set.
     _write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
+
+
+def ensure_bridge_ipv6(name: str, address: str, prefixlen: int) -> None:
+    """Give an existing bridge its IPv6 gateway address (EnableIPv6 networks)."""
+    # The namespace's default may have IPv6 off; the address cannot be added then.
+    _write_sysctl(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "0")
+    with IPRoute() as ip:
+        index = _link_index(ip, name)
+        if index is None:
+            raise OSError(errno.ENODEV, f"bridge {name} does not exist")
+        present = {
+            (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+            for a in ip.get_addr(index=index, family=_AF_INET6)
+        }
+        if (address, prefixlen) not in present:
+            _add_address6(ip, index, address, prefixlen)
+
+
+def _add_address6(ip: IPRoute, index: int, address: str, prefixlen: int) -> None:
+    try:
+        ip.addr("add", index=index, address=address, prefixlen=prefixlen, family=_AF_INET6,
+                flags=IFA_F_NODAD)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
 
 
 def delete_link(name: str) -> None:
@@ -189,13 +229,21 @@ def _configure_inside(p: Plumbing) -> None:
         index = _link_index(ip, p.ifname)
         if index is None:
             raise OSError(errno.ENODEV, f"{p.ifname} did not appear in {p.netns}")
-        # No IPv6 on an IPv4-only network, as dockerd (no link-local address, no DAD).
+        # No IPv6 on an IPv4-only network, as dockerd (no link-local address, no DAD);
+        # on an IPv6 one it must be on (the namespace's default may say otherwise).
         # /proc/sys/net is that of the opening thread: this one, inside the namespace.
-        _write_sysctl(f"/proc/sys/net/ipv6/conf/{p.ifname}/disable_ipv6", "1")
+        disable = "0" if p.address6 else "1"
+        _write_sysctl(f"/proc/sys/net/ipv6/conf/{p.ifname}/disable_ipv6", disable)
         ip.addr("add", index=index, address=p.address, prefixlen=p.prefixlen)
+        if p.address6:
+            _add_address6(ip, index, p.address6, p.prefixlen6)
         ip.link("set", index=index, state="up")
         if p.gateway is not None:
             ip.route("add", dst="0.0.0.0/0", gateway=p.gateway, oif=index)
+        if p.gateway6 is not None:
+            # metric 1024: the kernel's default for IPv6 routes, what dockerd's shows
+            ip.route("replace", dst="::/0", gateway=p.gateway6, oif=index, family=_AF_INET6,
+                     priority=1024)
 
 
 def unplumb(host_if: str) -> None:
@@ -217,17 +265,25 @@ def next_ifname(netns: Path) -> str:
     return in_netns(netns, scan)
 
 
-def set_default_route(netns: Path, ifname: str, gateway: str | None) -> None:
-    """Point the default route at ``gateway`` via ``ifname`` (after a disconnect)."""
+def set_default_route(netns: Path, ifname: str, gateway: str | None,
+                      v6: tuple[str, str] | None = None) -> None:
+    """Point the default route at ``gateway`` via ``ifname`` (after a disconnect), and
+    the IPv6 one at ``v6`` = (interface, gateway) when an IPv6 network remains."""
+
+    def replace(ip: IPRoute, name: str, dst: str, via: str, **extra: Any) -> None:
+        index = _link_index(ip, name)
+        if index is None:
+            return
+        try:
+            ip.route("replace", dst=dst, gateway=via, oif=index, **extra)
+        except NetlinkError:
+            pass
 
     def work() -> None:
         with IPRoute() as ip:
-            index = _link_index(ip, ifname)
-            if index is None or gateway is None:
-                return
-            try:
-                ip.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=index)
-            except NetlinkError:
-                pass
+            if gateway is not None:
+                replace(ip, ifname, "0.0.0.0/0", gateway)
+            if v6 is not None:
+                replace(ip, v6[0], "::/0", v6[1], family=_AF_INET6, priority=1024)
 
     in_netns(netns, work)

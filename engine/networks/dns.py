@@ -5,8 +5,11 @@ inside its own namespace and a resolv.conf naming it. Our sockets are created in
 the container's namespace (a short thread joins it, see bridge.in_netns) and then
 served by the daemon's event loop, so the resolver knows which container asks without
 looking at addresses. Names of containers sharing a network with the asker (names,
-aliases, short ids) are answered here; anything else is forwarded to the daemon's
-upstream servers, and answered SERVFAIL when there are none or they do not answer.
+aliases, short ids) are answered here (A records with their IPv4 addresses, AAAA with
+their IPv6 ones on networks with EnableIPv6; a name of ours with no address of the
+asked family gets an empty NOERROR answer, as dockerd's); anything else is forwarded
+to the daemon's upstream servers, and answered SERVFAIL when there are none or they
+do not answer.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ FORWARD_TIMEOUT = 2.0
 RCODE_SERVFAIL = 2
 
 Lookup = Callable[[str, str], list[str] | None]
-"""(asking container id, lowercase name without the trailing dot) → IPv4 addresses, or
-None when the name is not one of ours."""
+"""(asking container id, lowercase name without the trailing dot) → its IPv4 and IPv6
+addresses, or None when the name is not one of ours."""
+
+_RECORDS = {TYPE_A: (socket.AF_INET, 4), TYPE_AAAA: (socket.AF_INET6, 16)}
 
 
 @dataclass(frozen=True)
@@ -67,16 +72,28 @@ def parse_question(packet: bytes) -> Question | None:
     return Question(".".join(labels), qtype, qclass, offset + 4)
 
 
+def _of_family(addresses: Sequence[str], family: int) -> list[bytes]:
+    out = []
+    for address in addresses:
+        try:
+            out.append(socket.inet_pton(family, address))
+        except OSError:
+            continue  # the other family
+    return out
+
+
 def answer(packet: bytes, question: Question, addresses: Sequence[str]) -> bytes:
-    """A response to ``packet`` with A records for ``addresses`` (none for other types)."""
-    records = addresses if question.qtype == TYPE_A else []
+    """A response to ``packet`` with A or AAAA records for those of ``addresses`` of the
+    asked family (none for other types)."""
+    family, size = _RECORDS.get(question.qtype, (0, 0))
+    records = _of_family(addresses, family) if family else []
     rd = packet[2] & 0x01
     flags = 0x8400 | (rd << 8) | 0x0080  # QR, AA, RD as asked, RA
     header = packet[:2] + struct.pack("!HHHHH", flags, 1, len(records), 0, 0)
     body = packet[12:question.end]
-    for address in records:
-        body += struct.pack("!HHHIH", 0xC00C, TYPE_A, CLASS_IN, TTL, 4)
-        body += socket.inet_aton(address)
+    for packed in records:
+        body += struct.pack("!HHHIH", 0xC00C, question.qtype, CLASS_IN, TTL, size)
+        body += packed
     return header + body
 
 

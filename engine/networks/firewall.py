@@ -1,9 +1,12 @@
-"""nftables rules of one daemon: one table of our own, replaced whole in one atomic batch.
+"""nftables rules of one daemon: tables of our own, replaced whole in one atomic batch.
 
 The table (``ip wharfd_<id>``) is rebuilt from the manager's state on every change:
 ``add table; delete table; add table; …chains and rules…`` is a single netlink
 transaction, so there is never a moment without rules and no rule of anyone else is
-touched. The JSON batch goes to ``nft -j -f -``.
+touched. The JSON batch goes to ``nft -j -f -``. While an IPv6 network exists, an
+``ip6 wharfd_<id>`` table of the same shape is rebuilt in that same batch (and deleted
+in it when the last one goes): the IPv4 table stays as it was, so a daemon upgraded
+while containers run finds exactly the table it expects.
 
   prerouting/output (nat)  traffic to a local address → ``ports`` (DNAT of published
                            ports; output covers the daemon namespace's own loopback,
@@ -11,6 +14,12 @@ touched. The JSON batch goes to ``nft -j -f -``.
   postrouting (nat)        MASQUERADE of traffic leaving a network, of loopback
                            sources DNATed into a bridge, and of hairpin connections
   forward (filter)         isolation between bridge networks; internal networks
+
+The IPv6 table has the same chains: DNAT of published ports to containers' IPv6
+addresses (not from ``[::1]``: the kernel never routes a loopback source out of a
+bridge, and IPv6 has no route_localnet; dockerd's does not work either), hairpin
+masquerade, isolation, internal and ``enable_icc=false``. No masquerade of IPv6 traffic
+leaving a network: like dockerd without ``--ip6tables``, IPv6 subnets are routed.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from typing import Any
 from engine.errors import SystemError_
 
 FAMILY = "ip"
+FAMILY6 = "ip6"
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,7 @@ class BridgeRules:
     masquerade: bool
     internal: bool
     icc: bool
+    subnet6: str | None = None  # CIDR, on a network with EnableIPv6
 
 
 @dataclass(frozen=True)
@@ -42,8 +53,12 @@ class PortRule:
     proto: str           # tcp | udp
     host_ip: str | None  # None: every local address
     host_port: int
-    container_ip: str
+    container_ip: str    # an IPv6 address puts the rule in the IPv6 table
     container_port: int
+
+    @property
+    def ipv6(self) -> bool:
+        return ":" in self.container_ip
 
 
 def _match(left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:
@@ -64,27 +79,48 @@ def _prefix(cidr: str) -> dict[str, Any]:
 
 
 class Ruleset:
-    def __init__(self, table: str) -> None:
+    def __init__(self, table: str, family: str = FAMILY) -> None:
         self.table = table
+        self.family = family
         self.commands: list[dict[str, Any]] = []
+
+    @property
+    def proto(self) -> str:
+        """The network-layer payload protocol of this family's rules."""
+        return "ip6" if self.family == FAMILY6 else "ip"
 
     def chain(self, name: str, hook: str | None = None, kind: str = "nat",
               prio: int = 0) -> None:
-        spec: dict[str, Any] = {"family": FAMILY, "table": self.table, "name": name}
+        spec: dict[str, Any] = {"family": self.family, "table": self.table, "name": name}
         if hook is not None:
             spec.update(type=kind, hook=hook, prio=prio, policy="accept")
         self.commands.append({"add": {"chain": spec}})
 
     def rule(self, chain: str, *expr: dict[str, Any]) -> None:
         self.commands.append({"add": {"rule": {
-            "family": FAMILY, "table": self.table, "chain": chain, "expr": list(expr),
+            "family": self.family, "table": self.table, "chain": chain, "expr": list(expr),
         }}})
 
 
 def build(table: str, bridges: Sequence[BridgeRules], ports: Sequence[PortRule]) -> dict[str, Any]:
-    """The whole batch: replace the table with one describing ``bridges`` and ``ports``."""
-    ident = {"family": FAMILY, "name": table}
-    rs = Ruleset(table)
+    """The whole batch: replace the tables with ones describing ``bridges`` and ``ports``."""
+    v4 = _table(Ruleset(table), bridges, [p for p in ports if not p.ipv6])
+    ident6 = {"family": FAMILY6, "name": table}
+    bridges6 = [b for b in bridges if b.subnet6 is not None]
+    if bridges6:
+        all_names = [b.bridge for b in bridges]
+        v6 = _table(Ruleset(table, FAMILY6), bridges6, [p for p in ports if p.ipv6],
+                    all_names)
+    else:  # no IPv6 network (left): make sure no IPv6 table of ours stays
+        v6 = [{"add": {"table": ident6}}, {"delete": {"table": ident6}}]
+    return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *v4, *v6]}
+
+
+def _table(rs: Ruleset, bridges: Sequence[BridgeRules], ports: Sequence[PortRule],
+           all_bridges: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One family's table, replaced: its commands. ``all_bridges`` names every bridge
+    (the IPv6 table isolates its bridges from IPv4-only ones too)."""
+    ident = {"family": rs.family, "name": rs.table}
     rs.commands += [{"add": {"table": ident}}, {"delete": {"table": ident}},
                     {"add": {"table": ident}}]
     rs.chain("ports")
@@ -97,16 +133,16 @@ def build(table: str, bridges: Sequence[BridgeRules], ports: Sequence[PortRule])
     rs.rule("output", local, {"jump": {"target": "ports"}})
     for port in ports:
         _port_rule(rs, port)
-    names = [b.bridge for b in bridges]
+    names = list(all_bridges) if all_bridges is not None else [b.bridge for b in bridges]
     for b in bridges:
         _bridge_rules(rs, b, names)
-    return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *rs.commands]}
+    return rs.commands
 
 
 def _port_rule(rs: Ruleset, port: PortRule) -> None:
     expr: list[dict[str, Any]] = []
     if port.host_ip is not None:
-        expr.append(_match(_payload("ip", "daddr"), port.host_ip))
+        expr.append(_match(_payload(rs.proto, "daddr"), port.host_ip))
     expr.append(_match(_payload(port.proto, "dport"), port.host_port))
     expr.append({"dnat": {"addr": port.container_ip, "port": port.container_port}})
     rs.rule("ports", *expr)
@@ -115,13 +151,15 @@ def _port_rule(rs: Ruleset, port: PortRule) -> None:
 def _bridge_rules(rs: Ruleset, b: BridgeRules, all_bridges: Sequence[str]) -> None:
     out_br = _match(_meta("oifname"), b.bridge)
     in_br = _match(_meta("iifname"), b.bridge)
+    v6 = rs.family == FAMILY6
     # Loopback clients DNATed into the bridge, and hairpin (a container reaching its own
     # network's published port): the reply must come back through us.
-    rs.rule("postrouting", out_br, _match(_payload("ip", "saddr"), _prefix("127.0.0.0/8")),
-            {"masquerade": None})
+    if not v6:
+        rs.rule("postrouting", out_br,
+                _match(_payload("ip", "saddr"), _prefix("127.0.0.0/8")), {"masquerade": None})
     rs.rule("postrouting", out_br, in_br,
             _match({"ct": {"key": "status"}}, "dnat", op="in"), {"masquerade": None})
-    if b.masquerade and not b.internal:
+    if b.masquerade and not b.internal and not v6:
         rs.rule("postrouting", _match(_payload("ip", "saddr"), _prefix(b.subnet)),
                 _match(_meta("oifname"), b.bridge, op="!="), {"masquerade": None})
     if b.internal:
@@ -136,8 +174,11 @@ def _bridge_rules(rs: Ruleset, b: BridgeRules, all_bridges: Sequence[str]) -> No
 
 
 def delete_batch(table: str) -> dict[str, Any]:
-    ident = {"family": FAMILY, "name": table}
-    return {"nftables": [{"add": {"table": ident}}, {"delete": {"table": ident}}]}
+    commands: list[dict[str, Any]] = []
+    for family in (FAMILY, FAMILY6):
+        ident = {"family": family, "name": table}
+        commands += [{"add": {"table": ident}}, {"delete": {"table": ident}}]
+    return {"nftables": commands}
 
 
 async def apply(batch: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""IPv4 address management: subnets of networks, and addresses of endpoints.
+"""IPv4 and IPv6 address management: subnets of networks, and addresses of endpoints.
 
 Pure logic over ``ipaddress`` objects: the network manager holds one ``Pool`` per
 network and persists every allocation (endpoints table) before it is used, so a
@@ -15,6 +15,8 @@ from engine.errors import Conflict, Forbidden, InvalidParameter
 
 IPv4Net = ipaddress.IPv4Network
 IPv4Addr = ipaddress.IPv4Address
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # dockerd's built-in default-address-pools: 172.17-31.0.0/16, then 192.168.0.0/20s.
 DEFAULT_POOLS: tuple[tuple[str, int], ...] = (
@@ -25,15 +27,26 @@ DEFAULT_BRIDGE_CIDR = "172.17.0.1/16"
 
 @dataclass(frozen=True)
 class SubnetConfig:
-    """One entry of a network's ``IPAM.Config`` (validated)."""
+    """One entry of a network's ``IPAM.Config`` (validated).
 
-    subnet: IPv4Net
-    gateway: IPv4Addr
-    ip_range: IPv4Net | None = None
-    aux: Mapping[str, IPv4Addr] = field(default_factory=dict)
+    ``show_gateway`` is False for an IPv6 subnet whose gateway was not given: dockerd
+    20.10 then leaves ``Gateway`` out of the network's IPAM config (the bridge still
+    gets one). IPv4 entries always show it, as wharfd always did."""
+
+    subnet: Net
+    gateway: Addr
+    ip_range: Net | None = None
+    aux: Mapping[str, Addr] = field(default_factory=dict)
+    show_gateway: bool = True
+
+    @property
+    def version(self) -> int:
+        return self.subnet.version
 
     def to_wire(self) -> dict[str, object]:
-        out: dict[str, object] = {"Subnet": str(self.subnet), "Gateway": str(self.gateway)}
+        out: dict[str, object] = {"Subnet": str(self.subnet)}
+        if self.show_gateway:
+            out["Gateway"] = str(self.gateway)
         if self.ip_range is not None:
             out["IPRange"] = str(self.ip_range)
         if self.aux:
@@ -41,24 +54,23 @@ class SubnetConfig:
         return out
 
 
-def parse_subnet(text: str) -> IPv4Net:
-    """A CIDR whose host bits are zero; dockerd's messages for the rest (B15)."""
+def parse_subnet(text: str) -> Net:
+    """A CIDR (IPv4 or IPv6) whose host bits are zero; dockerd's messages for the
+    rest (B15)."""
     try:
         iface = ipaddress.ip_interface(text)
     except ValueError:
         raise InvalidParameter(f"invalid subnet {text}: invalid CIDR address: {text}") from None
     if "/" not in text:
         raise InvalidParameter(f"invalid subnet {text}: invalid CIDR address: {text}")
-    if not isinstance(iface, ipaddress.IPv4Interface):
-        raise InvalidParameter(f"invalid subnet {text}: only IPv4 subnets are supported")
     if iface.ip != iface.network.network_address:
         raise InvalidParameter(f"invalid subnet {text}: it should be {iface.network}")
     return iface.network
 
 
-def _parse_address(text: str, what: str) -> IPv4Addr:
+def _parse_address(text: str, what: str) -> Addr:
     try:
-        return IPv4Addr(text)
+        return ipaddress.ip_address(text)
     except ValueError:
         raise InvalidParameter(f"invalid {what} {text}: invalid address") from None
 
@@ -69,7 +81,7 @@ def subnet_config(entry: Mapping[str, object]) -> SubnetConfig:
     ip_range = None
     if entry.get("IPRange"):
         ip_range = parse_subnet(str(entry["IPRange"]))
-        if not ip_range.subnet_of(subnet):
+        if ip_range.version != subnet.version or not ip_range.subnet_of(subnet):  # type: ignore[arg-type]
             raise InvalidParameter(
                 f"invalid ip-range {ip_range}: it should be within subnet {subnet}"
             )
@@ -79,9 +91,15 @@ def subnet_config(entry: Mapping[str, object]) -> SubnetConfig:
             raise InvalidParameter(
                 f"invalid gateway {gateway}: it should be within subnet {subnet}"
             )
+    elif subnet.version == 6:
+        # dockerd takes the IPv6 gateway from the pool: the first address of the
+        # ip-range when there is one (measured: --ip-range ::100/120 gives ::100)
+        gateway = first_host(subnet)
+        if ip_range is not None and ip_range.network_address != subnet.network_address:
+            gateway = ip_range.network_address
     else:
         gateway = first_host(subnet)
-    aux: dict[str, IPv4Addr] = {}
+    aux: dict[str, Addr] = {}
     raw_aux = entry.get("AuxiliaryAddresses") or {}
     if not isinstance(raw_aux, Mapping):
         raise InvalidParameter("invalid auxiliary addresses")
@@ -92,18 +110,19 @@ def subnet_config(entry: Mapping[str, object]) -> SubnetConfig:
                 f"invalid auxiliary address {name}: {address} is not within subnet {subnet}"
             )
         aux[str(name)] = address
-    return SubnetConfig(subnet, gateway, ip_range, aux)
+    show = subnet.version == 4 or bool(entry.get("Gateway"))
+    return SubnetConfig(subnet, gateway, ip_range, aux, show_gateway=show)
 
 
-def first_host(subnet: IPv4Net) -> IPv4Addr:
-    if subnet.prefixlen >= 31:
+def first_host(subnet: Net) -> Addr:
+    if subnet.prefixlen >= subnet.max_prefixlen - 1:
         return subnet.network_address
     return subnet.network_address + 1
 
 
-def check_overlap(subnet: IPv4Net, existing: Iterable[IPv4Net]) -> None:
+def check_overlap(subnet: Net, existing: Iterable[Net]) -> None:
     for other in existing:
-        if subnet.overlaps(other):
+        if other.version == subnet.version and subnet.overlaps(other):
             raise Forbidden("Pool overlaps with other one on this address space")
 
 
@@ -125,33 +144,42 @@ def pick_subnet(pools: Sequence[tuple[str, int]], used: Sequence[IPv4Net]) -> IP
 
 
 class Pool:
-    """The addresses of one network: which are taken, and the next to hand out.
+    """The addresses of one subnet of a network: which are taken, and the next to hand
+    out.
 
     Like dockerd, allocation continues after the last address handed out (wrapping),
-    so a just-released address is not reused at once.
+    so a just-released address is not reused at once. An IPv6 subnet reserves its
+    first address (the subnet-router anycast) but has no broadcast address: a /125
+    holds ::2 to ::7 after the gateway ::1, as in dockerd.
     """
 
     def __init__(self, config: SubnetConfig) -> None:
         self.config = config
-        self._taken: set[IPv4Addr] = set()
+        self._taken: set[Addr] = set()
         self._cursor = int(config.gateway)
 
     @property
-    def reserved(self) -> set[IPv4Addr]:
+    def family(self) -> str:
+        return f"IPv{self.config.version}"
+
+    @property
+    def reserved(self) -> set[Addr]:
         subnet = self.config.subnet
         out = {self.config.gateway, *self.config.aux.values()}
-        if subnet.prefixlen < 31:
-            out |= {subnet.network_address, subnet.broadcast_address}
+        if subnet.prefixlen < subnet.max_prefixlen - 1:
+            out.add(subnet.network_address)
+            if subnet.version == 4:
+                out.add(subnet.broadcast_address)
         return out
 
-    def _range(self) -> IPv4Net:
+    def _range(self) -> Net:
         return self.config.ip_range or self.config.subnet
 
-    def mark(self, address: IPv4Addr) -> None:
+    def mark(self, address: Addr) -> None:
         """Take an address known to be in use (restored from the store)."""
         self._taken.add(address)
 
-    def allocate(self, wanted: IPv4Addr | None, label: str) -> IPv4Addr:
+    def allocate(self, wanted: Addr | None, label: str) -> Addr:
         """A free address (``wanted`` when given). ``label`` names the network in errors."""
         if wanted is not None:
             if wanted not in self.config.subnet:
@@ -168,20 +196,21 @@ class Pool:
         size = last - first + 1
         start = self._cursor + 1 if first <= self._cursor < last else first
         blocked = self.reserved | self._taken
+        make = ipaddress.IPv4Address if self.config.version == 4 else ipaddress.IPv6Address
         for step in range(size):
-            candidate = IPv4Addr(first + (start - first + step) % size)
+            candidate: Addr = make(first + (start - first + step) % size)
             if candidate not in blocked:
                 self._taken.add(candidate)
                 self._cursor = int(candidate)
                 return candidate
         raise Conflict(
-            f"no available IPv4 addresses on this network's address pools: {label}"
+            f"no available {self.family} addresses on this network's address pools: {label}"
         )
 
-    def release(self, address: IPv4Addr) -> None:
+    def release(self, address: Addr) -> None:
         self._taken.discard(address)
 
-    def in_use(self) -> frozenset[IPv4Addr]:
+    def in_use(self) -> frozenset[Addr]:
         return frozenset(self._taken)
 
 

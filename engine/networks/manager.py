@@ -1,11 +1,12 @@
 """NetworkManager: networks, container endpoints, published ports, embedded DNS.
 
-State lives in SQLite (migration 4): ``networks`` rows, one ``endpoints`` row per
-container and network it belongs to (its address, MAC and interface are set only while
-the container runs), and one ``sandboxes`` row per running container (its namespace and
-held host ports). Every allocation is committed before it is used, so after a crash the
-rows say what exists; ``reconcile`` then releases what belongs to containers that no
-longer run (F1) and re-takes the rest.
+State lives in SQLite (migrations 4 and 6): ``networks`` rows, one ``endpoints`` row
+per container and network it belongs to (its addresses, MAC and interface are set only
+while the container runs; ``address6`` on networks with EnableIPv6), and one
+``sandboxes`` row per running container (its namespace and held host ports). Every
+allocation is committed before it is used, so after a crash the rows say what exists;
+``reconcile`` then releases what belongs to containers that no longer run (F1) and
+re-takes the rest.
 
 The container manager calls (this package must not import it, so it passes plain data):
 
@@ -104,6 +105,7 @@ class NetworkManager:
         self._applied: dict[str, Any] | None = None
         self._networks: dict[str, Network] = {}
         self._pools: dict[str, ipam.Pool | None] = {}
+        self._pools6: dict[str, ipam.Pool] = {}   # networks with EnableIPv6 only
         self._host_dns: list[str] = []
         self._endpoints: dict[tuple[str, str], Endpoint] = {}
         self._sandboxes: dict[str, _Sandbox] = {}
@@ -136,7 +138,7 @@ class NetworkManager:
             self._networks[net.id] = net
         await self._ensure_predefined()
         for net in self._networks.values():
-            self._pools[net.id] = ipam.Pool(net.subnets[0]) if net.subnets else None
+            self._make_pools(net)
         for row in await self._db.query("SELECT * FROM endpoints"):
             ep = Endpoint.from_row(row)
             if ep.network_id not in self._networks:
@@ -145,6 +147,9 @@ class NetworkManager:
             pool = self._pools.get(ep.network_id)
             if ep.address and pool is not None:
                 pool.mark(ipaddress.IPv4Address(ep.address))
+            pool6 = self._pools6.get(ep.network_id)
+            if ep.address6 and pool6 is not None:
+                pool6.mark(ipaddress.IPv6Address(ep.address6))
         for row in await self._db.query("SELECT * FROM sandboxes"):
             held = [ports.Binding.from_json(b) for b in json.loads(row["ports"])]
             self._sandboxes[row["container_id"]] = _Sandbox(Path(row["netns"]), held)
@@ -192,10 +197,20 @@ class NetworkManager:
         configured = [(p.base, p.size) for p in self._config.default_address_pools]
         return configured or list(ipam.DEFAULT_POOLS)
 
+    def _make_pools(self, net: Network) -> None:
+        self._pools[net.id] = ipam.Pool(net.ipv4) if net.subnets else None
+        if net.ipv6 is not None:
+            self._pools6[net.id] = ipam.Pool(net.ipv6)
+
     async def _ensure_bridge(self, net: Network) -> None:
-        subnet = net.subnets[0]
+        subnet = net.ipv4
         await asyncio.to_thread(bridge.ensure_bridge, net.bridge, str(subnet.gateway),
                                 subnet.subnet.prefixlen, net.mtu)
+        if net.ipv6 is not None:
+            await asyncio.to_thread(bridge.ensure_bridge_ipv6, net.bridge,
+                                    str(net.ipv6.gateway), net.ipv6.subnet.prefixlen)
+            if self._config.ip_forward:
+                await asyncio.to_thread(bridge.enable_ipv6_forwarding)
         if not net.icc:
             await asyncio.to_thread(bridge.enable_bridge_netfilter)
 
@@ -300,33 +315,36 @@ class NetworkManager:
             raise Forbidden(f'only one instance of "{driver}" network is allowed')
         if driver != "bridge":
             raise NotFound(f'plugin "{driver}" not found')
-        if body.get("EnableIPv6"):
-            raise InvalidParameter("IPv6 networks are not supported by this daemon yet")
+        enable_ipv6 = bool(body.get("EnableIPv6"))
         ipam_body = body.get("IPAM") or {}
         ipam_driver = str(ipam_body.get("Driver") or "default")
         if ipam_driver != "default":
             raise NotFound(f'plugin "{ipam_driver}" not found')
-        configs = [c for c in ipam_body.get("Config") or [] if c.get("Subnet")]
-        if len(configs) > 1:
-            raise InvalidParameter("only one IPv4 subnet per network is supported")
-        subnet = ipam.subnet_config(configs[0]) if configs else None
+        subnet, subnet6 = _requested_subnets(ipam_body.get("Config") or [], enable_ipv6)
         options = {str(k): str(v) for k, v in (body.get("Options") or {}).items()}
         async with self._lock:
             if any(n.name == name for n in self._networks.values()):
                 raise Conflict(f"network with name {name} already exists")
-            used = [n.subnets[0].subnet for n in self._networks.values() if n.subnets]
+            used = [n.ipv4.subnet for n in self._networks.values()
+                    if n.subnets and isinstance(n.ipv4.subnet, ipaddress.IPv4Network)]
             if subnet is None:
                 chosen = ipam.pick_subnet(self._address_pools(), used)
                 subnet = ipam.SubnetConfig(chosen, ipam.first_host(chosen))
             else:
                 ipam.check_overlap(subnet.subnet, used)
+            if subnet6 is not None and enable_ipv6:
+                # only subnets in use count, as dockerd: a v6 subnet given without
+                # EnableIPv6 takes no pool
+                used6 = [n.ipv6.subnet for n in self._networks.values() if n.ipv6]
+                ipam.check_overlap(subnet6.subnet, used6)
             net_id = new_id()
             bridge_name = options.get("com.docker.network.bridge.name") or f"br-{net_id[:12]}"
             if any(n.bridge == bridge_name for n in self._networks.values()):
                 raise Conflict(f"bridge name {bridge_name} is already in use")
             net = Network(
                 id=net_id, name=name, driver="bridge", created=_now_rfc3339(),
-                subnets=(subnet,), ipam_driver=ipam_driver,
+                subnets=(subnet,) if subnet6 is None else (subnet, subnet6),
+                enable_ipv6=enable_ipv6, ipam_driver=ipam_driver,
                 ipam_options={str(k): str(v) for k, v in (ipam_body.get("Options") or {}).items()},
                 options=options, labels={str(k): str(v) for k, v in
                                          (body.get("Labels") or {}).items()},
@@ -340,7 +358,7 @@ class NetworkManager:
                 await asyncio.to_thread(bridge.delete_link, bridge_name)
                 raise
             self._networks[net.id] = net
-            self._pools[net.id] = ipam.Pool(subnet)
+            self._make_pools(net)
             await self._apply_rules_locked()
         self._events.emit("network", "create", net.id, {"name": net.name, "type": "bridge"})
         return net, ""
@@ -364,6 +382,7 @@ class NetworkManager:
                 del self._endpoints[key]
             del self._networks[net.id]
             self._pools.pop(net.id, None)
+            self._pools6.pop(net.id, None)
             await asyncio.to_thread(bridge.delete_link, net.bridge)
             await self._apply_rules_locked()
         self._events.emit("network", "destroy", net.id, {"name": net.name, "type": "bridge"})
@@ -409,6 +428,8 @@ class NetworkManager:
 
     def _check_endpoint_settings(self, net: Network, settings: Mapping[str, Any]) -> None:
         wanted = str((settings.get("IPAMConfig") or {}).get("IPv4Address") or "")
+        _check_wanted_ipv6(net, str((settings.get("IPAMConfig") or {}).get("IPv6Address")
+                                    or ""))
         if wanted:
             if not net.user_defined:
                 raise InvalidParameter(
@@ -497,13 +518,19 @@ class NetworkManager:
             return
         box = _Sandbox(request.netns, dns=list(request.dns))
         self._sandboxes[cid] = box
+        # the IPv6 default route goes via the first network with IPv6, which need not
+        # be the first network (dockerd: connect a v6 network to a container of a v4 one)
+        v6_first = next((e for e in endpoints if self._networks[e.network_id].ipv6), None)
         try:
             for index, ep in enumerate(endpoints):
-                await self._plug_endpoint(ep, request.netns, f"eth{index}", first=index == 0)
+                await self._plug_endpoint(ep, request.netns, f"eth{index}", first=index == 0,
+                                          first6=ep is v6_first)
             wanted = ports.requests(request.exposed, request.bindings, request.publish_all)
+            # dockerd publishes on [::] as well when the container has an IPv6 address
+            v6_target = self._networks[endpoints[0].network_id].ipv6 is not None
             async with self._lock:
                 for req in wanted:
-                    box.bindings.append(self._holder.hold(cid, req))
+                    box.bindings.extend(self._hold(cid, req, v6_target))
                 await self._db.execute(
                     "INSERT OR REPLACE INTO sandboxes (container_id, netns, ports) "
                     "VALUES (?, ?, ?)",
@@ -517,28 +544,56 @@ class NetworkManager:
             await self.unplug(cid)
             raise
 
-    async def _plug_endpoint(self, ep: Endpoint, netns: Path, ifname: str, first: bool) -> None:
+    def _hold(self, cid: str, req: ports.Request, v6_target: bool) -> list[ports.Binding]:
+        """Hold one published port; an every-address IPv4 one also on ``[::]`` (same
+        port, as dockerd's ``-P`` too) when the DNAT target has an IPv6 address."""
+        held = [self._holder.hold(cid, req)]
+        if v6_target and req.host_ip == "0.0.0.0":
+            port = held[0].host_port
+            held.append(self._holder.hold(cid, ports.Request(
+                req.container_port, req.proto, "::", (port, port))))
+        return held
+
+    async def _plug_endpoint(self, ep: Endpoint, netns: Path, ifname: str, first: bool,
+                             first6: bool = False) -> None:
         net = self._networks[ep.network_id]
         pool = self._pools[net.id]
         assert pool is not None  # every bridge network has a subnet
-        wanted = ep.wanted_ip()
+        pool6 = self._pools6.get(net.id)
+        wanted, wanted6 = ep.wanted_ip(), ep.wanted_ip6()
+        label = f"{net.name} ({net.id})"
         async with self._lock:
-            address = pool.allocate(ipaddress.IPv4Address(wanted) if wanted else None,
-                                    f"{net.name} ({net.id})")
+            address = pool.allocate(ipaddress.IPv4Address(wanted) if wanted else None, label)
+            assert isinstance(address, ipaddress.IPv4Address)  # the IPv4 pool
+            address6: ipam.Addr | None = None
+            try:
+                if pool6 is not None:
+                    address6 = pool6.allocate(
+                        ipaddress.IPv6Address(wanted6) if wanted6 else None, label)
+            except BaseException:
+                pool.release(address)
+                raise
             mac = ep.wanted_mac() or ipam.mac_for(address)
             plugged = ep.evolve(endpoint_id=new_id(), address=str(address), mac=mac,
-                                host_if=_veth_name(ep.container_id, net.id), ifname=ifname)
+                                host_if=_veth_name(ep.container_id, net.id), ifname=ifname,
+                                address6=str(address6) if address6 is not None else None)
             try:
                 await self._save_runtime(plugged)
             except BaseException:
                 pool.release(address)
+                if pool6 is not None and address6 is not None:
+                    pool6.release(address6)
                 raise
             self._endpoints[(ep.container_id, ep.network_id)] = plugged
-        subnet = net.subnets[0]
+        subnet, subnet6 = net.ipv4, net.ipv6
         plumbing = bridge.Plumbing(
             netns=netns, host_if=plugged.host_if or "", bridge=net.bridge, ifname=ifname,
             address=str(address), prefixlen=subnet.subnet.prefixlen, mac=mac,
             gateway=str(subnet.gateway) if first and not net.internal else None, mtu=net.mtu,
+            address6=plugged.address6,
+            prefixlen6=subnet6.subnet.prefixlen if subnet6 is not None else 0,
+            # dockerd routes IPv6 via the gateway even on an internal network (measured)
+            gateway6=str(subnet6.gateway) if first6 and subnet6 is not None else None,
         )
         try:
             await asyncio.to_thread(bridge.plumb, plumbing)
@@ -549,8 +604,8 @@ class NetworkManager:
     async def _save_runtime(self, ep: Endpoint) -> None:
         await self._db.execute(
             "UPDATE endpoints SET endpoint_id = ?, address = ?, mac = ?, host_if = ?, "
-            "ifname = ? WHERE container_id = ? AND network_id = ?",
-            (ep.endpoint_id, ep.address, ep.mac, ep.host_if, ep.ifname,
+            "ifname = ?, address6 = ? WHERE container_id = ? AND network_id = ?",
+            (ep.endpoint_id, ep.address, ep.mac, ep.host_if, ep.ifname, ep.address6,
              ep.container_id, ep.network_id),
         )
 
@@ -562,7 +617,8 @@ class NetworkManager:
                 await asyncio.to_thread(bridge.unplumb, ep.host_if)
             except OSError as exc:
                 log.warning("removing %s: %s", ep.host_if, exc)
-        cleared = ep.evolve(endpoint_id=None, address=None, mac=None, host_if=None, ifname=None)
+        cleared = ep.evolve(endpoint_id=None, address=None, mac=None, host_if=None, ifname=None,
+                            address6=None)
         await self._save_runtime(cleared)
         key = (ep.container_id, ep.network_id)
         if key in self._endpoints:
@@ -570,6 +626,9 @@ class NetworkManager:
         pool = self._pools.get(ep.network_id)
         if pool is not None and ep.address:
             pool.release(ipaddress.IPv4Address(ep.address))
+        pool6 = self._pools6.get(ep.network_id)
+        if pool6 is not None and ep.address6:
+            pool6.release(ipaddress.IPv6Address(ep.address6))
 
     async def unplug(self, container_id: str) -> None:
         """Release everything a run of the container held. Idempotent."""
@@ -610,7 +669,8 @@ class NetworkManager:
         try:
             ifname = await asyncio.to_thread(bridge.next_ifname, netns)
             await self._plug_endpoint(ep, netns, ifname,
-                                      first=not any(e.plugged for e in existing))
+                                      first=not any(e.plugged for e in existing),
+                                      first6=not any(e.address6 for e in existing))
             if net.user_defined:
                 await self._resolver.serve(container_id, netns)
             await self._apply_rules()
@@ -641,17 +701,26 @@ class NetworkManager:
         await self._drop_endpoint(ep)
         remaining = [e for e in self.endpoints_of(container_id) if e.plugged]
         if netns is not None and remaining:
-            # The lowest connected network keeps (or takes over) the default route.
+            # The lowest connected network keeps (or takes over) the default route; the
+            # lowest one with IPv6 the IPv6 default route.
             gw_ep = remaining[0]
             gw_net = self._networks[gw_ep.network_id]
-            gateway = None if gw_net.internal else str(gw_net.subnets[0].gateway)
+            gateway = None if gw_net.internal else str(gw_net.ipv4.gateway)
             await asyncio.to_thread(bridge.set_default_route, netns, gw_ep.ifname or "",
-                                    gateway)
+                                    gateway, self._ipv6_route(remaining))
         if not any(self._networks[e.network_id].user_defined for e in remaining):
             await self._resolver.stop(container_id)
         await self._apply_rules()
         self._events.emit("network", "disconnect", net.id,
                           {"container": container_id, "name": net.name, "type": "bridge"})
+
+    def _ipv6_route(self, plugged: Sequence[Endpoint]) -> tuple[str, str] | None:
+        """(interface, gateway) of the first of ``plugged`` with an IPv6 address."""
+        for ep in plugged:
+            subnet6 = self._networks[ep.network_id].ipv6
+            if ep.address6 and subnet6 is not None:
+                return ep.ifname or "", str(subnet6.gateway)
+        return None
 
     # ------------------------------------------------------------------ rules, DNS
     async def _apply_rules(self) -> None:
@@ -662,8 +731,9 @@ class NetworkManager:
         if not self._config.iptables:
             return
         bridges = [
-            firewall.BridgeRules(n.bridge, str(n.subnets[0].subnet),
-                                 n.masquerade and self._config.ip_masq, n.internal, n.icc)
+            firewall.BridgeRules(n.bridge, str(n.ipv4.subnet),
+                                 n.masquerade and self._config.ip_masq, n.internal, n.icc,
+                                 str(n.ipv6.subnet) if n.ipv6 is not None else None)
             for n in self._networks.values() if n.is_bridge
         ]
         rules: list[firewall.PortRule] = []
@@ -672,9 +742,13 @@ class NetworkManager:
             if target is None or target.address is None:
                 continue
             for b in box.bindings:
+                v6 = ports.is_ipv6(b.host_ip)
+                container_ip = target.address6 if v6 else target.address
+                if container_ip is None:
+                    continue  # an IPv6 host address, and the container has no IPv6
                 rules.append(firewall.PortRule(
-                    b.proto, None if b.host_ip == "0.0.0.0" else b.host_ip, b.host_port,
-                    target.address, b.container_port))
+                    b.proto, None if b.host_ip == ports.wildcard(b.host_ip) else b.host_ip,
+                    b.host_port, container_ip, b.container_port))
         batch = firewall.build(self._table, bridges, rules)
         if batch == self._applied:
             return
@@ -690,7 +764,7 @@ class NetworkManager:
                 continue
             for ep in self.active_endpoints(net.id):
                 if ep.address and name in (n.lower() for n in ep.dns_names()):
-                    found.append(ep.address)
+                    found.extend(ep.addresses())
         return list(dict.fromkeys(found)) or None
 
     def _upstreams(self, container_id: str) -> list[str]:
@@ -718,7 +792,8 @@ class NetworkManager:
         return None
 
     def addresses_of(self, container_id: str) -> list[str]:
-        return [e.address for e in self.endpoints_of(container_id) if e.address]
+        """Per network, IPv4 then IPv6 (the /etc/hosts lines dockerd writes)."""
+        return [a for e in self.endpoints_of(container_id) for a in e.addresses()]
 
     def uses_embedded_dns(self, container_id: str) -> bool:
         return any(self._networks[e.network_id].user_defined
@@ -738,6 +813,7 @@ class NetworkManager:
     def endpoint_settings(self, ep: Endpoint) -> dict[str, Any]:
         net = self._networks[ep.network_id]
         subnet = net.subnets[0] if net.subnets else None
+        subnet6 = net.ipv6 if ep.address6 else None
         ipam_config = ep.config.get("IPAMConfig") or None
         return {
             "IPAMConfig": ipam_config,
@@ -751,11 +827,49 @@ class NetworkManager:
             "Gateway": str(subnet.gateway) if ep.plugged and subnet else "",
             "IPAddress": ep.address or "",
             "IPPrefixLen": subnet.subnet.prefixlen if ep.plugged and subnet else 0,
-            "IPv6Gateway": "",
-            "GlobalIPv6Address": "",
-            "GlobalIPv6PrefixLen": 0,
+            "IPv6Gateway": str(subnet6.gateway) if subnet6 is not None else "",
+            "GlobalIPv6Address": ep.address6 or "",
+            "GlobalIPv6PrefixLen": subnet6.subnet.prefixlen if subnet6 is not None else 0,
             "DNSNames": ep.dns_names() if net.user_defined else None,
         }
+
+
+def _requested_subnets(
+    configs: Sequence[Mapping[str, Any]], enable_ipv6: bool,
+) -> tuple[ipam.SubnetConfig | None, ipam.SubnetConfig | None]:
+    """The IPv4 and IPv6 entries of a create request's ``IPAM.Config`` (each optional:
+    the IPv4 subnet then comes from the default pools)."""
+    parsed = [ipam.subnet_config(c) for c in configs if c.get("Subnet")]
+    v4 = [c for c in parsed if c.version == 4]
+    v6 = [c for c in parsed if c.version == 6]
+    if len(v4) > 1 or len(v6) > 1:
+        raise Forbidden("bridge driver doesn't support multiple subnets")
+    if enable_ipv6 and not v6:
+        # dockerd 20.10 has no default IPv6 pools; its answer is a 404
+        raise NotFound("could not find an available, non-overlapping IPv6 address pool "
+                       "among the defaults to assign to the network")
+    return (v4[0] if v4 else None), (v6[0] if v6 else None)
+
+
+def _check_wanted_ipv6(net: Network, wanted: str) -> None:
+    """``--ip6``: checked at create as ``--ip`` is (dockerd checks some of it only at
+    start, with the same messages)."""
+    if not wanted:
+        return
+    try:
+        address = ipaddress.IPv6Address(wanted)
+    except ValueError:
+        raise InvalidParameter(f"invalid IPv6 address: {wanted}") from None
+    if not net.user_defined:
+        raise InvalidParameter(
+            "user specified IP address is supported on user defined networks only")
+    configured = net.configured_ipv6
+    if configured is None:
+        raise InvalidParameter("user specified IP address is supported only when connecting "
+                               "to networks with user configured subnets")
+    if address not in configured.subnet:
+        raise InvalidParameter(
+            f"Invalid address {wanted}: It does not belong to any of this network's subnets")
 
 
 def _label_matches(labels: Mapping[str, str], wanted: str) -> bool:

@@ -40,6 +40,24 @@ class Network:
     attachable: bool = False
     bridge: str = ""                # the Linux bridge ("" for host and none)
     default_mtu: int = 1500
+    enable_ipv6: bool = False       # EnableIPv6: containers get an address of ``ipv6``
+
+    @property
+    def ipv4(self) -> ipam.SubnetConfig:
+        """The IPv4 subnet: every bridge network has one, first in ``subnets``."""
+        return self.subnets[0]
+
+    @property
+    def ipv6(self) -> ipam.SubnetConfig | None:
+        """The IPv6 subnet in use: only with EnableIPv6. dockerd keeps (and shows) a v6
+        subnet given without ``--ipv6`` but allocates nothing from it."""
+        if not self.enable_ipv6:
+            return None
+        return self.configured_ipv6
+
+    @property
+    def configured_ipv6(self) -> ipam.SubnetConfig | None:
+        return next((s for s in self.subnets if s.version == 6), None)
 
     @property
     def predefined(self) -> bool:
@@ -77,6 +95,7 @@ class Network:
             "internal": self.internal,
             "attachable": self.attachable,
             "bridge": self.bridge,
+            "enable_ipv6": self.enable_ipv6,
         })
 
     @classmethod
@@ -93,6 +112,7 @@ class Network:
             attachable=bool(data.get("attachable")),
             bridge=data.get("bridge") or "",
             default_mtu=default_mtu,
+            enable_ipv6=bool(data.get("enable_ipv6")),
         )
 
     def evolve(self, **changes: Any) -> Network:
@@ -111,6 +131,7 @@ class Endpoint:
     mac: str | None = None
     host_if: str | None = None
     ifname: str | None = None
+    address6: str | None = None     # on a network with EnableIPv6, while running
 
     @property
     def plugged(self) -> bool:
@@ -128,6 +149,14 @@ class Endpoint:
         ipam_config = self.config.get("IPAMConfig") or {}
         return str(ipam_config.get("IPv4Address") or "") or None
 
+    def wanted_ip6(self) -> str | None:
+        ipam_config = self.config.get("IPAMConfig") or {}
+        return str(ipam_config.get("IPv6Address") or "") or None
+
+    def addresses(self) -> list[str]:
+        """IPv4 then IPv6, the order of dockerd's /etc/hosts lines."""
+        return [a for a in (self.address, self.address6) if a]
+
     def wanted_mac(self) -> str | None:
         return str(self.config.get("MacAddress") or "") or None
 
@@ -141,4 +170,5 @@ class Endpoint:
             container_name=row["container_name"], config=json.loads(row["config"]),
             seq=int(row["seq"]), endpoint_id=row["endpoint_id"], address=row["address"],
             mac=row["mac"], host_if=row["host_if"], ifname=row["ifname"],
+            address6=row["address6"],
         )

@@ -124,6 +124,24 @@ def _sock_type(proto: str) -> int:
     return socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
 
 
+def is_ipv6(host_ip: str) -> bool:
+    return ":" in host_ip
+
+
+def wildcard(host_ip: str) -> str:
+    """The every-address binding of ``host_ip``'s family."""
+    return "::" if is_ipv6(host_ip) else "0.0.0.0"
+
+
+def _socket(host_ip: str, proto: str) -> socket.socket:
+    if not is_ipv6(host_ip):
+        return socket.socket(socket.AF_INET, _sock_type(proto))
+    sock = socket.socket(socket.AF_INET6, _sock_type(proto))
+    # "::" must not also take the IPv4 port: that is 0.0.0.0's own binding.
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return sock
+
+
 def _ephemeral_range() -> tuple[int, int]:
     try:
         with open(EPHEMERAL_RANGE) as handle:
@@ -141,10 +159,10 @@ class PortHolder:
 
     def _bind(self, owner: str, host_ip: str, proto: str, port: int) -> socket.socket:
         key = (host_ip, proto, port)
-        if key in self._held or ((("0.0.0.0", proto, port) in self._held)
-                                 and host_ip != "0.0.0.0"):
+        every = wildcard(host_ip)
+        if key in self._held or (((every, proto, port) in self._held) and host_ip != every):
             raise SystemError_(f"Bind for {host_ip}:{port} failed: port is already allocated")
-        sock = socket.socket(socket.AF_INET, _sock_type(proto))
+        sock = _socket(host_ip, proto)
         try:
             sock.setblocking(False)
             sock.bind((host_ip, port))

@@ -22,7 +22,9 @@
     networks        bridge/host/none networks (config JSON: IPAM, options, labels, flags)
     endpoints       a container's membership of a network (asked config JSON); address,
                     mac, interface and endpoint id are set only while the container runs,
-                    and (network_id, address) is unique: an address is never handed out twice
+                    and (network_id, address) is unique: an address is never handed out twice;
+                    address6 (migration 6) is the IPv6 one on EnableIPv6 networks, unique
+                    the same way
     sandboxes       a running container's network namespace and the host ports it holds
     build_cache     (parent image, step key) → the image a build step produced; a hit
                     needs the image to still exist (``docker builder prune`` drops rows)
@@ -175,6 +177,13 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (parent, key)
     );
     CREATE INDEX build_cache_image ON build_cache(image_id);
+    """,
+    # 6: IPv6 on user-defined bridge networks: a running endpoint's IPv6 address, never
+    # handed out twice within a network (as address)
+    """
+    ALTER TABLE endpoints ADD COLUMN address6 TEXT;
+    CREATE UNIQUE INDEX endpoints_address6 ON endpoints(network_id, address6)
+        WHERE address6 IS NOT NULL;
     """,
 ]
 

@@ -18,9 +18,10 @@ _GO_TYPES = {str: "string", int: "number", float: "number", bool: "bool", list: 
 class IPAMConfigIn(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    Subnet: str = ""
-    IPRange: str = ""
-    Gateway: str = ""
+    # null is "not given" (Go leaves a string empty on null): docker-py sends nulls
+    Subnet: str | None = None
+    IPRange: str | None = None
+    Gateway: str | None = None
     AuxiliaryAddresses: dict[str, str] | None = None
 
 

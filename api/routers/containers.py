@@ -24,7 +24,7 @@ from engine.containers import detachkeys
 from engine.containers.logs import LogRecord, format_timestamp
 from engine.containers.model import ContainerView
 from engine.containers.streams import StreamSet
-from engine.errors import InvalidParameter
+from engine.errors import InvalidParameter, NotFound
 
 
 class ContainerBackend(Protocol):
@@ -55,6 +55,7 @@ class ContainerBackend(Protocol):
         until_nano: int | None = None, tail: int | None = None, follow: bool = False,
     ) -> AsyncIterator[LogRecord]: ...
     async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None: ...
+    async def remove_link(self, link_name: str) -> None: ...
     def log_details(self, ref: str) -> bytes: ...
     async def prune(self, filters: dict[str, list[str]]) -> tuple[list[str], int]: ...
     async def update(self, ref: str, changes: dict[str, Any]) -> list[str]: ...
@@ -310,6 +311,16 @@ async def delete_containers(request: web.Request) -> web.Response:
         force=params.bool_param(request, "force"),
         volumes=params.bool_param(request, "v"),
     )
+    return web.Response(status=204)
+
+
+@routes.delete("/containers/{parent}/{alias}")
+async def delete_container_link(request: web.Request) -> web.Response:
+    """A legacy link is addressed as a container named ``<parent>/<alias>``."""
+    name = f"{request.match_info['parent']}/{request.match_info['alias']}"
+    if not params.bool_param(request, "link"):
+        raise NotFound(f"No such container: {name}")
+    await _backend(request).remove_link(name)
     return web.Response(status=204)
 
 

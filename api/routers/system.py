@@ -24,6 +24,7 @@ from api.models.system import (
     SystemVersion,
 )
 from api.versioning import API_VERSION, MIN_API_VERSION
+from engine.errors import NotSupported, Unavailable
 from engine.system.info import SystemFacts
 
 PLATFORM_NAME = "wharfd"
@@ -243,3 +244,42 @@ def info_body(facts: SystemFacts, counts: Counts, now_nano: int) -> SystemInfo:
         CDISpecDirs=[],
         Warnings=list(facts.warnings),
     )
+
+
+# ------------------------------------------------------------------ swarm (inactive)
+# This daemon is never part of a swarm (``Swarm: inactive`` above), and answers the
+# swarm endpoints as dockerd does on such a node: 503 with dockerd's texts (api-notes
+# §2.8). Clients rely on them: docker-py's test teardown leaves the swarm "by force" and
+# accepts "not part of a swarm"; the CLI prints the manager message.
+_NOT_A_MANAGER = ('This node is not a swarm manager. Use "docker swarm init" or '
+                  '"docker swarm join" to connect this node to swarm and try again.')
+_NOT_IN_SWARM = "This node is not part of a swarm"
+_MANAGER_PATHS = ("/swarm", "/swarm/unlockkey", "/nodes", "/services", "/tasks",
+                  "/secrets", "/configs")
+
+
+async def _not_a_manager(_request: web.Request) -> web.Response:
+    raise Unavailable(_NOT_A_MANAGER)
+
+
+for _path in _MANAGER_PATHS:
+    routes.get(_path)(_not_a_manager)
+    if _path not in ("/swarm", "/swarm/unlockkey"):
+        routes.get(_path + "/{id}")(_not_a_manager)
+for _path in ("/swarm/update", "/swarm/unlock", "/services/create", "/secrets/create",
+              "/configs/create", "/services/{id}/update", "/nodes/{id}/update",
+              "/secrets/{id}/update", "/configs/{id}/update"):
+    routes.post(_path)(_not_a_manager)
+for _path in ("/services/{id}", "/nodes/{id}", "/secrets/{id}", "/configs/{id}"):
+    routes.delete(_path)(_not_a_manager)
+
+
+@routes.post("/swarm/leave")
+async def post_swarm_leave(_request: web.Request) -> web.Response:
+    raise Unavailable(_NOT_IN_SWARM)
+
+
+@routes.post("/swarm/init")
+@routes.post("/swarm/join")
+async def post_swarm_init(_request: web.Request) -> web.Response:
+    raise NotSupported("swarm mode is not supported by this daemon yet")

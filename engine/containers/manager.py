@@ -301,7 +301,8 @@ class ContainerManager:
                 # Reserve the name in the view before any await: a racing create gets 409.
                 self._views[container_id] = ContainerView(record, ContainerState())
             await self._materialise(record, image.top_layer)
-            await self._networks.attach(container_id, chosen, host_config, networking)
+            await self._networks.attach(container_id, chosen, host_config, networking,
+                                        legacy_mac=str(config_in.get("MacAddress") or ""))
         except BaseException:
             self._views.pop(container_id, None)
             with contextlib.suppress(Exception):
@@ -727,6 +728,32 @@ class ContainerManager:
             self._views[view.id] = view
         self._emit(view, "update")
         return []
+
+    async def remove_link(self, link_name: str) -> None:
+        """``DELETE /containers/<parent>/<alias>?link=1``: forget the parent's legacy link
+        named ``alias`` (dockerd's rmLink). Its /etc/hosts entry and variables go at the
+        parent's next start."""
+        parent_ref, _, alias = link_name.strip("/").rpartition("/")
+        if not parent_ref:
+            raise Conflict("Conflict, cannot remove the default link name of the container")
+        try:
+            parent = self.get(parent_ref)
+        except NotFound:
+            raise NotFound(f"Cannot get parent /{parent_ref} for link name /{link_name.strip('/')}"
+                           ) from None
+        async with self._locks.hold(parent.id):
+            parent = self._views[parent.id]
+            links = list(parent.config.host_config.get("Links") or [])
+            kept = [entry for entry in links if _link_alias(entry) != alias]
+            if len(kept) == len(links):
+                raise NotFound(f"No such container: {link_name}")
+            record = ContainerConfig(**{**parent.config.__dict__, "host_config": {
+                **parent.config.host_config, "Links": kept or None}})
+            await self._db.execute(
+                "UPDATE containers SET config = ? WHERE id = ?", (record.to_json(), parent.id)
+            )
+            self._views[parent.id] = ContainerView(record, parent.state, parent.image_names,
+                                                   parent.exec_ids)
 
     async def _apply_live_resources(self, record: ContainerConfig) -> None:
         data = await asyncio.to_thread(live_resources, record, self._config, self._layout)
@@ -1476,3 +1503,10 @@ def link_pairs(links: Sequence[str]) -> list[tuple[str, str]]:
 
 def _no_such_container(ref: str) -> NotFound:
     return NotFound(f"No such container: {ref}")
+
+
+def _link_alias(entry: str) -> str:
+    """A HostConfig.Links entry (``name[:alias]``, names possibly ``/``-prefixed) → the
+    alias it is known by in the linking container."""
+    name, _, alias = str(entry).partition(":")
+    return (alias or name).strip("/").rpartition("/")[2]

@@ -26,7 +26,6 @@ import hashlib
 import ipaddress
 import json
 import logging
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,7 +46,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BRIDGE = "wharfd0"
 VETH_PREFIX = "wv"
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 LIST_FILTERS = frozenset({"driver", "id", "label", "name", "scope", "type", "dangling"})
 PRUNE_FILTERS = frozenset({"until", "label", "label!"})
 
@@ -70,6 +68,24 @@ class _Sandbox:
     netns: Path
     bindings: list[ports.Binding] = field(default_factory=list)
     dns: list[str] = field(default_factory=list)
+
+
+def _scoped_link_target(links: Any, name: str) -> str | None:
+    """Links of an endpoint on a user-defined network (``target[:alias]``) are names only
+    its own container resolves: the target container asked for by ``name``, if any."""
+    for link in links or []:
+        target, _, alias = str(link).partition(":")
+        target = target.lstrip("/")
+        if name in (target.lower(), (alias or target).lower()):
+            return target
+    return None
+
+
+def _string_map(value: Any) -> dict[str, str] | None:
+    """A map of options as given; None when none was (inspect then shows null)."""
+    if value is None:
+        return None
+    return {str(k): str(v) for k, v in dict(value).items()}
 
 
 def _now_rfc3339() -> str:
@@ -306,10 +322,12 @@ class NetworkManager:
         name = str(body.get("Name") or "")
         if not name:
             raise InvalidParameter("invalid name: name is empty")
-        if not _NAME_RE.match(name):
+        # Spaces are fine ("test 01", as dockerd); a "/" is not: /networks/{name} could
+        # not address it (reliability B15). The bridge is named after the id.
+        if "/" in name or any(ord(ch) < 0x20 for ch in name):
             raise InvalidParameter(
-                f'invalid network name "{name}": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed'
-            )
+                f'invalid network name "{name}": it must not contain "/" or control '
+                "characters")
         driver = str(body.get("Driver") or "bridge")
         if driver in ("host", "null"):
             raise Forbidden(f'only one instance of "{driver}" network is allowed')
@@ -345,7 +363,7 @@ class NetworkManager:
                 id=net_id, name=name, driver="bridge", created=_now_rfc3339(),
                 subnets=(subnet,) if subnet6 is None else (subnet, subnet6),
                 enable_ipv6=enable_ipv6, ipam_driver=ipam_driver,
-                ipam_options={str(k): str(v) for k, v in (ipam_body.get("Options") or {}).items()},
+                ipam_options=_string_map(ipam_body.get("Options")),
                 options=options, labels={str(k): str(v) for k, v in
                                          (body.get("Labels") or {}).items()},
                 internal=bool(body.get("Internal")), attachable=bool(body.get("Attachable")),
@@ -462,8 +480,11 @@ class NetworkManager:
         return out
 
     async def attach(self, container_id: str, container_name: str,
-                     host_config: Mapping[str, Any], networking: Mapping[str, Any]) -> None:
-        """Record the networks a new container belongs to (after ``check_container``)."""
+                     host_config: Mapping[str, Any], networking: Mapping[str, Any],
+                     legacy_mac: str = "") -> None:
+        """Record the networks a new container belongs to (after ``check_container``).
+        ``legacy_mac`` is the deprecated ``Config.MacAddress``: as dockerd, it becomes the
+        MAC of the endpoint on the network of ``NetworkMode`` unless that one has its own."""
         mode = str(host_config.get("NetworkMode") or "default")
         if network_mode_name(mode) is None:
             return
@@ -471,8 +492,11 @@ class NetworkManager:
             net = self.get(ref)
             if net.driver in ("host", "null") and seq > 0:
                 continue
-            await self._insert_endpoint(Endpoint(
-                container_id, net.id, container_name, dict(settings or {}), seq))
+            config = dict(settings or {})
+            if seq == 0 and legacy_mac and net.driver == "bridge" and not config.get("MacAddress"):
+                config["MacAddress"] = legacy_mac
+            await self._insert_endpoint(Endpoint(container_id, net.id, container_name,
+                                                 config, seq))
 
     async def _insert_endpoint(self, ep: Endpoint) -> None:
         await self._db.execute(
@@ -762,8 +786,12 @@ class NetworkManager:
             net = self._networks.get(mine.network_id)
             if net is None or not net.user_defined or not mine.plugged:
                 continue
+            linked = _scoped_link_target(mine.config.get("Links"), name)
             for ep in self.active_endpoints(net.id):
-                if ep.address and name in (n.lower() for n in ep.dns_names()):
+                if not ep.address:
+                    continue
+                if name in (n.lower() for n in ep.dns_names()) or (
+                        linked is not None and ep.container_name.lstrip("/") == linked):
                     found.extend(ep.addresses())
         return list(dict.fromkeys(found)) or None
 
@@ -819,7 +847,8 @@ class NetworkManager:
             "IPAMConfig": ipam_config,
             "Links": ep.config.get("Links") or None,
             "Aliases": ep.aliases or None,
-            "MacAddress": ep.mac or "",
+            # a MAC asked for shows before the container runs, as dockerd (API >= 1.44)
+            "MacAddress": ep.mac or ep.wanted_mac() or "",
             "DriverOpts": ep.config.get("DriverOpts") or None,
             "GwPriority": int(ep.config.get("GwPriority") or 0),
             "NetworkID": net.id,

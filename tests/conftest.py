@@ -4,7 +4,8 @@ Fixtures:
   busybox_artifacts (session)  rootfs dir, plain tar, docker-archive, in one tmp dir
   busybox_tar       (session)  Path of the plain rootfs tar (for ``docker import``)
   daemon            (module)   a running wharfd with ``busybox:latest`` imported
-                               (``--against-dockerd``: the real dockerd 20.10 instead)
+                               (``--against-dockerd``: the real dockerd 20.10 instead;
+                               a module's ``REFERENCE_DOCKERD`` picks its variant)
   fresh_daemon      (function) a running daemon of the same kind, with no images
   docker_cli        (function) ``docker_cli("ps", "-a")`` against ``daemon``
   dclient           (function) docker-py ``DockerClient`` for ``daemon``
@@ -131,12 +132,17 @@ def against_dockerd(pytestconfig: pytest.Config) -> bool:
     return bool(pytestconfig.getoption("against_dockerd"))
 
 
-def _daemon_class(config: pytest.Config) -> type[BaseDaemon]:
-    return DockerdReference if config.getoption("against_dockerd") else DaemonProcess
+def _daemon_class(config: pytest.Config, module: Any = None) -> type[BaseDaemon]:
+    """wharfd, or the reference under --against-dockerd: ``DockerdReference`` unless the
+    test module names another in ``REFERENCE_DOCKERD`` (e.g. one with its bridge)."""
+    if not config.getoption("against_dockerd"):
+        return DaemonProcess
+    reference: type[BaseDaemon] = getattr(module, "REFERENCE_DOCKERD", DockerdReference)
+    return reference
 
 
 def _skip_unless_runnable(cls: type[BaseDaemon]) -> None:
-    if cls is DockerdReference:
+    if issubclass(cls, DockerdReference):
         reason = dockerd_unavailable_reason()
     else:
         reason = wharfd_unavailable_reason()
@@ -144,8 +150,8 @@ def _skip_unless_runnable(cls: type[BaseDaemon]) -> None:
         pytest.skip(f"{cls.kind}: {reason}")
 
 
-def _start_daemon(config: pytest.Config) -> BaseDaemon:
-    cls = _daemon_class(config)
+def _start_daemon(config: pytest.Config, module: Any = None) -> BaseDaemon:
+    cls = _daemon_class(config, module)
     _skip_unless_runnable(cls)
     return cls()
 
@@ -157,9 +163,11 @@ def _finish(d: BaseDaemon, config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="module")
-def daemon(pytestconfig: pytest.Config, busybox_tar: Path) -> Iterator[BaseDaemon]:
+def daemon(
+    request: pytest.FixtureRequest, pytestconfig: pytest.Config, busybox_tar: Path
+) -> Iterator[BaseDaemon]:
     """A daemon for the whole module, with ``busybox:latest`` imported from the tar."""
-    d = _start_daemon(pytestconfig)
+    d = _start_daemon(pytestconfig, request.module)
     try:
         d.start()
         import_busybox(d, busybox_tar)

@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.compat import test_networks_links
 from tests.harness.cli import DockerCLI, import_busybox
-from tests.harness.daemon import BaseDaemon
+from tests.harness.daemon import BaseDaemon, BridgedDockerd
 from tests.harness.netns import NetNS
 
 pytestmark = pytest.mark.root
@@ -29,7 +28,7 @@ pytestmark = pytest.mark.root
 P = "wn" + secrets.token_hex(3)
 
 # --against-dockerd: a reference dockerd with its own default bridge (in its netns)
-daemon = test_networks_links.daemon
+REFERENCE_DOCKERD = BridgedDockerd
 
 
 def describe(r: subprocess.CompletedProcess[Any]) -> str:

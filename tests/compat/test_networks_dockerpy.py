@@ -2,7 +2,7 @@
 null IPAM fields, names with spaces, MAC addresses asked for at create and connect,
 links scoped to a user-defined network, `DELETE /containers/<parent>/<alias>?link=1`,
 and the swarm endpoints of a node that is in no swarm. Checked against dockerd 20.10
-(``--against-dockerd``; links and MACs need its bridge: see test_networks_links.py)."""
+(``--against-dockerd``: links and MACs need its bridge, hence ``BridgedDockerd``)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,19 @@ from typing import Any
 import docker
 import pytest
 
-from tests.compat.test_networks_links import daemon  # noqa: F401  (bridged reference)
 from tests.harness.cli import docker_py_client
-from tests.harness.daemon import BaseDaemon
+from tests.harness.daemon import BaseDaemon, BridgedDockerd
 
 pytestmark = pytest.mark.root
 
 P = "wn" + secrets.token_hex(3)
 
+# --against-dockerd: links and MAC addresses need the reference's default bridge
+REFERENCE_DOCKERD = BridgedDockerd
+
 
 @pytest.fixture
-def client(daemon: BaseDaemon) -> Iterator[docker.DockerClient]:  # noqa: F811
+def client(daemon: BaseDaemon) -> Iterator[docker.DockerClient]:
     c = docker_py_client(daemon)
     try:
         yield c

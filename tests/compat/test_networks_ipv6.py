@@ -23,12 +23,11 @@ from typing import Any
 
 import pytest
 
-from tests.compat.test_networks_links import BridgedDockerd
 from tests.harness.cli import DockerCLI, import_busybox
 from tests.harness.daemon import (
     BaseDaemon,
+    BridgedDockerd,
     DaemonProcess,
-    dockerd_unavailable_reason,
     wharfd_unavailable_reason,
 )
 from tests.harness.netns import NetNS
@@ -46,19 +45,7 @@ class IPv6Dockerd(BridgedDockerd):
         return [*args, "--experimental", "--ip6tables=true"]
 
 
-@pytest.fixture(scope="module")
-def daemon(pytestconfig: pytest.Config, busybox_tar: Path) -> Iterator[BaseDaemon]:
-    reference = bool(pytestconfig.getoption("against_dockerd"))
-    reason = dockerd_unavailable_reason() if reference else wharfd_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    d: BaseDaemon = IPv6Dockerd() if reference else DaemonProcess()
-    try:
-        d.start()
-        import_busybox(d, busybox_tar)
-        yield d
-    finally:
-        d.cleanup()
+REFERENCE_DOCKERD = IPv6Dockerd
 
 
 def describe(r: subprocess.CompletedProcess[Any]) -> str:

@@ -10,14 +10,14 @@ import secrets
 
 import pytest
 
-from tests.compat import test_networks_links
 from tests.harness.cli import DockerCLI
+from tests.harness.daemon import BridgedDockerd
 
 pytestmark = pytest.mark.root
 
 P = "wi" + secrets.token_hex(3)
 
-daemon = test_networks_links.daemon
+REFERENCE_DOCKERD = BridgedDockerd
 
 
 def address_on(cli: DockerCLI, container: str, network: str) -> str:

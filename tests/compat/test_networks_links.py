@@ -12,50 +12,19 @@ import json
 import secrets
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness.cli import DockerCLI, import_busybox
-from tests.harness.daemon import (
-    BaseDaemon,
-    DaemonProcess,
-    DockerdReference,
-    dockerd_unavailable_reason,
-    wharfd_unavailable_reason,
-)
+from tests.harness.cli import DockerCLI
+from tests.harness.daemon import BaseDaemon, BridgedDockerd
 
 pytestmark = pytest.mark.root
 
 P = "wl" + secrets.token_hex(3)
 
-# What DockerdReference turns off so that it touches no host networking; inside its own
-# namespace a bridge and iptables rules of its own are harmless, and links need them.
-_NO_NETWORK_FLAGS = frozenset({"--bridge=none", "--iptables=false", "--ip-masq=false"})
-
-
-class BridgedDockerd(DockerdReference):
-    """The reference dockerd with its default bridge (docker0 in its own netns)."""
-
-    def argv(self) -> list[str]:
-        return [arg for arg in super().argv() if arg not in _NO_NETWORK_FLAGS]
-
-
-@pytest.fixture(scope="module")
-def daemon(pytestconfig: pytest.Config, busybox_tar: Path) -> Iterator[BaseDaemon]:
-    """As the conftest's, but a reference dockerd keeps its bridge."""
-    reference = bool(pytestconfig.getoption("against_dockerd"))
-    reason = dockerd_unavailable_reason() if reference else wharfd_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    d: BaseDaemon = BridgedDockerd() if reference else DaemonProcess()
-    try:
-        d.start()
-        import_busybox(d, busybox_tar)
-        yield d
-    finally:
-        d.cleanup()
+# --against-dockerd: links need the reference's default bridge
+REFERENCE_DOCKERD = BridgedDockerd
 
 
 def describe(r: subprocess.CompletedProcess[Any]) -> str:

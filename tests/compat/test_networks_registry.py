@@ -21,16 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.compat import test_networks_links
 from tests.harness.cli import DockerCLI
-from tests.harness.daemon import BaseDaemon
+from tests.harness.daemon import BaseDaemon, BridgedDockerd
 from tests.harness.registry import REGISTRY_BINARY, registry_unavailable_reason
 
 pytestmark = pytest.mark.root
 
 P = "wr" + secrets.token_hex(3)
 
-daemon = test_networks_links.daemon
+REFERENCE_DOCKERD = BridgedDockerd
 
 # No auth (Debian's own config asks for an htpasswd file it does not ship), storage on
 # the image's volume, every address of the container.

@@ -615,6 +615,18 @@ class DockerdReference(BaseDaemon):
                     os.rmdir(d)
 
 
+# What DockerdReference turns off so that it touches no host networking; inside its own
+# namespace a bridge and iptables rules of its own are harmless, and links need them.
+_NO_NETWORK_FLAGS = frozenset({"--bridge=none", "--iptables=false", "--ip-masq=false"})
+
+
+class BridgedDockerd(DockerdReference):
+    """The reference dockerd with its default bridge (docker0 in its own netns)."""
+
+    def argv(self) -> list[str]:
+        return [arg for arg in super().argv() if arg not in _NO_NETWORK_FLAGS]
+
+
 def wharfd_unavailable_reason() -> str | None:
     """Why wharfd cannot run on this machine (None when it can). A missing wharfd
     binary is not a reason to skip: that is a broken setup, and starting fails loudly."""

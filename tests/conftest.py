@@ -9,6 +9,7 @@ Fixtures:
   fresh_daemon      (function) a running daemon of the same kind, with no images
   docker_cli        (function) ``docker_cli("ps", "-a")`` against ``daemon``
   dclient           (function) docker-py ``DockerClient`` for ``daemon``
+  registry          (module)   a local docker-registry on 127.0.0.1:5000 in its netns
   against_dockerd   (session)  True under ``--against-dockerd``
 
 When a test fails, the tail of the log of every daemon still running is attached to its
@@ -39,6 +40,7 @@ from tests.harness.daemon import (
     dockerd_unavailable_reason,
     wharfd_unavailable_reason,
 )
+from tests.harness.registry import LocalRegistry, registry_unavailable_reason
 
 try:  # pragma: no cover - depends on the test extras
     from blockbuster import blockbuster_ctx
@@ -185,6 +187,16 @@ def fresh_daemon(pytestconfig: pytest.Config) -> Iterator[BaseDaemon]:
         yield d
     finally:
         _finish(d, pytestconfig)
+
+
+@pytest.fixture(scope="module")
+def registry(daemon: BaseDaemon) -> Iterator[LocalRegistry]:
+    """Debian's docker-registry on 127.0.0.1:5000 inside the module daemon's netns."""
+    reason = registry_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with LocalRegistry(daemon.netns, 5000) as reg:
+        yield reg
 
 
 @pytest.fixture

@@ -10,14 +10,11 @@ made.
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import re
 import secrets
 import shutil
 import subprocess
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from tests.harness.busybox import MTIME
+from tests.harness.busybox import files_tar
 from tests.harness.cli import DockerCLI, import_busybox
 from tests.harness.daemon import BaseDaemon
-from tests.harness.registry import LocalRegistry, registry_unavailable_reason
+from tests.harness.registry import LocalRegistry
 
 pytestmark = pytest.mark.root
 
@@ -111,19 +108,6 @@ def container_ids(cli: DockerCLI) -> set[str]:
     return set(cli.ok("ps", "-aq", "--no-trunc").split())
 
 
-def tar_bytes(files: dict[str, bytes], gz: bool = False) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            info.mtime = MTIME
-            tar.addfile(info, io.BytesIO(data))
-    raw = buf.getvalue()
-    return gzip.compress(raw, mtime=0) if gz else raw
-
-
 @pytest.fixture
 def images(docker_cli: DockerCLI) -> Iterator[list[str]]:
     """Image names/ids a test made; removed (forced) afterwards, last first."""
@@ -189,7 +173,7 @@ def test_seed_dockerfile(docker_cli: DockerCLI, tmp_path: Path, busybox_tar: Pat
     ctx = write_ctx(tmp_path / "seed", {
         "Dockerfile": SEED.format(base=base),
         "hello.php": "<?php echo 'hello'; ?>\n",
-        "test.tar.gz": tar_bytes({"inside/t.txt": b"from the tarball\n"}, gz=True),
+        "test.tar.gz": files_tar({"inside/t.txt": b"from the tarball\n"}, gz=True),
     })
     name = tag("seed")
     images.append(name)
@@ -629,11 +613,11 @@ def test_dockerfile_errors(docker_cli: DockerCLI, tmp_path: Path, dockerfile: st
 
 def test_missing_dockerfile(docker_cli: DockerCLI, tmp_path: Path) -> None:
     # a context without a Dockerfile, as a tar on stdin (the CLI cannot check it)
-    r = docker_cli("build", "-", env=NOBUILDKIT, input=tar_bytes({"x.txt": b"x"}))
+    r = docker_cli("build", "-", env=NOBUILDKIT, input=files_tar({"x.txt": b"x"}))
     err = r.stderr.decode()
     assert r.returncode == 1 and "Cannot locate specified Dockerfile: Dockerfile" in err, err
     r = docker_cli("build", "-f", "other.df", "-", env=NOBUILDKIT,
-                   input=tar_bytes({"Dockerfile": b"FROM busybox\n"}))
+                   input=files_tar({"Dockerfile": b"FROM busybox\n"}))
     err = r.stderr.decode()
     assert r.returncode == 1 and "Cannot locate specified Dockerfile: other.df" in err, err
 
@@ -641,7 +625,7 @@ def test_missing_dockerfile(docker_cli: DockerCLI, tmp_path: Path) -> None:
 def test_context_tar_on_stdin(docker_cli: DockerCLI, images: list[str]) -> None:
     name = tag("tarctx")
     images.append(name)
-    ctx = tar_bytes({"Dockerfile": b"FROM busybox\nCOPY f /\n", "f": b"in the tar\n"}, gz=True)
+    ctx = files_tar({"Dockerfile": b"FROM busybox\nCOPY f /\n", "f": b"in the tar\n"}, gz=True)
     r = docker_cli("build", "-t", name, "-", env=NOBUILDKIT, input=ctx)
     assert r.returncode == 0, r.stderr
     assert cat(docker_cli, name, "/f") == "in the tar\n"
@@ -742,14 +726,6 @@ RUN id -u > /tmp/uid
 
 
 # ====================================================================== --pull
-@pytest.fixture(scope="module")
-def registry(daemon: BaseDaemon) -> Iterator[LocalRegistry]:
-    reason = registry_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with LocalRegistry(daemon.netns, 5000) as reg:
-        yield reg
-
 
 def test_pull_flag(docker_cli: DockerCLI, registry: LocalRegistry, tmp_path: Path,
                    images: list[str]) -> None:

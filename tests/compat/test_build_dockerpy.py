@@ -9,14 +9,13 @@ from __future__ import annotations
 import io
 import re
 import secrets
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness.busybox import MTIME
+from tests.harness.busybox import files_tar
 
 docker = pytest.importorskip("docker")
 
@@ -26,17 +25,7 @@ P = "wbp" + secrets.token_hex(3)
 
 
 def context_tar(files: dict[str, str]) -> io.BytesIO:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            info.mtime = MTIME
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    return buf
+    return io.BytesIO(files_tar(files))
 
 
 def log_text(logs: Any) -> str:

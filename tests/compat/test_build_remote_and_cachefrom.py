@@ -5,11 +5,9 @@ save/rmi/load), with the classic builder."""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from tests.harness.busybox import files_tar
 from tests.harness.daemon import BaseDaemon
 
 pytestmark = pytest.mark.root
@@ -117,22 +116,11 @@ def test_cache_from_an_image_without_its_parents(daemon: BaseDaemon, tmp_path: P
         _docker(daemon, "rmi", f"cachesrc:{n}")
 
 
-def _context_tar(files: dict[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def test_remote_context_tarball_and_plain_dockerfile(daemon: BaseDaemon, file_server: str,
                                                      tmp_path: Path,
                                                      dclient: docker.DockerClient) -> None:
     www = tmp_path / "www"
-    (www / "ctx.tar.gz").write_bytes(_context_tar({
+    (www / "ctx.tar.gz").write_bytes(files_tar(gz=True, files={
         "Dockerfile": "FROM busybox\nCOPY greeting /greeting\n", "greeting": "from a tarball\n",
     }))
     (www / "Dockerfile").write_text("FROM busybox\nRUN echo from a remote Dockerfile > /g\n")

@@ -36,14 +36,6 @@ AUTH_REG = "127.0.0.1:5001"
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-@pytest.fixture(scope="module")
-def registry(daemon: BaseDaemon) -> Iterator[LocalRegistry]:
-    reason = registry_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with LocalRegistry(daemon.netns, 5000) as reg:
-        yield reg
-
 
 @pytest.fixture(scope="module")
 def auth_registry(daemon: BaseDaemon) -> Iterator[LocalRegistry]:

@@ -39,13 +39,6 @@ def inspect(cli: DockerCLI, *refs: str) -> Any:
     return json.loads(cli.ok("inspect", *refs))
 
 
-def cleanup(cli: DockerCLI, containers: list[str], networks: list[str]) -> None:
-    if containers:
-        cli("rm", "-f", *containers)
-    for net in networks:
-        cli("network", "rm", net)
-
-
 @pytest.fixture
 def other_host(daemon: BaseDaemon) -> Iterator[tuple[NetNS, str]]:
     """A namespace joined to the daemon's by a veth: 10.199.0.1 (daemon) - .2 (other)."""
@@ -125,7 +118,7 @@ def test_seed_scenario(docker_cli: DockerCLI, daemon: BaseDaemon,
         r = cli("network", "rm", "bridge")
         assert "bridge is a pre-defined network and cannot be removed" in r.stderr
     finally:
-        cleanup(cli, [t1, t2, t3, t4, web, f"{P}-web2"], [net])
+        cli.remove([t1, t2, t3, t4, web, f"{P}-web2"], [net])
     links = daemon.netns.run(["ip", "-br", "link"]).stdout
     assert " wv" not in links and "\nwv" not in links, links
 
@@ -169,7 +162,7 @@ def test_user_network_options_and_fixed_ip(docker_cli: DockerCLI) -> None:
         r = cli("run", "--rm", "--network", net, "--ip", "10.78.0.9", "busybox", "true")
         assert r.returncode != 0 and "does not belong" in r.stderr, describe(r)
     finally:
-        cleanup(cli, [c], [net])
+        cli.remove([c], [net])
 
 
 def test_network_bad_input(daemon: BaseDaemon) -> None:
@@ -269,7 +262,7 @@ def test_exhausted_pool_b16(docker_cli: DockerCLI) -> None:
         assert inspect(cli, b)[0]["NetworkSettings"]["Networks"][net]["IPAddress"] == \
             "10.50.0.2"
     finally:
-        cleanup(cli, [a, b], [net])
+        cli.remove([a, b], [net])
 
 
 def test_publish_all_and_list_ports(docker_cli: DockerCLI, dclient: Any) -> None:

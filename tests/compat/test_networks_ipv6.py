@@ -63,13 +63,6 @@ def ping_gateway(cli: DockerCLI, container: str, gateway: str) -> None:
     cli.ok("exec", container, "ping", "-6", "-c3", "-W3", gateway)
 
 
-def cleanup(cli: DockerCLI, containers: list[str], networks: list[str]) -> None:
-    if containers:
-        cli("rm", "-f", *containers)
-    for net in networks:
-        cli("network", "rm", net)
-
-
 @pytest.fixture
 def v6net(docker_cli: DockerCLI) -> Iterator[str]:
     """An IPv6 network: 2001:db8:61::/64 (gateway ::1) and 172.28.61.0/24."""
@@ -112,7 +105,7 @@ def test_create_inspect_and_ls(docker_cli: DockerCLI, daemon: BaseDaemon, dclien
         net = dclient.networks.get(only6)
         assert net.attrs["EnableIPv6"] is True
     finally:
-        cleanup(cli, [], [plain, only6])
+        cli.remove([], [plain, only6])
 
 
 def test_containers_talk_over_ipv6(docker_cli: DockerCLI, v6net: str) -> None:
@@ -163,7 +156,7 @@ def test_containers_talk_over_ipv6(docker_cli: DockerCLI, v6net: str) -> None:
                 "true")
         assert r.returncode != 0 and "Address already in use" in r.stderr, describe(r)
     finally:
-        cleanup(cli, [a, b, c], [])
+        cli.remove([a, b, c], [])
 
 
 def test_connect_and_disconnect(docker_cli: DockerCLI, v6net: str) -> None:
@@ -188,7 +181,7 @@ def test_connect_and_disconnect(docker_cli: DockerCLI, v6net: str) -> None:
         assert "default via fd00:62::1 dev eth2" in route and "2001:db8:61" not in route, route
         ping_gateway(cli, c, "fd00:62::1")
     finally:
-        cleanup(cli, [c], [v4, other])
+        cli.remove([c], [v4, other])
 
 
 def test_isolation_between_ipv6_networks(docker_cli: DockerCLI, v6net: str) -> None:
@@ -209,7 +202,7 @@ def test_isolation_between_ipv6_networks(docker_cli: DockerCLI, v6net: str) -> N
             r = cli("exec", src, "ping", "-c1", "-W1", target["IPAddress"])
             assert r.returncode != 0, describe(r)
     finally:
-        cleanup(cli, [a, b, c], [other])
+        cli.remove([a, b, c], [other])
 
 
 @pytest.fixture
@@ -256,7 +249,7 @@ def test_published_ports_on_ipv6_network(docker_cli: DockerCLI, daemon: BaseDaem
         got = other_host6.run(["curl", "-s", "-m", "5", "-g", "http://[fd00:99::1]:18086/hostname"])
         assert got.stdout.strip() == hostname, describe(got)
     finally:
-        cleanup(cli, [web, anyport], [])
+        cli.remove([web, anyport], [])
 
 
 def test_bad_input(docker_cli: DockerCLI, daemon: BaseDaemon, against_dockerd: bool,
@@ -307,7 +300,7 @@ def test_bad_input(docker_cli: DockerCLI, daemon: BaseDaemon, against_dockerd: b
         after = {n["Name"] for n in daemon.api_json("GET", "/networks")}
         assert after - before == {v4}
     finally:
-        cleanup(cli, [], [v4])
+        cli.remove([], [v4])
 
 
 def test_ipv6_pool_exhausted_and_freed(docker_cli: DockerCLI) -> None:
@@ -328,7 +321,7 @@ def test_ipv6_pool_exhausted_and_freed(docker_cli: DockerCLI) -> None:
         cli.ok("start", c)
         assert settings(cli, c, net)["GlobalIPv6Address"] == "fd00:69::2"
     finally:
-        cleanup(cli, [a, b, c], [net])
+        cli.remove([a, b, c], [net])
 
 
 def test_restore_keeps_ipv6_addresses(pytestconfig: pytest.Config, busybox_tar: Path) -> None:

@@ -12,6 +12,7 @@ format (manifest.json, image config, <id>/layer.tar) for ``docker load`` tests.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -22,7 +23,7 @@ import struct
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,22 @@ def _walk_sorted(root: Path) -> Iterable[Path]:
             yield from _walk_sorted(p)
         else:
             yield p
+
+
+def files_tar(files: Mapping[str, bytes | str], gz: bool = False) -> bytes:
+    """A tar of regular files (name → content; text is UTF-8), mode 0644, fixed mtime;
+    gzip-compressed (reproducibly) with ``gz``. Build contexts, layers, uploads."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in files.items():
+            data = content.encode() if isinstance(content, str) else content
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = MTIME
+            tar.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    return gzip.compress(raw, mtime=0) if gz else raw
 
 
 def rootfs_tar(rootfs: Path, out: Path | None = None) -> bytes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -99,6 +100,13 @@ class DockerCLI:
 
     def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[Any]:
         return popen_docker(self.daemon, *args, **kwargs)
+
+    def remove(self, containers: Sequence[str] = (), networks: Sequence[str] = ()) -> None:
+        """Best-effort teardown: force-remove the containers, then the networks."""
+        if containers:
+            self("rm", "-f", *containers)
+        for net in networks:
+            self("network", "rm", net)
 
 
 def import_busybox(daemon: HasDockerEnv, tar_path: Path, ref: str = "busybox:latest") -> str:

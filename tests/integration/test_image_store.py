@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ from engine.snapshots.overlay import OverlaySnapshotter
 from engine.store.atomic import ensure_dir
 from engine.store.content import ContentStore
 from engine.store.db import Database
+from tests.harness.busybox import files_tar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, mknod, mount)")
@@ -132,17 +131,6 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
 def _sha256_file(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _tar(entries: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in entries.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 1_700_000_000
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 async def _leftovers(stack: Stack) -> dict[str, Any]:
@@ -245,7 +233,7 @@ async def test_container_snapshot_on_the_image(
 async def test_import_with_changes_message_and_compression(stack: Stack) -> None:
     import gzip
 
-    data = gzip.compress(_tar({"app/run.sh": b"#!/bin/sh\n"}))
+    data = gzip.compress(files_tar({"app/run.sh": b"#!/bin/sh\n"}))
     changes = [
         'CMD ["sh", "-c", "echo $HOME"]',
         "ENV A=1 B=\"two words\"\nENV C=${A}x",
@@ -324,7 +312,7 @@ async def test_refusals_come_before_reading(
 
 @pytest.mark.asyncio
 async def test_bad_archives_leave_nothing(stack: Stack) -> None:
-    for body in (b"not a tar at all" * 100, _tar({"f": b"x" * 5000})[:1500]):
+    for body in (b"not a tar at all" * 100, files_tar({"f": b"x" * 5000})[:1500]):
         with pytest.raises(UnpackError):
             await stack.images.import_image(bytes_chunks(body), "broken")
     assert await _leftovers(stack) == EMPTY
@@ -334,7 +322,7 @@ async def test_bad_archives_leave_nothing(stack: Stack) -> None:
 @pytest.mark.asyncio
 async def test_escaping_entries_are_clamped(stack: Stack, tmp_path: Path) -> None:
     marker = f"wharfd-escape-{os.getpid()}"
-    body = _tar({f"../../{marker}": b"x", f"/{marker}-abs": b"y"})
+    body = files_tar({f"../../{marker}": b"x", f"/{marker}-abs": b"y"})
     view = await stack.images.get(await stack.images.import_image(bytes_chunks(body)))
     layer = (await stack.images.lower_dirs(view.id))[0]
     assert sorted(await asyncio.to_thread(os.listdir, layer)) == [marker, f"{marker}-abs"]
@@ -347,10 +335,10 @@ async def test_escaping_entries_are_clamped(stack: Stack, tmp_path: Path) -> Non
 @pytest.mark.asyncio
 async def test_tag_and_list_filters(stack: Stack) -> None:
     first = await stack.images.import_image(
-        bytes_chunks(_tar({"a": b"1"})), "busybox", "latest", ["LABEL tier=base"]
+        bytes_chunks(files_tar({"a": b"1"})), "busybox", "latest", ["LABEL tier=base"]
     )
     await asyncio.sleep(0.01)
-    second = await stack.images.import_image(bytes_chunks(_tar({"b": b"2"})))
+    second = await stack.images.import_image(bytes_chunks(files_tar({"b": b"2"})))
     assert await stack.images.tag("busybox", "docker.io/library/captag", "1") == "captag:1"
     assert await stack.images.tag(first, "localhost:5000/x", None) == "localhost:5000/x:latest"
     view = stack.images.resolve(first)
@@ -388,7 +376,7 @@ async def test_tag_and_list_filters(stack: Stack) -> None:
 # ------------------------------------------------------------------ remove rules
 @pytest.mark.asyncio
 async def test_remove_rules(stack: Stack) -> None:
-    image_id = await stack.images.import_image(bytes_chunks(_tar({"f": b"1"})), "busybox")
+    image_id = await stack.images.import_image(bytes_chunks(files_tar({"f": b"1"})), "busybox")
     view = stack.images.resolve(image_id)
     short = view.short_id
     ctr = "c" * 64
@@ -447,7 +435,7 @@ async def test_remove_rules(stack: Stack) -> None:
 
 @pytest.mark.asyncio
 async def test_remove_by_name_deletes_the_last_reference(stack: Stack) -> None:
-    image_id = await stack.images.import_image(bytes_chunks(_tar({"f": b"2"})), "busybox")
+    image_id = await stack.images.import_image(bytes_chunks(files_tar({"f": b"2"})), "busybox")
     layer = stack.images.resolve(image_id).layers[0]
     assert await stack.images.remove("busybox") == [
         {"Untagged": "busybox:latest"}, {"Deleted": image_id}, {"Deleted": layer},
@@ -457,7 +445,7 @@ async def test_remove_by_name_deletes_the_last_reference(stack: Stack) -> None:
 
 @pytest.mark.asyncio
 async def test_same_layer_twice_is_shared(stack: Stack) -> None:
-    body = _tar({"same": b"content"})
+    body = files_tar({"same": b"content"})
     one = await stack.images.import_image(bytes_chunks(body), "one")
     await asyncio.sleep(0.01)
     two = await stack.images.import_image(bytes_chunks(body), "two")
@@ -474,7 +462,7 @@ async def test_same_layer_twice_is_shared(stack: Stack) -> None:
 
 @pytest.mark.asyncio
 async def test_forced_delete_while_a_stopped_container_names_the_image(stack: Stack) -> None:
-    image_id = await stack.images.import_image(bytes_chunks(_tar({"f": b"3"})), "busybox")
+    image_id = await stack.images.import_image(bytes_chunks(files_tar({"f": b"3"})), "busybox")
     ctr = "d" * 64
     await stack.db.execute(
         "INSERT INTO containers (id, name, image_id, config, state, created) "

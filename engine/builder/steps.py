@@ -211,14 +211,36 @@ class StageBuilder:
             await self._run.containers.remove(container, force=True)
 
     async def _new_container(self, cmd: Sequence[str], env: Sequence[str] | None = None,
-                             entrypoint: Sequence[str] | None = None) -> str:
-        if self._state.image_id is None:
-            raise InvalidParameter(
-                "Please provide a source image with `from` prior to commit"
+                             entrypoint: Sequence[str] | None = None,
+                             allow_scratch: bool = False) -> str:
+        """A container of the stage's image. On ``FROM scratch`` with nothing committed
+        yet (``allow_scratch``: COPY/ADD), of an empty image made for the purpose and
+        removed at once: it stays hidden while the container names it and goes with it;
+        the step's commit then has no parent."""
+        image = self._state.image_id
+        if image is None:
+            if not allow_scratch:
+                raise InvalidParameter(
+                    "Please provide a source image with `from` prior to commit"
+                )
+            empty = container_config({})
+            image = await commit_step(
+                self._run.images, self._run.containers, container=None, parent_id=None,
+                config=empty, container_config=empty,
             )
+        try:
+            return await self._create_container(image, cmd, env, entrypoint)
+        finally:
+            if image != self._state.image_id:
+                with contextlib.suppress(EngineError):
+                    await self._run.images.remove(image, force=True)
+
+    async def _create_container(self, image: str, cmd: Sequence[str],
+                                env: Sequence[str] | None,
+                                entrypoint: Sequence[str] | None) -> str:
         cfg = self._state.config
         body: dict[str, Any] = {
-            "Image": self._state.image_id,
+            "Image": image,
             "Cmd": list(cmd),
             "Entrypoint": list(entrypoint) if entrypoint is not None else None,
             "Env": list(env if env is not None else cfg.get("Env") or []),
@@ -428,7 +450,7 @@ class StageBuilder:
             workdir = self._state.config.get("WorkingDir") or "/"
 
             async def make() -> str:
-                cid = await self._new_container(run_config["Cmd"])
+                cid = await self._new_container(run_config["Cmd"], allow_scratch=True)
                 async with self._run.containers.rootfs(cid) as (_view, rootfs):
                     owner = None
                     if chown:
@@ -440,57 +462,7 @@ class StageBuilder:
                     )
                 return cid
 
-            if self._state.image_id is None:
-                await self._commit_scratch_copy(run_config, src_root, resolved, dest, chown,
-                                                chmod, c.is_add and not urls)
-                return
             await self._commit_or_reuse(run_config, make)
-
-    async def _commit_scratch_copy(self, run_config: dict[str, Any], src_root: Path,
-                                   resolved: Sequence[Any], dest: str, chown: str,
-                                   chmod: int | None, extract: bool) -> None:
-        """COPY/ADD onto ``FROM scratch``: with no image to make a container from, the
-        files go into a container of an empty image made for the purpose (removed after),
-        and the layer is committed with no parent."""
-        key = step_key(run_config)
-        if not self._run.options.no_cache:
-            hit = await self._run.cache.lookup(None, key)
-            if hit is not None:
-                self._run.say(" ---> Using cache\n")
-                self._set_image(hit)
-                return
-        empty_config = container_config({})
-        empty = await commit_step(
-            self._run.images, self._run.containers, container=None, parent_id=None,
-            config=empty_config, container_config=empty_config,
-        )
-        try:
-            self._state.image_id = empty
-            cid = await self._new_container(run_config["Cmd"])
-            self._state.image_id = None
-            try:
-                async with self._run.containers.rootfs(cid) as (_view, rootfs):
-                    owner = await asyncio.to_thread(_chown_ids, rootfs, chown) \
-                        if chown else None
-                    await asyncio.to_thread(
-                        files.copy_into, src_root, resolved, rootfs, dest,
-                        self._state.config.get("WorkingDir") or "/",
-                        chown=owner, chmod=chmod, extract_archives=extract,
-                        cmd="ADD" if extract else "COPY",
-                    )
-                image_id = await commit_step(
-                    self._run.images, self._run.containers, container=cid, parent_id=None,
-                    config=container_config(self._state.config),
-                    container_config=run_config, author=self._state.author,
-                )
-            finally:
-                await self._remove_container(cid)
-        finally:
-            self._state.image_id = None
-            with contextlib.suppress(EngineError):
-                await self._run.images.remove(empty, force=True)
-        await self._run.cache.record(None, key, image_id)
-        self._set_image(image_id)
 
     @contextlib.asynccontextmanager
     async def _downloads(

@@ -56,7 +56,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.builder.context import SafeExtractor, escapes, open_dir_in_scope, open_real_dir
+from engine.builder.context import (
+    SafeExtractor,
+    escapes,
+    open_dir_in_scope,
+    open_real_dir,
+    read_in_root,
+)
 from engine.builder.ignore import clean_path
 from engine.containers import rootscope
 from engine.errors import InvalidParameter, SystemError_
@@ -677,6 +683,17 @@ def _extract_archive(src_dir: int, src_name: str, dst_fd: int, target: str) -> N
         os.close(fd)
 
 
+def make_workdir(dest_root: Path, path: str) -> None:
+    """WORKDIR's directory and its missing parents, root-owned 0755, symlinks on the way
+    followed inside the rootfs (as a COPY destination is)."""
+    root_fd = rootscope.open_root(dest_root)
+    try:
+        with mkdir_all(root_fd, _dest_parts(root_fd, path), _ROOT_OWNER):
+            pass
+    finally:
+        os.close(root_fd)
+
+
 # =========================================================================== --chown
 def parse_chown(spec: str, passwd: str | None, group: str | None) -> tuple[int, int]:
     """``--chown=user[:group]`` to numbers, as 20.10's ``parseChownFlag``: numbers are
@@ -690,6 +707,18 @@ def parse_chown(spec: str, passwd: str | None, group: str | None) -> tuple[int, 
     uid = _lookup(user_text, passwd, "/etc/passwd", "user")
     gid = _lookup(group_text, group, "/etc/group", "group")
     return uid, gid
+
+
+def chown_ids(dest_root: Path, spec: str) -> tuple[int, int]:
+    """``--chown`` with its names looked up in the destination's own /etc/passwd and
+    /etc/group (read inside the rootfs)."""
+    passwd = read_in_root(dest_root, "/etc/passwd")
+    group = read_in_root(dest_root, "/etc/group")
+    return parse_chown(
+        spec,
+        passwd.decode("utf-8", "replace") if passwd is not None else None,
+        group.decode("utf-8", "replace") if group is not None else None,
+    )
 
 
 _NUMBER = re.compile(r"[+-]?[0-9]+")
@@ -727,3 +756,4 @@ def _reason(exc: OSError) -> str:
 def _describe(exc: OSError) -> str:
     where = f"{exc.filename}: " if exc.filename else ""
     return f"{where}{_reason(exc)}"
+

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy as copying
-import os
 import posixpath
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -30,10 +29,8 @@ from engine.builder import cachefrom, history, remote
 from engine.builder import copy as files
 from engine.builder import dockerfile as df
 from engine.builder.cache import BuildCache, step_key
-from engine.builder.context import read_in_root
 from engine.builder.options import PROXY_ARGS, BuildOptions
 from engine.builder.shellwords import expand_word, expand_words
-from engine.containers import rootscope
 from engine.containers.manager import ContainerManager
 from engine.containers.signals import parse_signal
 from engine.containers.streams import STDERR
@@ -394,7 +391,7 @@ class StageBuilder:
         async def make() -> str:
             cid = await self._new_container(run_config["Cmd"])
             async with self._run.containers.rootfs(cid) as (_view, rootfs):
-                await asyncio.to_thread(_make_workdir, rootfs, resolved)
+                await asyncio.to_thread(files.make_workdir, rootfs, resolved)
             return cid
 
         await self._commit_or_reuse(run_config, make)
@@ -454,7 +451,7 @@ class StageBuilder:
                 async with self._run.containers.rootfs(cid) as (_view, rootfs):
                     owner = None
                     if chown:
-                        owner = await asyncio.to_thread(_chown_ids, rootfs, chown)
+                        owner = await asyncio.to_thread(files.chown_ids, rootfs, chown)
                     await asyncio.to_thread(
                         files.copy_into, src_root, resolved, rootfs, dest, workdir,
                         chown=owner, chmod=chmod, extract_archives=c.is_add and not urls,
@@ -529,28 +526,6 @@ class StageBuilder:
                 yield rootfs, list(sources)
         finally:
             await self._remove_container(cid)
-
-
-def _make_workdir(rootfs: Path, path: str) -> None:
-    """WORKDIR's directory and missing parents, root-owned 0755, inside the rootfs."""
-    root_fd = rootscope.open_root(rootfs)
-    try:
-        parts = rootscope.clean(rootscope.resolved_path(root_fd, rootscope.clean(path)))
-        with files.mkdir_all(root_fd, parts, (0, 0)):
-            pass
-    finally:
-        os.close(root_fd)
-
-
-def _chown_ids(rootfs: Path, spec: str) -> tuple[int, int]:
-    """``--chown`` names looked up in the destination's /etc/passwd and /etc/group."""
-    passwd = read_in_root(rootfs, "/etc/passwd")
-    group = read_in_root(rootfs, "/etc/group")
-    return files.parse_chown(
-        spec,
-        passwd.decode("utf-8", "replace") if passwd is not None else None,
-        group.decode("utf-8", "replace") if group is not None else None,
-    )
 
 
 def _port_keys(word: str) -> list[str]:

@@ -11,10 +11,8 @@ tag, the context, the Dockerfile) are plain HTTP errors, later ones end the stre
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -25,7 +23,7 @@ from api.routers.images import ProgressStream
 from engine.builder.manager import BuildPruneReport
 from engine.builder.options import BuildOptions, RunLimits
 from engine.errors import InvalidParameter, NotSupported
-from engine.images.auth import AuthConfig, auth_from_object
+from engine.images.auth import decode_registry_config
 from engine.images.progress import ProgressSink
 
 _UPLOAD_CHUNK = 1 << 16
@@ -115,7 +113,7 @@ def build_options(request: web.Request) -> BuildOptions:
                               if h),
             ulimits=tuple(_json_list(query.get("ulimits"), "ulimits")),
         ),
-        registry_auth=registry_config(request.headers.get("X-Registry-Config")),
+        registry_auth=decode_registry_config(request.headers.get("X-Registry-Config")),
     )
 
 
@@ -147,21 +145,3 @@ def _json_list(raw: str | None, name: str) -> list[Any]:
     if not isinstance(value, list):
         raise InvalidParameter(f"failed to parse {name}: expected a list")
     return value
-
-
-def registry_config(header: str | None) -> Mapping[str, AuthConfig]:
-    """``X-Registry-Config``: base64url JSON of registry → AuthConfig. Anything that
-    does not decode is no credentials (never echoed: reliability B29)."""
-    if not header:
-        return {}
-    raw = header.strip()
-    padded = raw + "=" * (-len(raw) % 4)
-    for decode in (base64.urlsafe_b64decode, base64.b64decode):
-        try:
-            data = json.loads(decode(padded.encode("ascii")))
-        except (binascii.Error, ValueError, UnicodeError):
-            continue
-        if isinstance(data, dict):
-            return {str(k): auth_from_object(v) for k, v in data.items()}
-        return {}
-    return {}

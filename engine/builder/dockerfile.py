@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+from engine.builder.history import go_quote
 from engine.builder.shellwords import is_space
 from engine.errors import InvalidParameter
 
@@ -582,7 +583,7 @@ def _key_value_pairs(instr: _Instruction) -> tuple[tuple[str, str], ...]:
         key, equals, value = word.partition("=")
         if not equals:
             raise instr.error(
-                f"Syntax error - can't find = in {_go_quote(word)}. Must be of the form: name=value"
+                f"Syntax error - can't find = in {go_quote(word)}. Must be of the form: name=value"
             )
         if not key:
             raise instr.error(f"{instr.keyword} names can not be blank")
@@ -595,11 +596,6 @@ def _single_argument(instr: _Instruction) -> str:
     if not instr.rest:
         raise instr.error(f"{instr.keyword} requires exactly one argument")
     return instr.rest
-
-
-def _go_quote(text: str) -> str:
-    """Roughly Go's %q, which dockerd uses to show a word inside a message."""
-    return json.dumps(text, ensure_ascii=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -638,7 +634,7 @@ class _StageDraft:
 
 def _check_unique_name(header: _From, stages: Sequence[_StageDraft]) -> None:
     if header.name is not None and any(s.header.name == header.name for s in stages):
-        raise DockerfileParseError(header.line, f"duplicate stage name {_go_quote(header.name)}")
+        raise DockerfileParseError(header.line, f"duplicate stage name {go_quote(header.name)}")
 
 
 def _from(instr: _Instruction) -> _From:
@@ -648,7 +644,7 @@ def _from(instr: _Instruction) -> _From:
         name = args[2].lower()
         if not _STAGE_NAME.match(name):
             raise instr.error(
-                f"invalid name for build stage: {_go_quote(args[2])}, "
+                f"invalid name for build stage: {go_quote(args[2])}, "
                 "name can't start with a number or contain symbols"
             )
     elif len(args) != 1:
@@ -839,7 +835,7 @@ def _healthcheck(instr: _Instruction) -> Command:
             raise instr.error("Missing command after HEALTHCHECK CMD")
         test = ("CMD-SHELL", *argv) if shell_form else ("CMD", *argv)
     else:
-        raise instr.error(f"Unknown type {_go_quote(kind)} in HEALTHCHECK (try CMD)")
+        raise instr.error(f"Unknown type {go_quote(kind)} in HEALTHCHECK (try CMD)")
     return HealthcheckCommand(
         *common,
         test=test,
@@ -860,7 +856,7 @@ def _health_interval(instr: _Instruction, flags: Mapping[str, str], name: str) -
     except ValueError as exc:
         raise instr.error(str(exc)) from None
     if nanoseconds != 0 and nanoseconds < _MINIMUM_DURATION_NS:
-        raise instr.error(f"Interval {_go_quote(name)} cannot be less than 1ms")
+        raise instr.error(f"Interval {go_quote(name)} cannot be less than 1ms")
     return nanoseconds / 1e9
 
 
@@ -869,10 +865,10 @@ def _health_retries(instr: _Instruction, flags: Mapping[str, str]) -> int | None
     if not text:
         return None
     if not re.fullmatch(r"[+-]?[0-9]+", text):
-        raise instr.error(f"strconv.ParseInt: parsing {_go_quote(text)}: invalid syntax")
+        raise instr.error(f"strconv.ParseInt: parsing {go_quote(text)}: invalid syntax")
     retries = int(text)
     if not -(2**31) <= retries < 2**31:
-        raise instr.error(f"strconv.ParseInt: parsing {_go_quote(text)}: value out of range")
+        raise instr.error(f"strconv.ParseInt: parsing {go_quote(text)}: value out of range")
     if retries < 0:
         raise instr.error(f"--retries cannot be negative ({retries})")
     return retries
@@ -944,26 +940,26 @@ def parse_go_duration(text: str) -> int:
     if rest == "0":
         return 0
     if not rest:
-        raise ValueError(f"time: invalid duration {_go_quote(text)}")
+        raise ValueError(f"time: invalid duration {go_quote(text)}")
     total = 0
     while rest:
         number = _DURATION_NUMBER.match(rest)
         assert number is not None  # the pattern can match the empty string
         whole, fraction = number.group(1), number.group(2) or ""
         if not whole and not fraction:
-            raise ValueError(f"time: invalid duration {_go_quote(text)}")
+            raise ValueError(f"time: invalid duration {go_quote(text)}")
         rest = rest[number.end() :]
         unit_match = _DURATION_UNIT.match(rest)
         unit = unit_match.group(0) if unit_match else ""
         rest = rest[len(unit) :]
         if not unit:
-            raise ValueError(f"time: missing unit in duration {_go_quote(text)}")
+            raise ValueError(f"time: missing unit in duration {go_quote(text)}")
         scale = _DURATION_UNITS_NS.get(unit)
         if scale is None:
-            raise ValueError(f"time: unknown unit {_go_quote(unit)} in duration {_go_quote(text)}")
+            raise ValueError(f"time: unknown unit {go_quote(unit)} in duration {go_quote(text)}")
         total += int(whole or "0") * scale
         if fraction:
             total += int(fraction) * scale // 10 ** len(fraction)
         if total > _MAX_DURATION_NS:
-            raise ValueError(f"time: invalid duration {_go_quote(text)}")
+            raise ValueError(f"time: invalid duration {go_quote(text)}")
     return -total if negative else total

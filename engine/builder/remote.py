@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from engine.builder.context import BuildContext, escapes, prepare_context
 from engine.errors import InvalidParameter
-from engine.images.unpack import open_uncompressed
+from engine.images.unpack import open_uncompressed, read_upto
 
 TIMEOUT = 60.0
 MAX_BYTES = 8 << 30
@@ -119,10 +119,8 @@ def fetch_context(remote: str, dest: Path, dockerfile: str) -> BuildContext:
 
 def _is_tar(source: BinaryIO) -> bool:
     plain, _compression = open_uncompressed(source)
-    head = b""
     try:
-        while len(head) < 512 and (data := plain.read(512 - len(head))):
-            head += data
+        head = read_upto(plain, 512)
     except (OSError, EOFError, ValueError):
         return False  # compressed-looking garbage: not an archive, so a Dockerfile
     return len(head) == 512 and head[257:262] == b"ustar"

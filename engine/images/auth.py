@@ -83,17 +83,30 @@ def decode_registry_auth(header: str | None) -> AuthConfig:
     """``X-Registry-Auth``: base64url (padded or not; plain base64 accepted too) of a JSON
     AuthConfig. Empty, undecodable or not-JSON values mean anonymous, as for dockerd's
     pulls; the value is never echoed."""
+    return auth_from_object(_decode_header_json(header))
+
+
+def decode_registry_config(header: str | None) -> dict[str, AuthConfig]:
+    """``X-Registry-Config`` (build): the same encoding, of a map registry → AuthConfig.
+    Anything that does not decode is no credentials, never echoed (reliability B29)."""
+    data = _decode_header_json(header)
+    if not isinstance(data, Mapping):
+        return {}
+    return {str(k): auth_from_object(v) for k, v in data.items()}
+
+
+def _decode_header_json(header: str | None) -> Any:
+    """base64url (padded or not; plain base64 accepted too) of JSON; None when it is not."""
     if not header:
-        return AuthConfig()
+        return None
     raw = header.strip()
     padded = raw + "=" * (-len(raw) % 4)
     for decode in (base64.urlsafe_b64decode, base64.b64decode):
         try:
-            data = decode(padded.encode("ascii"))
-            return auth_from_object(json.loads(data))
+            return json.loads(decode(padded.encode("ascii")))
         except (binascii.Error, ValueError, UnicodeError):
             continue
-    return AuthConfig()
+    return None
 
 
 # -------------------------------------------------------------------- challenges

@@ -329,7 +329,8 @@ class _Tee:
         return "sha256:" + self._hash.hexdigest()
 
 
-def _read_upto(source: Readable, n: int) -> bytes:
+def read_upto(source: Readable, n: int) -> bytes:
+    """Up to ``n`` bytes: fewer only at the end of the stream."""
     head = b""
     while len(head) < n:
         more = source.read(n - len(head))
@@ -341,7 +342,7 @@ def _read_upto(source: Readable, n: int) -> bytes:
 
 def open_uncompressed(source: Readable) -> tuple[Readable, str]:
     """Detect the compression by magic; returns the plain stream and its name."""
-    head = _read_upto(source, 6)
+    head = read_upto(source, 6)
     stream: Readable = _Prefixed(head, source)
     if head.startswith(_GZIP_MAGIC):
         return _Decompressing(stream, "gzip", _GZIP_MAGIC), "gzip"

@@ -101,14 +101,21 @@ class Launcher:
             await runtime.start(cid)
             return handle
         except BaseException:
-            io.disconnect()
-            if handle is not None:
-                with contextlib.suppress(Exception):
-                    await runtime.kill(cid, signal.SIGKILL, all_processes=True)
-                with contextlib.suppress(Exception):
-                    await self._monitor.wait_exit(handle)
-            await self.teardown(cid, runtime, netns_path)
+            await self.abort(cid, runtime, handle, netns_path)
             raise
+
+    async def abort(
+        self, cid: str, runtime: OCIRuntime, handle: MonitorHandle | None,
+        netns_path: Path | None,
+    ) -> None:
+        """Undo a launch: kill what runs, then release everything it held."""
+        self._table.io_of(cid).disconnect()
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                await runtime.kill(cid, signal.SIGKILL, all_processes=True)
+            with contextlib.suppress(Exception):
+                await self._monitor.wait_exit(handle)
+        await self.teardown(cid, runtime, netns_path)
 
     def _shared_namespaces(self, view: ContainerView) -> dict[str, str]:
         """`--pid/--ipc/--uts container:<id>`: the other container's namespace files."""
@@ -205,15 +212,18 @@ class Launcher:
         return env
 
     async def teardown(
-        self, cid: str, runtime: OCIRuntime | None, netns_path: Path | None
+        self, cid: str, runtime: OCIRuntime | None, netns_path: Path | None,
+        *, keep_exit_file: bool = False,
     ) -> None:
         """Release what a run held: runtime state, monitor files, volume mounts, rootfs
-        mount, namespace."""
+        mount, namespace. ``keep_exit_file``: conmon's files stay (an exit not yet
+        saved: the exit file is its record)."""
         if runtime is not None:
             with contextlib.suppress(Exception):
                 await runtime.delete(cid, force=True)
-        bundle = self._layout.container_dir(cid)
-        await asyncio.to_thread(self._monitor.cleanup, cid, bundle)
+        if not keep_exit_file:
+            bundle = self._layout.container_dir(cid)
+            await asyncio.to_thread(self._monitor.cleanup, cid, bundle)
         with contextlib.suppress(EngineError):
             await self._volumes.unmount_container(cid)
         with contextlib.suppress(Exception):

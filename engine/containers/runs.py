@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from engine.config import EngineConfig
 from engine.containers import healthcheck, logdrivers, restart
 from engine.containers.launch import Launcher
-from engine.containers.model import ContainerView
+from engine.containers.model import ContainerState, ContainerView
 from engine.containers.signals import parse_signal
 from engine.containers.state import Status
 from engine.containers.table import ContainerTable, now_rfc3339
@@ -30,6 +31,9 @@ from engine.runtime.conmon import ConmonMonitor
 log = logging.getLogger(__name__)
 
 ROTATE_CHECK = 0.25
+# How often an exit that could not be written is tried again: doubling up to the max.
+EXIT_RETRY_FIRST = 0.25
+EXIT_RETRY_MAX = 5.0
 DEFAULT_STOP_TIMEOUT = 10
 
 RemoveFn = Callable[..., Awaitable[None]]
@@ -61,6 +65,8 @@ class RunLifecycle:
         self.uncounted_restart: set[str] = set()
         self._backoff: dict[str, float] = {}
         self._started_mono: dict[str, float] = {}
+        # Exits published but not yet written (disk full), and their retry tasks.
+        self._unsaved: dict[str, asyncio.Task[None]] = {}
 
     def runtime_name(self, view: ContainerView) -> str:
         return view.config.host_config.get("Runtime") or self._config.default_runtime
@@ -85,7 +91,12 @@ class RunLifecycle:
             finished_at=view.state.finished_at, has_been_started=True, manually_stopped=False,
             health=health,
         )
-        view = await self._table.commit_state(cid, state)
+        try:
+            view = await self._table.commit_state(cid, state)
+        except BaseException:
+            # A run that cannot be recorded (disk full) must not go on unrecorded.
+            await self._launcher.abort(cid, runtime, handle, self._launcher.netns_of(view))
+            raise
         self._started_mono[cid] = time.monotonic()
         self._table.emit(view, "start")
         self.watch(handle)
@@ -237,19 +248,72 @@ class RunLifecycle:
         self._stop_log_rotation(cid)
         # Read conmon's oom marker before its files are cleaned up below.
         oom = await asyncio.to_thread(self._monitor_oom, cid)
+        if finished is None:
+            # When conmon wrote the exit file, not when we got round to it (the daemon
+            # may have been stopped or busy meanwhile).
+            finished = await asyncio.to_thread(self._monitor.exit_time, cid)
         state = view.state.evolve(
             status=Status.RESTARTING if restarting else Status.EXITED, pid=0, conmon_pid=0,
             exit_code=code, finished_at=now_rfc3339(finished), oom_killed=oom,
         )
-        view = await self._table.commit_state(cid, state)
+        view, saved = await self._commit_exit(cid, state)
         if oom:
             self._table.emit(view, "oom")
         self._table.emit(view, "die", {"exitCode": str(code)})
         # What the run held (runtime state, mounts, namespace, addresses and ports) is
         # released before anyone learns of the exit: a stopped container shows no IP.
+        # conmon's exit file stays until the exit is in the database: it is the record
+        # restore reads if the daemon dies before the row lands.
         runtime = self._runtimes.get(self.runtime_name(view))
-        await self._launcher.teardown(cid, runtime, self._launcher.netns_of(view))
+        await self._launcher.teardown(
+            cid, runtime, self._launcher.netns_of(view), keep_exit_file=not saved
+        )
         self._table.answer_exit_waiters(cid, code)
+
+    async def _commit_exit(
+        self, cid: str, state: ContainerState
+    ) -> tuple[ContainerView, bool]:
+        """Commit an exit; when the write fails (a full disk), publish it all the same
+        and keep retrying until it lands. An exit is never lost: until then conmon's exit
+        file is the record. Returns the view and whether the row was written."""
+        try:
+            return await self._table.commit_state(cid, state), True
+        except (EngineError, sqlite3.Error) as exc:
+            log.error("container %s exited (code %d) but its state cannot be saved yet, "
+                      "retrying: %s", cid, state.exit_code, exc)
+            view = self._table.publish(cid, state)
+            if cid not in self._unsaved:
+                self._unsaved[cid] = asyncio.create_task(
+                    self._save_exit_later(cid), name=f"save-exit-{cid}"
+                )
+            return view, False
+
+    async def _save_exit_later(self, cid: str) -> None:
+        """Write the container's published state until it lands (backoff up to
+        EXIT_RETRY_MAX), then let conmon's exit files go."""
+        delay = EXIT_RETRY_FIRST
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, EXIT_RETRY_MAX)
+                async with self._table.locks.hold(cid):
+                    view = self._table.views.get(cid)
+                    if view is None:
+                        return  # removed meanwhile: the row is gone with it
+                    try:
+                        await self._table.commit_state(cid, view.state)
+                    except (EngineError, sqlite3.Error) as exc:
+                        log.debug("container %s: state still not saved: %s", cid, exc)
+                        continue
+                    if not view.running:
+                        # Still the ended run (a new one would have fresh conmon files).
+                        await asyncio.to_thread(
+                            self._monitor.cleanup, cid, self._layout.container_dir(cid)
+                        )
+                    log.info("container %s: exit saved (code %d)", cid, view.state.exit_code)
+                    return
+        finally:
+            self._unsaved.pop(cid, None)
 
     def _monitor_oom(self, cid: str) -> bool:
         return (self._layout.conmon_dir(cid) / "persist" / "oom").exists()
@@ -317,7 +381,8 @@ class RunLifecycle:
 
     async def close(self) -> None:
         """Cancel and await every task this owns (exit watchers, restarts, rotations)."""
-        pending = [*self._watchers.values(), *self._restarts.values(), *self._rotators.values()]
+        pending = [*self._watchers.values(), *self._restarts.values(), *self._rotators.values(),
+                   *self._unsaved.values()]
         for task in pending:
             task.cancel()
         for task in pending:

@@ -3,6 +3,10 @@
 Every statement runs on a single dedicated thread so the event loop never blocks and
 writers never interleave. ``transaction`` runs a plain function on that thread inside
 BEGIN IMMEDIATE … COMMIT; it is the only way to write.
+
+A write that finds the filesystem full raises ``StorageFull`` (a 500 that says so, as
+dockerd's "no space left on device" errors do) and leaves no transaction open behind it:
+a failed COMMIT is rolled back, so the next write can succeed once there is room.
 """
 
 from __future__ import annotations
@@ -14,10 +18,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine.errors import SystemError_
 from engine.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 T = TypeVar("T")
 Params = Sequence[Any] | dict[str, Any]
+
+# sqlite3's primary result code for a full disk (sqlite3.h).
+SQLITE_FULL = 13
+
+
+class StorageFull(SystemError_):
+    """The data root's filesystem has no room for a state write."""
 
 
 class Database:
@@ -88,10 +100,17 @@ class Database:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                # A COMMIT that failed (disk full) may leave the transaction open; a
+                # later BEGIN would then fail for ever.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if _is_disk_full(exc):
+                    raise StorageFull(
+                        f"no space left on device: cannot write {self._path}: {exc}"
+                    ) from exc
                 raise
-            conn.execute("COMMIT")
             return result
 
         return await self._run(run)
@@ -99,6 +118,15 @@ class Database:
     async def execute(self, sql: str, params: Params = ()) -> int:
         """One write statement in its own transaction; returns the row count."""
         return await self.transaction(lambda conn: conn.execute(sql, params).rowcount)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF == SQLITE_FULL:
+        return True
+    return "database or disk is full" in str(exc)
 
 
 def _split_statements(script: str) -> list[str]:

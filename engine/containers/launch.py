@@ -227,7 +227,8 @@ class Launcher:
         with contextlib.suppress(EngineError):
             await self._volumes.unmount_container(cid)
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(mounting.unmount, self._layout.container_rootfs(cid))
+            # Every mount stacked there (an interrupted `docker cp` may have left one).
+            await asyncio.to_thread(mounting.unmount_all, self._layout.container_rootfs(cid))
         with contextlib.suppress(Exception):
             await self._networks.unplug(cid)
         own_netns = self._layout.netns_path(cid)

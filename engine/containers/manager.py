@@ -107,7 +107,8 @@ class ContainerManager:
         )
         self._restorer = Restorer(
             config=config, layout=layout, table=self._table, runs=self._runs,
-            monitor=monitor, snapshotter=snapshotter, volumes=volumes, networks=networks,
+            launcher=self._launcher, monitor=monitor, snapshotter=snapshotter,
+            volumes=volumes, networks=networks,
             remove_locked=self._remove_locked,
         )
 
@@ -485,7 +486,9 @@ class ContainerManager:
         await self._table.commit_state(cid, view.state.evolve(status=Status.REMOVING))
         runtime = self._runtimes.get(self.runtime_name(view))
         await self._launcher.teardown(cid, runtime, self._launcher.netns_of(view))
-        await self._snapshotter.remove(cid)
+        with contextlib.suppress(NotFound):
+            # Gone already when a removal killed half-way is finished by restore.
+            await self._snapshotter.remove(cid)
         await self._networks.forget(cid)
         # `docker rm -v` and `--rm` take the container's anonymous volumes along.
         await self._volumes.release_container(

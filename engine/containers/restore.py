@@ -9,26 +9,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import sqlite3
 from collections.abc import Awaitable, Callable
 
 from engine.config import EngineConfig
 from engine.containers import restart
+from engine.containers.launch import Launcher
 from engine.containers.model import ContainerConfig, ContainerState, ContainerView
 from engine.containers.runs import RunLifecycle
 from engine.containers.state import ACTIVE, Status
-from engine.containers.table import ContainerTable
+from engine.containers.table import ContainerTable, now_rfc3339
 from engine.errors import EngineError
 from engine.ids import is_full_id
 from engine.layout import Layout
 from engine.networks.manager import NetworkManager
+from engine.runtime.base import MonitorHandle, OCIRuntime
 from engine.runtime.conmon import ConmonMonitor
 from engine.snapshots import mount as mounting
 from engine.snapshots.overlay import OverlaySnapshotter
 from engine.volumes.manager import VolumeManager
 
 log = logging.getLogger(__name__)
+
+# How long restore waits for the conmon of a run it ended to go.
+CONMON_EXIT_WAIT = 5.0
 
 
 class Restorer:
@@ -39,6 +45,7 @@ class Restorer:
         layout: Layout,
         table: ContainerTable,
         runs: RunLifecycle,
+        launcher: Launcher,
         monitor: ConmonMonitor,
         snapshotter: OverlaySnapshotter,
         volumes: VolumeManager,
@@ -49,6 +56,7 @@ class Restorer:
         self._layout = layout
         self._table = table
         self._runs = runs
+        self._launcher = launcher
         self._monitor = monitor
         self._snapshotter = snapshotter
         self._volumes = volumes
@@ -95,6 +103,7 @@ class Restorer:
             await self._remove_locked(cid)
             return
         if status not in ACTIVE:
+            await self._reconcile_stopped(view, rebooted)
             return
         handle = None
         if not rebooted:
@@ -102,11 +111,7 @@ class Restorer:
                 self._monitor.load, cid, self._layout.container_dir(cid)
             )
         if handle is not None:
-            io = self._table.io_of(cid)
-            try:
-                await io.connect(await self._monitor.attach(handle))
-            except OSError:
-                log.warning("container %s: attach socket gone; output only in the log", cid)
+            await self._attach_io(cid, handle)
             self._runs.watch(handle)
             log.info("container %s re-adopted (pid %d)", cid, handle.init_pid)
             if not self._config.live_restore:
@@ -121,6 +126,78 @@ class Restorer:
         view = self._table.views[cid]
         if view.config.auto_remove:
             await self._remove_locked(cid)
+
+    async def _reconcile_stopped(self, view: ContainerView, rebooted: bool) -> None:
+        """A container whose row says it is not running (created, exited, restarting):
+        a daemon killed in the middle of a start, an exit or a removal may have left its
+        run behind. A run that is really going (conmon alive, runc says running) is
+        adopted; anything else of a run (runc state, conmon, rootfs mount, namespace,
+        volume mounts, cgroup) is released, so the next start begins clean."""
+        cid = view.id
+        runtime = self._runs.runtime_or_none(view)
+        left = await asyncio.to_thread(self._run_leftovers, view, runtime)
+        if not left:
+            return
+        handle = None
+        if not rebooted:
+            handle = await asyncio.to_thread(
+                self._monitor.load, cid, self._layout.container_dir(cid)
+            )
+        if handle is not None and runtime is not None:
+            with contextlib.suppress(EngineError):
+                live = await runtime.state(cid)
+                if live is not None and live.status == "running":
+                    await self._adopt(view, handle)
+                    return
+        log.info("container %s (%s): releasing what an interrupted run left: %s",
+                 cid, view.state.status, ", ".join(left))
+        if runtime is not None:
+            with contextlib.suppress(EngineError):
+                await runtime.delete(cid, force=True)
+        if handle is not None:
+            # conmon goes once its container has; let it finish before its files go.
+            with contextlib.suppress(TimeoutError, EngineError, OSError):
+                await asyncio.wait_for(self._monitor.wait_exit(handle), CONMON_EXIT_WAIT)
+        await self._launcher.teardown(cid, runtime, self._launcher.netns_of(view))
+
+    def _run_leftovers(self, view: ContainerView, runtime: OCIRuntime | None) -> list[str]:
+        """What of a run is on the host (cheap checks, blocking)."""
+        cid = view.id
+        found = []
+        if runtime is not None and (runtime.root / cid).exists():
+            found.append("runtime state")
+        if self._layout.conmon_dir(cid).exists():
+            found.append("monitor files")
+        if os.path.ismount(self._layout.container_rootfs(cid)):
+            found.append("rootfs mount")
+        netns_path = self._launcher.netns_of(view)
+        if netns_path is not None and netns_path.exists():
+            found.append("network namespace")
+        if self._volumes.has_active_mounts(cid):
+            found.append("volume mounts")
+        return found
+
+    async def _adopt(self, view: ContainerView, handle: MonitorHandle) -> None:
+        """A run its row never recorded (the daemon died inside start): it is running,
+        so record it as such and watch it like any other."""
+        cid = view.id
+        state = view.state.evolve(
+            status=Status.RUNNING, pid=handle.init_pid, conmon_pid=handle.conmon_pid,
+            exit_code=0, error="", oom_killed=False, started_at=now_rfc3339(),
+            has_been_started=True, manually_stopped=False,
+        )
+        await self._table.commit_state(cid, state)
+        await self._attach_io(cid, handle)
+        self._runs.watch(handle)
+        log.info("container %s adopted: its start was interrupted (pid %d)", cid,
+                 handle.init_pid)
+
+    async def _attach_io(self, cid: str, handle: MonitorHandle) -> None:
+        io = self._table.io_of(cid)
+        try:
+            await io.connect(await self._monitor.attach(handle))
+        except OSError:
+            log.warning("container %s: attach socket gone; output only in the log", cid)
 
     async def _sweep_orphans(self, known: set[str]) -> None:
         """Container directories and rw snapshots that no committed row names."""

@@ -232,6 +232,9 @@ class RunLifecycle:
                     cid, view.state.evolve(status=Status.EXITED, manually_stopped=True)
                 )
 
+    def runtime_or_none(self, view: ContainerView) -> OCIRuntime | None:
+        return self._runtimes.get(self.runtime_name(view))
+
     def runtime_of(self, view: ContainerView) -> OCIRuntime:
         runtime = self._runtimes.get(self.runtime_name(view))
         if runtime is None:

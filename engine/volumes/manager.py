@@ -307,6 +307,12 @@ class VolumeManager:
                 users.setdefault(ref.volume, set()).add(cid)
         self._users = {name: frozenset(ids) for name, ids in users.items()}
 
+    def has_active_mounts(self, container_id: str) -> bool:
+        """Whether the container's volumes are recorded as mounted for a run (restore
+        releases them for a container that is not running)."""
+        mounts = self._containers.get(container_id)
+        return mounts is not None and any(ref.active for ref in mounts.refs.values())
+
     def _active_users(self, name: str) -> bool:
         return any(
             ref.volume == name and ref.active

@@ -193,29 +193,48 @@ class RunLifecycle:
             view = self._table.views.get(cid)
             if view is None or view.state.status != Status.RESTARTING:
                 return
-            if cid in self.uncounted_restart:
-                self.uncounted_restart.discard(cid)
-            else:
-                view = await self._table.commit_state(
-                    cid, view.state.evolve(restart_count=view.state.restart_count + 1)
-                )
             try:
+                if cid in self.uncounted_restart:
+                    self.uncounted_restart.discard(cid)
+                else:
+                    view = await self._table.commit_state(
+                        cid, view.state.evolve(restart_count=view.state.restart_count + 1)
+                    )
                 await self.start_locked(view)
             except EngineError as exc:
                 log.warning("restarting container %s failed: %s", cid, exc)
-                current = self._table.views.get(cid)
-                if current is not None and current.state.status == Status.RESTARTING:
-                    await self._table.commit_state(cid, current.state.evolve(status=Status.EXITED))
+                await self._after_failed_restart(cid)
 
     async def start_on_daemon_start(self, cid: str) -> None:
-        try:
-            async with self._table.locks.hold(cid):
-                view = self._table.views.get(cid)
-                if view is None or view.state.status not in (Status.EXITED, Status.RESTARTING):
-                    return
+        async with self._table.locks.hold(cid):
+            view = self._table.views.get(cid)
+            if view is None or view.state.status not in (Status.EXITED, Status.RESTARTING):
+                return
+            try:
                 await self.start_locked(view)
-        except EngineError as exc:
-            log.warning("starting container %s at daemon start failed: %s", cid, exc)
+            except EngineError as exc:
+                log.warning("starting container %s at daemon start failed: %s", cid, exc)
+                await self._after_failed_restart(cid)
+
+    async def _after_failed_restart(self, cid: str) -> None:
+        """A start by the restart policy (or at daemon start) failed: the policy decides
+        again, as after an exit of a run that lasted no time (start failures are exits
+        with 126/127, recorded by start_locked). So a failure that goes away (a bind
+        source back, room on the disk) is retried with the policy's backoff instead of
+        leaving the container "restarting" with nothing to restart it."""
+        view = self._table.views.get(cid)
+        if view is None or view.running:
+            return
+        restarting = self._will_restart(cid, view.state.exit_code)
+        state = view.state.evolve(status=Status.RESTARTING if restarting else Status.EXITED)
+        try:
+            await self._table.commit_state(cid, state)
+        except (EngineError, sqlite3.Error) as exc:
+            # The policy still applies; the row catches up with the next write.
+            log.warning("container %s: cannot save its state: %s", cid, exc)
+            self._table.publish(cid, state)
+        if restarting:
+            self._arm_restart(cid, restart.next_delay(self._backoff.get(cid), 0.0))
 
     def cancel_restart(self, cid: str) -> None:
         task = self._restarts.pop(cid, None)

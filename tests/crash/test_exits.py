@@ -181,3 +181,35 @@ def test_finished_at_is_when_it_exited(wharfd: DaemonProcess) -> None:
     assert state["ExitCode"] == 3
     finished = _unix_time(str(state["FinishedAt"]))
     assert abs(finished - exited_at) < 1.5, (state["FinishedAt"], exited_at)
+
+
+def test_failed_start_at_daemon_start_falls_back_to_backoff(wharfd: DaemonProcess) -> None:
+    """A crash-looping `--restart` container killed with the daemon while it waits to
+    restart, whose start then fails at daemon start (its bind source went): the policy
+    keeps retrying, so it runs again once the source is back, and it can be removed."""
+    cli = DockerCLI(wharfd)
+    source = wharfd.tmp / "bind-src"
+    source.mkdir()
+    cli.ok("run", "-d", "--name", "loop", "--restart", "on-failure:50",
+           "--mount", f"type=bind,source={source},target=/x",
+           "busybox", "sh", "-c", "sleep 0.2; exit 1")
+
+    def waiting_to_restart() -> bool:
+        state = _state(cli, "loop")
+        count = int(cli.ok("inspect", "-f", "{{.RestartCount}}", "loop"))
+        return state["Status"] == "restarting" and count >= 3
+
+    assert _until(waiting_to_restart, 30)
+    wharfd.kill9()
+    source.rmdir()
+    wharfd.start()
+    count_at_start = int(cli.ok("inspect", "-f", "{{.RestartCount}}", "loop"))
+    # The start at daemon start fails; the policy retries with its backoff.
+    assert _until(
+        lambda: int(cli.ok("inspect", "-f", "{{.RestartCount}}", "loop")) > count_at_start, 10
+    ), _state(cli, "loop")
+    assert "no such file or directory" in str(_state(cli, "loop")["Error"]).lower()
+    source.mkdir()
+    assert _until(lambda: _state(cli, "loop")["Status"] == "running", 15), _state(cli, "loop")
+    cli.ok("stop", "-t", "0", "loop")
+    cli.ok("rm", "loop")

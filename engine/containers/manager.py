@@ -238,6 +238,14 @@ class ContainerManager:
 
     # ------------------------------------------------------------------ pause / rename
     async def pause(self, ref: str) -> None:
+        await self._pause(ref, by_commit=False)
+
+    async def pause_for_commit(self, ref: str) -> None:
+        """`docker commit`'s pause: the fact that commit paused it is committed before
+        the container is frozen, so a restore after a crash inside the commit thaws it."""
+        await self._pause(ref, by_commit=True)
+
+    async def _pause(self, ref: str, *, by_commit: bool) -> None:
         view = self.get(ref)
         async with self._locks.hold(view.id):
             view = self._views[view.id]
@@ -245,18 +253,40 @@ class ContainerManager:
                 raise Conflict(f"Container {view.id} is already paused")
             if view.state.status != Status.RUNNING:
                 raise Conflict(f"Container {view.id} is not running")
-            await self._runs.runtime_of(view).pause(view.id)
+            if by_commit:
+                view = await self._table.commit_state(
+                    view.id, view.state.evolve(paused_by_commit=True)
+                )
+            try:
+                await self._runs.runtime_of(view).pause(view.id)
+            except BaseException:
+                if by_commit:
+                    await self._table.commit_state(
+                        view.id, view.state.evolve(paused_by_commit=False)
+                    )
+                raise
             view = await self._table.commit_state(view.id, view.state.evolve(status=Status.PAUSED))
         self._table.emit(view, "pause")
 
     async def unpause(self, ref: str) -> None:
+        await self._unpause(ref, only_if_by_commit=False)
+
+    async def unpause_after_commit(self, ref: str) -> None:
+        """Thaw what pause_for_commit froze, unless someone unpaused it meanwhile."""
+        await self._unpause(ref, only_if_by_commit=True)
+
+    async def _unpause(self, ref: str, *, only_if_by_commit: bool) -> None:
         view = self.get(ref)
         async with self._locks.hold(view.id):
             view = self._views[view.id]
+            if only_if_by_commit and not view.state.paused_by_commit:
+                return
             if view.state.status != Status.PAUSED:
                 raise Conflict(f"Container {view.id} is not paused")
             await self._runs.runtime_of(view).resume(view.id)
-            view = await self._table.commit_state(view.id, view.state.evolve(status=Status.RUNNING))
+            view = await self._table.commit_state(
+                view.id, view.state.evolve(status=Status.RUNNING, paused_by_commit=False)
+            )
         self._table.emit(view, "unpause")
 
     # ------------------------------------------------------------------ stop / kill

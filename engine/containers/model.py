@@ -80,6 +80,9 @@ class ContainerState:
     # Docker's State.Health: {"Status", "FailingStreak", "Log": [...]}; None without a
     # healthcheck. Kept in the state row so `docker inspect` shows it after a restart.
     health: dict[str, Any] | None = None
+    # `docker commit` paused it (recorded before the pause): restore thaws it if the
+    # daemon died inside the commit.
+    paused_by_commit: bool = False
 
     def to_json(self) -> str:
         data = asdict(self)

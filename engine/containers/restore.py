@@ -114,6 +114,8 @@ class Restorer:
             await self._attach_io(cid, handle)
             self._runs.watch(handle)
             log.info("container %s re-adopted (pid %d)", cid, handle.init_pid)
+            if view.state.paused_by_commit:
+                await self._thaw_after_commit(view)
             if not self._config.live_restore:
                 # Without live-restore a daemon start stops what survived (dockerd, F1);
                 # restart policies then bring their containers back, uncounted.
@@ -126,6 +128,17 @@ class Restorer:
         view = self._table.views[cid]
         if view.config.auto_remove:
             await self._remove_locked(cid)
+
+    async def _thaw_after_commit(self, view: ContainerView) -> None:
+        """The daemon died inside `docker commit`, which had paused the container (or
+        was about to): thaw it, as the commit would have."""
+        runtime = self._runs.runtime_or_none(view)
+        if runtime is not None:
+            with contextlib.suppress(EngineError):
+                await runtime.resume(view.id)
+        state = view.state.evolve(status=Status.RUNNING, paused_by_commit=False)
+        await self._table.commit_state(view.id, state)
+        log.info("container %s: unpaused, the commit that paused it was interrupted", view.id)
 
     async def _reconcile_stopped(self, view: ContainerView, rebooted: bool) -> None:
         """A container whose row says it is not running (created, exited, restarting):

@@ -89,7 +89,7 @@ class RunLifecycle:
             status=Status.RUNNING, pid=handle.init_pid, conmon_pid=handle.conmon_pid,
             exit_code=0, error="", oom_killed=False, started_at=now_rfc3339(),
             finished_at=view.state.finished_at, has_been_started=True, manually_stopped=False,
-            health=health,
+            health=health, paused_by_commit=False,
         )
         try:
             view = await self._table.commit_state(cid, state)
@@ -277,6 +277,7 @@ class RunLifecycle:
         state = view.state.evolve(
             status=Status.RESTARTING if restarting else Status.EXITED, pid=0, conmon_pid=0,
             exit_code=code, finished_at=now_rfc3339(finished), oom_killed=oom,
+            paused_by_commit=False,
         )
         view, saved = await self._commit_exit(cid, state)
         if oom:
@@ -399,7 +400,9 @@ class RunLifecycle:
         async with self._table.locks.hold(cid):
             current = self._table.views.get(cid)
             if current is not None and current.state.status == Status.PAUSED:
-                await self._table.commit_state(cid, current.state.evolve(status=Status.RUNNING))
+                await self._table.commit_state(
+                    cid, current.state.evolve(status=Status.RUNNING, paused_by_commit=False)
+                )
 
     async def close(self) -> None:
         """Cancel and await every task this owns (exit watchers, restarts, rotations)."""

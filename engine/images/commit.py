@@ -17,7 +17,8 @@ for the container itself (``/etc/hosts``, ``/etc/hostname``, ``/etc/resolv.conf`
 keeps them in a separate init layer; here they are left out of the diff, with any
 directory that held nothing else.
 
-Crash points: ``commit_after_layer``, ``commit_before_commit``, ``commit_after_commit``.
+Crash points: ``commit_while_paused``, ``commit_after_layer``, ``commit_before_commit``,
+``commit_after_commit``.
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ class CommitSource(Protocol):
     def get(self, ref: str) -> Any: ...
     def rootfs(self, ref: str) -> AbstractAsyncContextManager[tuple[Any, Path]]: ...
     def upper_dir(self, container_id: str) -> Path: ...
-    async def pause(self, ref: str) -> None: ...
-    async def unpause(self, ref: str) -> None: ...
+    async def pause_for_commit(self, ref: str) -> None:
+        """Pause, having recorded that commit paused it (restore thaws it after a crash)."""
+    async def unpause_after_commit(self, ref: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -139,15 +141,16 @@ async def _commit(
     paused_here = False
     if pause and view.running and str(getattr(view.state, "status", "")) != "paused":
         with contextlib.suppress(Conflict):  # it stopped meanwhile: nothing to pause
-            await source.pause(view.id)
+            await source.pause_for_commit(view.id)
             paused_here = True
+            crash_point("commit_while_paused")
     try:
         async with source.rootfs(view.id) as (current, _mounted):
             diff = await _diff(m, source.upper_dir(current.id))
     finally:
         if paused_here:
             with contextlib.suppress(Conflict, NotFound):
-                await source.unpause(view.id)
+                await source.unpause_after_commit(view.id)
     image_id = await _register_child(m, parent_id, diff, _Child(
         new_config, container_cfg, view.id, comment, author, ref))
     attributes = {"comment": comment, "imageID": image_id,

@@ -32,6 +32,7 @@ Names in use (keep this list in step with the code):
     load_after_commit           rows committed
 
   commit (engine/images/commit.py):
+    commit_while_paused         the container paused for the diff, nothing read yet
     commit_after_layer          the diff's blob and snapshot committed, no row yet
     commit_before_commit        config written, rows not yet
     commit_after_commit         rows committed

@@ -213,3 +213,27 @@ def test_failed_start_at_daemon_start_falls_back_to_backoff(wharfd: DaemonProces
     assert _until(lambda: _state(cli, "loop")["Status"] == "running", 15), _state(cli, "loop")
     cli.ok("stop", "-t", "0", "loop")
     cli.ok("rm", "loop")
+
+
+def test_kill9_during_commit_does_not_leave_it_paused(wharfd: DaemonProcess) -> None:
+    """dockerd leaves a container paused when it dies inside `docker commit`; wharfd
+    records that commit paused it and restore thaws it."""
+    cli = DockerCLI(wharfd)
+    cli.ok("run", "-d", "--name", "busy", "busybox", "sh", "-c",
+           "echo data > /file; while true; do sleep 0.1; done")
+    pid = int(_state(cli, "busy")["Pid"])  # type: ignore[call-overload]
+    wharfd.stop(signal.SIGTERM)  # live-restore: the container keeps running
+    wharfd.extra_env["WHARFD_CRASH_AT"] = "commit_while_paused"
+    try:
+        wharfd.start()
+        result = cli("commit", "busy", "snap:1")
+        assert result.returncode != 0  # the daemon died inside the commit
+        assert wharfd.proc is not None and wharfd.proc.wait(10) == 137
+    finally:
+        wharfd.extra_env.pop("WHARFD_CRASH_AT", None)
+    wharfd.start()
+    state = _state(cli, "busy")
+    assert state["Status"] == "running" and state["Paused"] is False, state
+    assert state["Pid"] == pid
+    # Really thawed: the container still does work (an exec needs a running process).
+    assert cli.ok("exec", "busy", "cat", "/file").strip() == "data"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 from tests.harness.cli import DockerCLI, import_busybox
 from tests.harness.daemon import DaemonProcess, mounts_under, wharfd_unavailable_reason
+from tests.harness.rawhttp import Connection
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -118,3 +120,35 @@ def test_removals_killed_midway_leave_nothing(wharfd: DaemonProcess) -> None:
         cli.ok("rm", "-f", *remaining)
     for name, cid in ids.items():
         assert _leftovers(wharfd, cid) == [], name
+
+
+def test_interrupted_cp_leaves_no_rootfs_mount(wharfd: DaemonProcess) -> None:
+    """A `docker cp` into a created container holds its rootfs mounted while the tar
+    arrives; killed then, restore unmounts it, and start/rm leave nothing either."""
+    cli = DockerCLI(wharfd)
+    cid = cli.ok("create", "--name", "target", "busybox", "sleep", "600").strip()
+    mounted_at = wharfd.data_root / "containers" / cid
+    with Connection(wharfd.socket) as conn:
+        # The upload announces far more than it sends: the daemon waits inside cp.
+        conn.send_raw(
+            f"PUT /containers/{cid}/archive?path=/tmp HTTP/1.1\r\nHost: docker\r\n"
+            "Content-Type: application/x-tar\r\nContent-Length: 10485760\r\n\r\n".encode()
+            + _tar_header("big", 10 << 20)
+        )
+        deadline = time.time() + 10
+        while time.time() < deadline and not mounts_under(mounted_at):
+            time.sleep(0.05)
+        assert mounts_under(mounted_at), "the upload never mounted the rootfs"
+        wharfd.kill9()
+    wharfd.start()
+    assert mounts_under(mounted_at) == []
+    cli.ok("start", "target")
+    cli.ok("rm", "-f", "target")
+    assert _leftovers(wharfd, cid) == []
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    """A ustar header for a regular file (the body never follows)."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info.tobuf(format=tarfile.USTAR_FORMAT)

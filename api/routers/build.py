@@ -11,8 +11,11 @@ tag, the context, the Dockerfile) are plain HTTP errors, later ones end the stre
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -22,11 +25,15 @@ from api.errors import json_response
 from api.routers.images import ProgressStream
 from engine.builder.manager import BuildPruneReport
 from engine.builder.options import BuildOptions, RunLimits
-from engine.errors import InvalidParameter, NotSupported
+from engine.errors import InvalidParameter, NotSupported, Unavailable
 from engine.images.auth import decode_registry_config
 from engine.images.progress import ProgressSink
 
 _UPLOAD_CHUNK = 1 << 16
+# How often a running build checks that its client is still connected (seconds).
+_CLIENT_CHECK = 0.25
+
+log = logging.getLogger(__name__)
 
 
 class BuildBackend(Protocol):
@@ -47,9 +54,38 @@ async def post_build(request: web.Request) -> web.StreamResponse:
     body = request.content.iter_chunked(_UPLOAD_CHUNK)
 
     async def build(sink: ProgressSink) -> None:
-        await backend.build(body, options, sink)
+        await _cancelled_if_client_leaves(request, backend.build(body, options, sink))
 
     return await ProgressStream(request).run(build)
+
+
+async def _cancelled_if_client_leaves(request: web.Request, work: Awaitable[str]) -> None:
+    """Run the build while its client is connected; cancel it when the client goes (as
+    dockerd does: a RUN's container is killed, nothing is tagged). A quiet RUN writes
+    nothing, so the connection is watched rather than waiting for a failed write."""
+    build = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_client_gone(request))
+    cancelled = False
+    try:
+        await asyncio.wait({build, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not build.done():
+            log.info("POST /build: the client went away, cancelling the build")
+            cancelled = build.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await build
+    if cancelled:
+        raise Unavailable("the build was cancelled: its client went away")
+    build.result()  # the build's own error, if any
+
+
+async def _client_gone(request: web.Request) -> None:
+    while True:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(_CLIENT_CHECK)
 
 
 @routes.post("/build/prune")

@@ -12,7 +12,7 @@ from engine.containers.model import ContainerView
 from engine.containers.state import Status
 from engine.containers.streams import ContainerIO, Session, StreamSet
 from engine.containers.table import ContainerTable
-from engine.errors import Conflict, NotSupported
+from engine.errors import Conflict, EngineError, NotSupported
 from engine.layout import Layout
 from engine.runtime.conmon import ConmonMonitor
 
@@ -25,12 +25,14 @@ class Attachment:
         table: ContainerTable,
         monitor: ConmonMonitor,
         start: Callable[[str], Awaitable[None]],
+        kill: Callable[[str], Awaitable[None]],
     ) -> None:
         self._layout = layout
         self._table = table
         self._monitor = monitor
-        # ContainerManager.start, for run_attached.
+        # ContainerManager.start and kill (SIGKILL), for run_attached.
         self._start = start
+        self._kill = kill
 
     async def attach(
         self, ref: str, streams: StreamSet, *, use_stdin: bool, logs: bool = False
@@ -75,11 +77,21 @@ class Attachment:
             except BaseException:
                 self._table.forget_waiter(waiter)
                 raise
-            code = await asyncio.shield(waiter)
+            try:
+                code = await asyncio.shield(waiter)
+            except asyncio.CancelledError:
+                # Whoever ran it went away (a build cancelled with its client): the
+                # container does not run on unobserved.
+                await asyncio.shield(self._kill_quietly(view.id))
+                raise
             await session.done.wait()
         finally:
             io.remove_session(session)
         return code
+
+    async def _kill_quietly(self, cid: str) -> None:
+        with contextlib.suppress(EngineError):
+            await self._kill(cid)
 
     async def _pump_stdin(
         self, view: ContainerView, io: ContainerIO, streams: StreamSet, session: Session

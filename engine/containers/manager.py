@@ -103,7 +103,8 @@ class ContainerManager:
             monitor=monitor, launcher=self._launcher, remove=self.remove,
         )
         self._attachment = Attachment(
-            layout=layout, table=self._table, monitor=monitor, start=self.start
+            layout=layout, table=self._table, monitor=monitor, start=self.start,
+            kill=self.kill,
         )
         self._restorer = Restorer(
             config=config, layout=layout, table=self._table, runs=self._runs,

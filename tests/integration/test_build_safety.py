@@ -327,3 +327,43 @@ def test_kill9_during_run(fresh_daemon: BaseDaemon, busybox_tar: Path, tmp_path:
     (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN echo again > /again\n")
     out = cli.ok("build", "-q", str(tmp_path), env={"DOCKER_BUILDKIT": "0"}, timeout=60)
     assert run_in(d, out.strip(), "cat", "/again") == "again\n"
+
+
+# ====================================================================== issue 10 (probe)
+@pytest.mark.slow
+def test_client_killed_during_run(daemon: BaseDaemon, tracked: None, tmp_path: Path) -> None:
+    """A build whose client is killed in the middle of a RUN is cancelled, as dockerd
+    cancels it: the RUN's container stops and nothing is tagged."""
+    d = daemon
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN echo started; sleep 5\n")
+    tag = f"{P}-abandoned"
+    before = {c["Id"] for c in d.containers(all=True)}
+
+    def build_containers(running_only: bool) -> list[str]:
+        return [c["Id"] for c in d.containers(all=not running_only) if c["Id"] not in before]
+
+    proc = subprocess.Popen(
+        [docker_binary(), "build", "-t", tag, str(tmp_path)],
+        env={**d.env, "DOCKER_BUILDKIT": "0"},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not build_containers(running_only=True):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the RUN container never ran"
+            time.sleep(0.1)
+        started = time.monotonic()
+        proc.kill()
+        proc.wait()
+        while build_containers(running_only=True) and time.monotonic() < started + 3:
+            time.sleep(0.1)
+        assert build_containers(running_only=True) == [], "the RUN went on without its client"
+        # Long enough for the RUN to have ended and its image to be tagged, had it gone on.
+        time.sleep(max(0.0, started + 6 - time.monotonic()))
+        assert tag + ":latest" not in repo_tags(d)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for cid in build_containers(running_only=False):
+            d.api("DELETE", f"/containers/{cid}?force=1")

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 ROTATE_CHECK = 0.25
 # How often an exit that could not be written is tried again: doubling up to the max.
 EXIT_RETRY_FIRST = 0.25
-EXIT_RETRY_MAX = 5.0
+EXIT_RETRY_MAX = 2.0
 DEFAULT_STOP_TIMEOUT = 10
 
 RemoveFn = Callable[..., Awaitable[None]]

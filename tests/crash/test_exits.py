@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -80,6 +81,14 @@ def _fill(path: Path) -> None:
         os.close(fd)
 
 
+def _saved_status(daemon: DaemonProcess, name: str) -> str:
+    """The status in wharfd's state row (read beside the daemon: SQLite WAL allows it)."""
+    with contextlib.closing(sqlite3.connect(f"file:{daemon.data_root}/engine.db?mode=ro",
+                                            uri=True)) as db:
+        row = db.execute("SELECT state FROM containers WHERE name = ?", (name,)).fetchone()
+    return str(json.loads(row[0])["status"]) if row else ""
+
+
 def _until(check: object, timeout: float) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -120,7 +129,7 @@ def test_exit_recorded_while_data_root_is_full(small_wharfd: DaemonProcess) -> N
 
     filler.unlink()
     # Once there is room the exit is committed: it survives a kill -9.
-    time.sleep(3)
+    assert _until(lambda: _saved_status(daemon, "victim") == "exited", 10)
     daemon.kill9()
     daemon.start()
     state = _state(cli, "victim")
@@ -148,7 +157,7 @@ def test_restore_while_data_root_is_full(small_wharfd: DaemonProcess) -> None:
     waited = cli("wait", "victim", timeout=15)
     assert waited.stdout.strip() == "3"
     filler.unlink()
-    time.sleep(3)
+    assert _until(lambda: _saved_status(daemon, "victim") == "exited", 10)
     daemon.kill9()
     daemon.start()
     state = _state(cli, "victim")

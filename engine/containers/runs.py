@@ -27,6 +27,7 @@ from engine.errors import Conflict, EngineError, InvalidParameter, NotFound, Sys
 from engine.layout import Layout
 from engine.runtime.base import MonitorHandle, OCIRuntime
 from engine.runtime.conmon import ConmonMonitor
+from engine.store.crashpoints import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class RunLifecycle:
             finished_at=view.state.finished_at, has_been_started=True, manually_stopped=False,
             health=health, paused_by_commit=False,
         )
+        crash_point("start_before_commit")
         try:
             view = await self._table.commit_state(cid, state)
         except BaseException:

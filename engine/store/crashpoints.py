@@ -45,6 +45,10 @@ Names in use (keep this list in step with the code):
     snapshot_after_rename       prepare: directory renamed into snapshots/, no row yet
     snapshot_remove_marked      remove: row marked removing, files still there
 
+  container start (engine/containers/runs.py):
+    start_before_commit         the process runs (runc start done), its row still says
+                                created/exited
+
   volumes (engine/volumes/manager.py):
     volume_create_after_dir     volume directory made, no row yet
     volume_remove_marked        row marked removing, data still there

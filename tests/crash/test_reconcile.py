@@ -152,3 +152,26 @@ def _tar_header(name: str, size: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size = size
     return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def test_start_killed_before_its_row_is_adopted(wharfd: DaemonProcess) -> None:
+    """The daemon dies after `runc start` but before the row says running: the process
+    runs, so restore adopts it (running, same pid), and it stops and goes cleanly."""
+    cli = DockerCLI(wharfd)
+    cid = cli.ok("create", "--name", "half", "busybox", "sleep", "600").strip()
+    wharfd.extra_env["WHARFD_CRASH_AT"] = "start_before_commit"
+    try:
+        wharfd.restart()
+        assert cli("start", "half").returncode != 0  # the daemon died inside it
+        assert wharfd.proc is not None and wharfd.proc.wait(10) == 137
+    finally:
+        wharfd.extra_env.pop("WHARFD_CRASH_AT", None)
+    pid = int((wharfd.data_root / "containers" / cid / "pidfile").read_text())
+    wharfd.start()
+    state = _inspect(cli, "half")["State"]
+    assert state["Running"] is True and state["Pid"] == pid, state  # type: ignore[index]
+    cli.ok("stop", "-t", "1", "half")
+    assert _leftovers(wharfd, cid) == []
+    cli.ok("start", "half")
+    cli.ok("rm", "-f", "half")
+    assert _leftovers(wharfd, cid) == []

@@ -72,24 +72,31 @@ class Attachment:
         session = io.add_session(StreamSet(write_output=write_output))
         try:
             waiter = self._table.exit_future(view.id)
+            # Started as a task of its own: a cancelled caller must not cut a start in
+            # half (the run would go on, unrecorded); it finishes, then is killed.
+            start = asyncio.ensure_future(self._start(view.id))
             try:
-                await self._start(view.id)
-            except BaseException:
-                self._table.forget_waiter(waiter)
-                raise
-            try:
+                await asyncio.shield(start)
                 code = await asyncio.shield(waiter)
             except asyncio.CancelledError:
                 # Whoever ran it went away (a build cancelled with its client): the
                 # container does not run on unobserved.
-                await asyncio.shield(self._kill_quietly(view.id))
+                await asyncio.shield(self._abandon(view.id, start, waiter))
+                raise
+            except BaseException:
+                self._table.forget_waiter(waiter)
                 raise
             await session.done.wait()
         finally:
             io.remove_session(session)
         return code
 
-    async def _kill_quietly(self, cid: str) -> None:
+    async def _abandon(
+        self, cid: str, start: asyncio.Future[None], waiter: asyncio.Future[int]
+    ) -> None:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await start
+        self._table.forget_waiter(waiter)
         with contextlib.suppress(EngineError):
             await self._kill(cid)
 

@@ -66,8 +66,9 @@ class Restorer:
 
     async def run(self, rebooted: bool = False) -> None:
         """Load every container; re-adopt running ones; record exits that happened while
-        the daemon was down. Idempotent after any crash. After a host reboot nothing of
-        ours survived: running containers become exited with 255 (dockerd's rule)."""
+        the daemon was down; reconcile the others with what the host still holds of
+        them. Idempotent after any crash. After a host reboot nothing of ours survived:
+        running containers become exited with 255 (dockerd's rule)."""
         rows = await self._table.db.query("SELECT id, config, state FROM containers")
         for row in rows:
             record = ContainerConfig.from_json(row["config"])
@@ -116,11 +117,7 @@ class Restorer:
             log.info("container %s re-adopted (pid %d)", cid, handle.init_pid)
             if view.state.paused_by_commit:
                 await self._thaw_after_commit(view)
-            if not self._config.live_restore:
-                # Without live-restore a daemon start stops what survived (dockerd, F1);
-                # restart policies then bring their containers back, uncounted.
-                self._runs.uncounted_restart.add(cid)
-                self._table.spawn(self._runs.stop_for_shutdown(self._table.views[cid]))
+            self._stop_without_live_restore(cid)
             return
         code = await asyncio.to_thread(self._monitor.exit_code, cid)
         finished = await asyncio.to_thread(self._monitor.exit_time, cid)
@@ -128,6 +125,13 @@ class Restorer:
         view = self._table.views[cid]
         if view.config.auto_remove:
             await self._remove_locked(cid)
+
+    def _stop_without_live_restore(self, cid: str) -> None:
+        if not self._config.live_restore:
+            # Without live-restore a daemon start stops what survived (dockerd, F1);
+            # restart policies then bring their containers back, uncounted.
+            self._runs.uncounted_restart.add(cid)
+            self._table.spawn(self._runs.stop_for_shutdown(self._table.views[cid]))
 
     async def _thaw_after_commit(self, view: ContainerView) -> None:
         """The daemon died inside `docker commit`, which had paused the container (or
@@ -204,6 +208,7 @@ class Restorer:
         self._runs.watch(handle)
         log.info("container %s adopted: its start was interrupted (pid %d)", cid,
                  handle.init_pid)
+        self._stop_without_live_restore(cid)
 
     async def _attach_io(self, cid: str, handle: MonitorHandle) -> None:
         io = self._table.io_of(cid)

@@ -36,10 +36,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from engine.containers import rootscope
-from engine.containers.rootscope import DIR_FLAGS, PATH_FLAGS, Target
+from engine import rootscope
 from engine.errors import InvalidParameter
 from engine.images.unpack import Readable, open_uncompressed
+from engine.rootscope import DIR_FLAGS, PATH_FLAGS, Target
 
 log = logging.getLogger(__name__)
 

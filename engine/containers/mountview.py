@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.containers import rootscope
+from engine import rootscope
 from engine.snapshots import mount as mounting
 from engine.snapshots.base import Mount
 

@@ -25,12 +25,12 @@ import os
 import posixpath
 import re
 import stat
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from engine import rootscope
 from engine.containers import seccomp
 from engine.errors import InvalidParameter
 
@@ -1115,79 +1115,23 @@ def build_spec(req: SpecRequest, host: HostFacts) -> dict[str, Any]:
 
 # -- users ---------------------------------------------------------------------------------
 
-_MAX_SYMLINKS = 40  # the kernel's limit (ELOOP)
 _MAX_USER_FILE = 16 * 1024 * 1024
 
 
-def _open_in_root(root_fd: int, path: str) -> int | None:
-    """Open regular file ``path`` resolving every component inside the root.
-
-    Symlinks are followed as if the root were "/" (an absolute target restarts at the
-    root, ".." stops at it), one component at a time through directory fds opened with
-    O_NOFOLLOW, so nothing outside the root is ever opened. None if it does not exist
-    (or is not a regular file).
-    """
-    stack = [os.dup(root_fd)]
-    pending = deque(path.split("/"))
-    hops = 0
+def read_file_in_root(rootfs: Path, path: str) -> str | None:
+    """Text of regular file ``path`` inside ``rootfs``, None when missing or not a
+    regular file. Resolved by ``rootscope`` (symlinks interpreted inside the root), so
+    nothing outside the root is ever opened."""
+    root_fd = rootscope.open_root(rootfs)
     try:
-        while pending:
-            name = pending.popleft()
-            if name in ("", "."):
-                continue
-            if name == "..":
-                if len(stack) > 1:
-                    os.close(stack.pop())
-                continue
-            try:
-                st = os.stat(name, dir_fd=stack[-1], follow_symlinks=False)
-            except (FileNotFoundError, NotADirectoryError):
-                return None
-            if stat.S_ISLNK(st.st_mode):
-                hops += 1
-                if hops > _MAX_SYMLINKS:
-                    return None
-                target = os.readlink(name, dir_fd=stack[-1])
-                if target.startswith("/"):
-                    while len(stack) > 1:
-                        os.close(stack.pop())
-                pending.extendleft(reversed(target.split("/")))
-                continue
-            if any(p not in ("", ".") for p in pending):
-                if not stat.S_ISDIR(st.st_mode):
-                    return None
-                flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-                stack.append(os.open(name, flags, dir_fd=stack[-1]))
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-            fd = os.open(name, flags, dir_fd=stack[-1])
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the stat
-                os.close(fd)
-                return None
-            return fd
-        return None
+        data = rootscope.read_small_file(root_fd, path, _MAX_USER_FILE)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
             return None
         raise
     finally:
-        for fd in stack:
-            os.close(fd)
-
-
-def read_file_in_root(rootfs: Path, path: str) -> str | None:
-    """Text of ``path`` inside ``rootfs`` (scoped resolution), or None when missing."""
-    root_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fd = _open_in_root(root_fd, path)
-    finally:
         os.close(root_fd)
-    if fd is None:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        return f.read(_MAX_USER_FILE).decode("utf-8", errors="replace")
+    return None if data is None else data.decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)

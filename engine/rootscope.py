@@ -1,6 +1,9 @@
-"""Paths inside a container's root filesystem, resolved from the host as a chroot would.
+"""Paths inside a root (a container's filesystem, a volume, a build context), resolved
+from the host as a chroot would.
 
-Used by ``docker cp`` (archive HEAD/GET/PUT) and export. The rules, all enforced here:
+The one in-root resolver: ``docker cp`` (archive HEAD/GET/PUT), export, the user lookup
+for the OCI spec, a volume's copy-up from the image, volume subpaths and the builder's
+COPY all go through it. The rules, all enforced here:
 
 - Every lookup starts at an open descriptor of the root and goes one component at a
   time with ``openat(O_NOFOLLOW)``: the kernel never follows a symlink for us.

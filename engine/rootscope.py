@@ -46,8 +46,13 @@ def join(parts: list[str] | tuple[str, ...]) -> str:
 
 
 def open_root(rootfs: Path) -> int:
-    """A descriptor of the root directory (the caller closes it)."""
-    return os.open(rootfs, DIR_FLAGS)
+    """A descriptor of the root directory (the caller closes it).
+
+    The root's own path is the daemon's (a layout path, a temporary directory, or
+    ``/proc/self/fd/N`` of a root the daemon holds open), never a client's, so its last
+    component is followed: that is how a held container root is named. Everything
+    below it is resolved without following anything."""
+    return os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from engine.containers import (
     resources,
     restart,
     spec,
+    unapplied,
 )
 from engine.containers.logs import LogRecord, read_logs
 from engine.containers.model import ContainerConfig, ContainerState, ContainerView
@@ -252,6 +253,7 @@ class ContainerManager:
             _check_platform(platform, image_ref, image.config)
         spec.validate_env(config_in.get("Env") or [])
         createconfig.validate_restart_policy(host_in)
+        unapplied.refuse_unapplied(host_in)
         runtime = host_in.get("Runtime") or ""
         if runtime and runtime not in self._runtimes:
             raise InvalidParameter(f"Unknown runtime specified {runtime}")

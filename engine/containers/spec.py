@@ -888,6 +888,17 @@ def _mounts(req: SpecRequest, writable_cgroups: bool) -> list[dict[str, Any]]:
     return defaults + user
 
 
+def _rootfs_propagation(mounts: Sequence[Mapping[str, Any]]) -> str | None:
+    """The root's propagation a shared or slave bind needs (dockerd's WithMounts): a
+    shared bind makes it shared, a slave one rslave; None leaves the runtime's default."""
+    options = {o for m in mounts for o in (m.get("options") or [])}
+    if options & {"shared", "rshared"}:
+        return "shared"
+    if options & {"slave", "rslave"}:
+        return "rslave"
+    return None
+
+
 # Even with a read-only rootfs these stay writable (dockerd keeps them so).
 _RW_WITH_READONLY_ROOT = frozenset({"/proc", "/dev/pts", "/dev/shm", "/dev/mqueue", "/dev"})
 
@@ -1100,6 +1111,8 @@ def build_spec(req: SpecRequest, host: HostFacts) -> dict[str, Any]:
     }
     if (profile := _seccomp(req, opts, host, caps)) is not None:
         linux["seccomp"] = profile
+    if (propagation := _rootfs_propagation(req.mounts)) is not None:
+        linux["rootfsPropagation"] = propagation
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
         "process": _process(req, opts, host, caps),

@@ -660,6 +660,10 @@ class VolumeManager:
         if plan.type == "bind":
             if plan.create_source:
                 await asyncio.to_thread(local.ensure_bind_source, plan.source)
+            problem = await asyncio.to_thread(
+                local.propagation_problem, plan.source, plan.propagation)
+            if problem:
+                raise InvalidParameter(problem)
             return oci_mount(plan, plan.source)
         ref = mounts.refs.get(plan.destination)
         if ref is None:

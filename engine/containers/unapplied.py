@@ -1,0 +1,70 @@
+"""HostConfig options wharfd stores but cannot apply here, refused at create in dockerd's
+words instead of being silently ignored (issue 10 item 6).
+
+- ``StorageOpt``: the only option is ``size``, a per-container quota that dockerd's
+  overlay2 sets with XFS project quotas (data root on xfs mounted with ``pquota``). The
+  snapshotter has no quota support, so ``size`` is refused as dockerd refuses it on any
+  other backing file system; other keys are unknown options (dockerd's overlay2).
+- ``DeviceRequests`` (``--gpus``): no device driver is registered (dockerd ships an
+  NVIDIA one that needs its container toolkit): refused as dockerd does without it.
+- ``Isolation``: Linux has only ``default`` (dockerd's check).
+
+dockerd answers these with 500 (plain errors from the graph driver and the device
+driver lookup); the request is the client's mistake, so wharfd answers 400 with the
+same text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from engine.errors import InvalidParameter
+
+STORAGE_OPT_SIZE_UNSUPPORTED = (
+    "--storage-opt is supported only for overlay over xfs with 'pquota' mount option"
+)
+
+
+def check_storage_opt(storage_opt: Any, *, quota_supported: bool = False) -> None:
+    if not storage_opt:
+        return
+    if not isinstance(storage_opt, Mapping):
+        raise InvalidParameter("invalid JSON: HostConfig.StorageOpt: expected an object")
+    if "size" in storage_opt and not quota_supported:
+        raise InvalidParameter(STORAGE_OPT_SIZE_UNSUPPORTED)
+    for key in storage_opt:
+        if str(key).lower() != "size":
+            raise InvalidParameter(f"Unknown option {str(key).lower()}")
+
+
+def _go_list(values: Any) -> str:
+    """Go's ``%v`` of a []string or [][]string."""
+    if isinstance(values, list):
+        return "[" + " ".join(_go_list(v) for v in values) + "]"
+    return str(values)
+
+
+def check_device_requests(requests: Any) -> None:
+    for request in requests or []:
+        if not isinstance(request, Mapping):
+            raise InvalidParameter("invalid JSON: HostConfig.DeviceRequests: expected objects")
+        driver = str(request.get("Driver") or "")
+        capabilities = request.get("Capabilities") or []
+        raise InvalidParameter(
+            f'could not select device driver "{driver}" with capabilities: '
+            f"{_go_list(capabilities)}"
+        )
+
+
+def check_isolation(isolation: Any) -> None:
+    if isolation not in (None, "", "default"):
+        raise InvalidParameter(f'Invalid isolation: "{isolation}" - linux only supports '
+                               "'default'")
+
+
+def refuse_unapplied(host_config: Mapping[str, Any]) -> None:
+    """Raise InvalidParameter for the first option that cannot be applied."""
+    check_isolation(host_config.get("Isolation"))
+    check_storage_opt(host_config.get("StorageOpt"))
+    check_device_requests(host_config.get("DeviceRequests"))

@@ -1128,7 +1128,8 @@ class ContainerManager:
             await asyncio.to_thread(mountview.mount_rootfs, mounts, target)
             if with_mounts:
                 await asyncio.to_thread(
-                    mountview.bind_mounts, target, self._volumes.inspect_mounts(view.id)
+                    mountview.bind_mounts, target,
+                    self._volumes.inspect_mounts(view.id, with_subpath=True)
                 )
             try:
                 yield view, target

@@ -36,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from engine import rootscope
-from engine.errors import InvalidParameter
+from engine.errors import EngineError, InvalidParameter
 from engine.snapshots import mount as mounting
 from engine.snapshots.base import Mount
 from engine.volumes import local
+from engine.volumes import subpath as volume_subpath
 
 _STALE_ROUNDS = 64  # a stack deeper than this is not a crash's leftover
 
@@ -159,12 +160,25 @@ def bind_mounts(rootfs: Path, mounts: Iterable[Mapping[str, Any]]) -> None:
         source = str(entry.get("Source") or "")
         if not source or not os.path.exists(source):
             continue
-        with contextlib.suppress(OSError, mounting.MountError):
+        with contextlib.suppress(OSError, EngineError):
             _bind_one(rootfs, source, str(entry.get("Destination") or ""),
-                      read_only=not entry.get("RW", True))
+                      read_only=not entry.get("RW", True),
+                      subpath=str(entry.get("Subpath") or ""))
 
 
-def _bind_one(rootfs: Path, source: str, destination: str, *, read_only: bool) -> None:
+def _bind_one(
+    rootfs: Path, source: str, destination: str, *, read_only: bool, subpath: str
+) -> None:
+    if subpath:
+        # Only that part of the volume, opened race-free as at start; it may have gone
+        # since (then nothing is shown there, as nothing would be mounted).
+        fd = volume_subpath.open_beneath(Path(source), subpath)
+        try:
+            _bind_one(rootfs, f"/proc/self/fd/{fd}", destination, read_only=read_only,
+                      subpath="")
+        finally:
+            os.close(fd)
+        return
     root_fd = rootscope.open_root(rootfs)
     try:
         parts = rootscope.clean(destination)

@@ -410,6 +410,23 @@ def test_cp_running_container_sees_its_mounts(docker_cli: DockerCLI,
         docker_cli("rm", "-f", name)
 
 
+def test_cp_through_volumes_from(docker_cli: DockerCLI, mounted: dict[str, str]) -> None:
+    """A running container's ``--volumes-from`` mounts, read-only ones included."""
+    source, user = f"files-vf-src-{SUFFIX}", f"files-vf-user-{SUFFIX}"
+    docker_cli.ok("create", "--name", source, *_mount_args(mounted), "busybox", "true")
+    try:
+        docker_cli.ok("run", "-d", "--name", user, "--volumes-from", source, "busybox",
+                      "sh", "-c", LOOP)
+        docker_cli.ok("cp", mounted["host"], f"{user}:/vol/via-volumes-from.txt")
+        out = docker_cli.ok("run", "--rm", "-v", f"{mounted['vol']}:/v", "busybox", "cat",
+                            "/v/via-volumes-from.txt")
+        assert out == "from the host\n"
+        r = docker_cli("cp", mounted["host"], f"{user}:/ro/")
+        assert "mounted volume is marked read-only" in r.stderr, describe(r)
+    finally:
+        docker_cli("rm", "-f", user, source)
+
+
 @pytest.mark.parametrize("state", ["created", "exited"])
 def test_cp_created_and_exited_containers_see_their_mounts(
     docker_cli: DockerCLI, mounted: dict[str, str], state: str

@@ -254,6 +254,7 @@ class ContainerManager:
         spec.validate_env(config_in.get("Env") or [])
         createconfig.validate_restart_policy(host_in)
         unapplied.refuse_unapplied(host_in)
+        warnings = await asyncio.to_thread(unapplied.discard_unsupported, host_in)
         runtime = host_in.get("Runtime") or ""
         if runtime and runtime not in self._runtimes:
             raise InvalidParameter(f"Unknown runtime specified {runtime}")
@@ -313,7 +314,7 @@ class ContainerManager:
             await self._volumes.release_container(container_id, remove_anonymous=True)
             raise
         self._emit(self._views[container_id], "create")
-        return container_id, []
+        return container_id, warnings
 
     def _check_name_free(self, name: str) -> None:
         for view in self._views.values():

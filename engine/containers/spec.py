@@ -169,6 +169,15 @@ class ProcessUser:
 
 
 @dataclass(frozen=True)
+class DeviceRate:
+    """A per-device block IO weight or throttle (``--device-read-bps`` and friends)."""
+
+    major: int
+    minor: int
+    value: int
+
+
+@dataclass(frozen=True)
 class Resources:
     """Cgroup limits, passed through as set. ``0``/``None`` = unset, as in Docker's API."""
 
@@ -187,6 +196,11 @@ class Resources:
     cpuset_mems: str = ""
     pids_limit: int | None = None  # <= 0 means "no limit" (-1 in the spec)
     blkio_weight: int = 0
+    blkio_weight_device: tuple[DeviceRate, ...] = ()
+    blkio_read_bps: tuple[DeviceRate, ...] = ()
+    blkio_write_bps: tuple[DeviceRate, ...] = ()
+    blkio_read_iops: tuple[DeviceRate, ...] = ()
+    blkio_write_iops: tuple[DeviceRate, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -1018,8 +1032,24 @@ def _resources(req: SpecRequest, device_rules: list[dict[str, Any]]) -> dict[str
         out["cpu"] = cpu
     if r.pids_limit is not None:
         out["pids"] = {"limit": r.pids_limit if r.pids_limit > 0 else -1}
+    if block_io := _block_io(r):
+        out["blockIO"] = block_io
+    return out
+
+
+def _block_io(r: Resources) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     if r.blkio_weight:
-        out["blockIO"] = {"weight": r.blkio_weight}
+        out["weight"] = r.blkio_weight
+    if r.blkio_weight_device:
+        out["weightDevice"] = [{"major": d.major, "minor": d.minor, "weight": d.value}
+                               for d in r.blkio_weight_device]
+    for key, rates in (("throttleReadBpsDevice", r.blkio_read_bps),
+                       ("throttleWriteBpsDevice", r.blkio_write_bps),
+                       ("throttleReadIOPSDevice", r.blkio_read_iops),
+                       ("throttleWriteIOPSDevice", r.blkio_write_iops)):
+        if rates:
+            out[key] = [{"major": d.major, "minor": d.minor, "rate": d.value} for d in rates]
     return out
 
 

@@ -9,6 +9,10 @@ words instead of being silently ignored (issue 10 item 6).
   NVIDIA one that needs its container toolkit): refused as dockerd does without it.
 - ``Isolation``: Linux has only ``default`` (dockerd's check).
 
+Per-device block IO limits the kernel's cgroups cannot take (``blkio.weight_device``
+needs CFQ/BFQ) are dropped with dockerd's warning, as dockerd drops them; the others
+are applied (``engine.containers.spec``).
+
 dockerd answers these with 500 (plain errors from the graph driver and the device
 driver lookup); the request is the client's mistake, so wharfd answers 400 with the
 same text.
@@ -16,10 +20,12 @@ same text.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 from engine.errors import InvalidParameter
+from engine.runtime import cgroups
 
 STORAGE_OPT_SIZE_UNSUPPORTED = (
     "--storage-opt is supported only for overlay over xfs with 'pquota' mount option"
@@ -68,3 +74,40 @@ def refuse_unapplied(host_config: Mapping[str, Any]) -> None:
     check_isolation(host_config.get("Isolation"))
     check_storage_opt(host_config.get("StorageOpt"))
     check_device_requests(host_config.get("DeviceRequests"))
+
+
+_BLKIO_DEVICE_OPTIONS = (
+    ("BlkioWeightDevice", "blkio_weight_device",
+     "Your kernel does not support Block I/O weight_device or the cgroup is not mounted. "
+     "Weight-device discarded."),
+    ("BlkioDeviceReadBps", "blkio_read_bps_device",
+     "Your kernel does not support BPS Block I/O read limit or the cgroup is not mounted. "
+     "Block I/O BPS read limit discarded."),
+    ("BlkioDeviceWriteBps", "blkio_write_bps_device",
+     "Your kernel does not support BPS Block I/O write limit or the cgroup is not mounted. "
+     "Block I/O BPS write limit discarded."),
+    ("BlkioDeviceReadIOps", "blkio_read_iops_device",
+     "Your kernel does not support IOPS Block read limit or the cgroup is not mounted. "
+     "Block I/O IOPS read limit discarded."),
+    ("BlkioDeviceWriteIOps", "blkio_write_iops_device",
+     "Your kernel does not support IOPS Block write limit or the cgroup is not mounted. "
+     "Block I/O IOPS write limit discarded."),
+)
+
+
+@functools.cache
+def _cgroup_info() -> cgroups.CgroupInfo:
+    return cgroups.detect()  # what the kernel offers does not change while we run
+
+
+def discard_unsupported(host_config: dict[str, Any],
+                        info: cgroups.CgroupInfo | None = None) -> list[str]:
+    """Drop (in place) the per-device block IO options this host's cgroups cannot apply;
+    return dockerd's warnings for them. Blocking (reads /proc and /sys once)."""
+    info = info or _cgroup_info()
+    warnings = []
+    for key, supported, warning in _BLKIO_DEVICE_OPTIONS:
+        if host_config.get(key) and not getattr(info, supported):
+            host_config[key] = []
+            warnings.append(warning)
+    return warnings

@@ -79,3 +79,43 @@ def test_rshared_bind_propagates_a_containers_mount_to_the_host(docker_cli: Dock
                   "sh", "-c", "mkdir /m/sub && mount -t tmpfs inner /m/sub && touch /m/sub/x")
     assert (own_mount / "sub" / "x").exists(), "the container's mount did not reach the host"
     docker_cli.ok("run", "--rm", "-v", f"{own_mount}:/m:rslave", "busybox", "true")
+
+
+def _block_device() -> tuple[str, str]:
+    """A real block device of this host and its ``major:minor``."""
+    for entry in sorted(Path("/sys/block").iterdir()):
+        if entry.name.startswith(("loop", "ram", "zram")):
+            continue
+        dev = Path("/dev") / entry.name
+        if dev.exists():
+            return str(dev), (entry / "dev").read_text().strip()
+    pytest.skip("no block device to throttle")
+
+
+BLKIO = Path("/sys/fs/cgroup/blkio")
+
+
+def test_device_throttles_reach_the_cgroup(docker_cli: DockerCLI) -> None:
+    """``--device-read-bps`` and friends were stored and never applied."""
+    if not (BLKIO / "blkio.throttle.read_bps_device").exists():
+        pytest.skip("needs the cgroup v1 blkio throttle files (the check reads them)")
+    dev, numbers = _block_device()
+    out = docker_cli.ok(
+        "run", "--rm", "--device-read-bps", f"{dev}:1mb", "--device-write-iops", f"{dev}:77",
+        "busybox", "cat", "/sys/fs/cgroup/blkio/blkio.throttle.read_bps_device",
+        "/sys/fs/cgroup/blkio/blkio.throttle.write_iops_device")
+    assert out.split("\n")[:2] == [f"{numbers} 1048576", f"{numbers} 77"]
+    assert "stat /dev/nonexistent: no such file or directory" in refused(
+        docker_cli, "--device-read-bps", "/dev/nonexistent:1mb")
+
+
+def test_weight_device_without_kernel_support_is_discarded_with_a_warning(
+    docker_cli: DockerCLI,
+) -> None:
+    if (BLKIO / "blkio.weight_device").exists() or not BLKIO.exists():
+        pytest.skip("this host's blkio cgroup takes weight_device (or is not v1)")
+    dev, _ = _block_device()
+    r = docker_cli("run", "--rm", "--blkio-weight-device", f"{dev}:300", "busybox", "true")
+    assert r.returncode == 0, describe(r)
+    assert ("Your kernel does not support Block I/O weight_device or the cgroup is not "
+            "mounted. Weight-device discarded.") in r.stderr

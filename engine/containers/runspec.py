@@ -208,6 +208,8 @@ def spec_request(
         sysctls=host_config.get("Sysctls") or {},
         ulimits=_ulimits(host_config),
         oom_score_adj=host_config.get("OomScoreAdj") or 0,
+        # API 1.43: handed to the runtime in config.json, as dockerd does.
+        annotations=dict(host_config.get("Annotations") or {}),
     )
 
 

@@ -69,8 +69,15 @@ def check_isolation(isolation: Any) -> None:
                                "'default'")
 
 
+def check_annotations(annotations: Any) -> None:
+    for key in annotations or {}:
+        if not str(key).strip():
+            raise InvalidParameter("annotation key must not be an empty string")
+
+
 def refuse_unapplied(host_config: Mapping[str, Any]) -> None:
     """Raise InvalidParameter for the first option that cannot be applied."""
+    check_annotations(host_config.get("Annotations"))
     check_isolation(host_config.get("Isolation"))
     check_storage_opt(host_config.get("StorageOpt"))
     check_device_requests(host_config.get("DeviceRequests"))

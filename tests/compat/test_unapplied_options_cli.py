@@ -7,6 +7,7 @@ CLI shows the same line either way, so these tests hold ``--against-dockerd`` to
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,3 +120,17 @@ def test_weight_device_without_kernel_support_is_discarded_with_a_warning(
     assert r.returncode == 0, describe(r)
     assert ("Your kernel does not support Block I/O weight_device or the cgroup is not "
             "mounted. Weight-device discarded.") in r.stderr
+
+
+def test_annotations_reach_the_runtime(docker_cli: DockerCLI, against_dockerd: bool) -> None:
+    """wharfd-only (reads wharfd's bundle): HostConfig.Annotations (API 1.43) were stored
+    and never handed to the runtime."""
+    if against_dockerd:
+        pytest.skip("reads wharfd's OCI bundle; dockerd keeps it in containerd's state")
+    cid = docker_cli.ok("run", "-d", "--annotation", "org.example.k=v", "busybox",
+                        "sleep", "60").strip()
+    try:
+        bundle = docker_cli.daemon.data_root / "containers" / cid / "config.json"
+        assert json.loads(bundle.read_text())["annotations"]["org.example.k"] == "v"
+    finally:
+        docker_cli("rm", "-f", cid)

@@ -8,6 +8,8 @@ words instead of being silently ignored (issue 10 item 6).
 - ``DeviceRequests`` (``--gpus``): no device driver is registered (dockerd ships an
   NVIDIA one that needs its container toolkit): refused as dockerd does without it.
 - ``Isolation``: Linux has only ``default`` (dockerd's check).
+- ``IOMaximumBandwidth``/``IOMaximumIOps`` are Windows' (dockerd's "Invalid QoS
+  settings"); ``CpuPercent`` is dropped with dockerd's warning.
 
 Per-device block IO limits the kernel's cgroups cannot take (``blkio.weight_device``
 needs CFQ/BFQ) are dropped with dockerd's warning, as dockerd drops them; the others
@@ -79,6 +81,12 @@ def refuse_unapplied(host_config: Mapping[str, Any]) -> None:
     """Raise InvalidParameter for the first option that cannot be applied."""
     check_annotations(host_config.get("Annotations"))
     check_isolation(host_config.get("Isolation"))
+    if host_config.get("IOMaximumBandwidth"):
+        raise InvalidParameter(
+            "Invalid QoS settings: linux does not support configuration of maximum bandwidth")
+    if host_config.get("IOMaximumIOps"):
+        raise InvalidParameter(
+            "Invalid QoS settings: linux does not support configuration of maximum IOPs")
     check_storage_opt(host_config.get("StorageOpt"))
     check_device_requests(host_config.get("DeviceRequests"))
 
@@ -109,10 +117,14 @@ def _cgroup_info() -> cgroups.CgroupInfo:
 
 def discard_unsupported(host_config: dict[str, Any],
                         info: cgroups.CgroupInfo | None = None) -> list[str]:
-    """Drop (in place) the per-device block IO options this host's cgroups cannot apply;
-    return dockerd's warnings for them. Blocking (reads /proc and /sys once)."""
+    """Drop (in place) what this host cannot apply but dockerd only warns about (per-device
+    block IO options the cgroups cannot take, ``CpuPercent``); return dockerd's warnings.
+    Blocking (reads /proc and /sys once)."""
     info = info or _cgroup_info()
     warnings = []
+    if host_config.get("CpuPercent"):
+        host_config["CpuPercent"] = 0
+        warnings.append("linux does not support CPU percent. Percent discarded.")
     for key, supported, warning in _BLKIO_DEVICE_OPTIONS:
         if host_config.get(key) and not getattr(info, supported):
             host_config[key] = []

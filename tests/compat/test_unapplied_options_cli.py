@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.harness.cli import DockerCLI
+from tests.harness.daemon import BaseDaemon
 
 pytestmark = pytest.mark.root
 
@@ -134,3 +135,33 @@ def test_annotations_reach_the_runtime(docker_cli: DockerCLI, against_dockerd: b
         assert json.loads(bundle.read_text())["annotations"]["org.example.k"] == "v"
     finally:
         docker_cli("rm", "-f", cid)
+
+
+def test_windows_only_resources_through_the_api(daemon: BaseDaemon,
+                                                against_dockerd: bool) -> None:
+    """The CLI refuses these flags itself; through the API dockerd refuses the IO maxima
+    (500 in 20.10, a 400 here) and drops CpuPercent with a warning."""
+    import docker
+
+    client = docker.APIClient(base_url=daemon.docker_host, version="1.41")
+    try:
+        def create(host_config: dict[str, Any]) -> Any:
+            return client._post_json(client._url("/containers/create"), data={
+                "Image": "busybox", "Cmd": ["true"], "HostConfig": host_config})
+
+        for key, what in (("IOMaximumBandwidth", "maximum bandwidth"),
+                          ("IOMaximumIOps", "maximum IOPs")):
+            r = create({key: 10})
+            assert r.status_code == (500 if against_dockerd else 400), r.text
+            assert r.json()["message"] == (
+                f"Invalid QoS settings: linux does not support configuration of {what}")
+        r = create({"CpuPercent": 20})
+        assert r.status_code == 201, r.text
+        try:
+            assert r.json()["Warnings"] == [
+                "linux does not support CPU percent. Percent discarded."]
+            assert client.inspect_container(r.json()["Id"])["HostConfig"]["CpuPercent"] == 0
+        finally:
+            client.remove_container(r.json()["Id"], force=True)
+    finally:
+        client.close()

@@ -58,6 +58,11 @@ def test_cp_killed_mid_stream_leaves_no_stacked_rootfs(wharfd: DaemonProcess,
     out = subprocess.run([docker_binary(), "cp", f"{cid}:/etc/passwd", "-"],
                          capture_output=True, env=wharfd.env, timeout=60)
     assert out.returncode == 0, out.stderr
+    # The daemon unmounts after the last byte went out: give it a moment; a stacked
+    # mount (the stale one below the copy's own) would stay for good.
+    deadline = time.monotonic() + 10
+    while mounts_under(rootfs) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert mounts_under(rootfs) == [], "a mount was stacked on the stale rootfs mount"
     r = subprocess.run([docker_binary(), "start", "-a", cid], capture_output=True,
                        env=wharfd.env, timeout=60)

@@ -117,6 +117,10 @@ class Layout:
     def netns_path(self, container_id: str) -> Path:
         return self.netns_dir / container_id
 
+    def subpath_mounts_dir(self, container_id: str) -> Path:
+        """Where a container's volume subpaths are bound before the runtime binds them."""
+        return self.exec_root / "subpaths" / container_id
+
     def persistent_dirs(self) -> list[tuple[Path, int]]:
         """Directories created at start, with the modes dockerd uses (CVE-2021-41091)."""
         return [

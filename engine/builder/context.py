@@ -12,7 +12,7 @@ without one:
 - Entry names are cleaned lexically and clamped at the context root: ``../x`` lands at
   ``x``, ``/abs/y`` at ``abs/y`` (what the chroot does to dockerd).
 - Parent directories are resolved one component at a time with ``openat(O_NOFOLLOW)``
-  (``engine.containers.rootscope``): a symlink met on the way is resolved *inside* the
+  (``engine.rootscope``): a symlink met on the way is resolved *inside* the
   context, as in a chroot, so ``link -> /etc`` followed by ``link/x`` writes
   ``<ctx>/etc/x``. The last component is never followed (``O_EXCL|O_NOFOLLOW``,
   ``symlinkat``, ``linkat`` without ``AT_SYMLINK_FOLLOW``).
@@ -39,8 +39,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine import rootscope
 from engine.builder.ignore import IgnoreRules, clean_path
-from engine.containers import rootscope
 from engine.errors import InvalidParameter
 from engine.images.tarstream import TarFormatError, TarMember, TarReader
 from engine.images.unpack import CHUNK, Readable, UnpackError, make_room, open_uncompressed, run_fed

@@ -56,6 +56,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine import rootscope
 from engine.builder.context import (
     SafeExtractor,
     escapes,
@@ -64,7 +65,6 @@ from engine.builder.context import (
     read_in_root,
 )
 from engine.builder.ignore import clean_path
-from engine.containers import rootscope
 from engine.errors import InvalidParameter, SystemError_
 from engine.images.tarstream import TarFormatError, TarReader
 from engine.images.unpack import CHUNK, UnpackError, open_uncompressed

@@ -36,10 +36,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from engine.containers import rootscope
-from engine.containers.rootscope import DIR_FLAGS, PATH_FLAGS, Target
+from engine import rootscope
 from engine.errors import InvalidParameter
 from engine.images.unpack import Readable, open_uncompressed
+from engine.rootscope import DIR_FLAGS, PATH_FLAGS, Target
 
 log = logging.getLogger(__name__)
 
@@ -247,10 +247,18 @@ def _xattr_headers(parent_fd: int, name: str, info: tarfile.TarInfo) -> None:
 
 
 class _TreeWriter:
-    """Archive a directory tree below descriptors, never following a symlink."""
+    """Archive a directory tree below descriptors, never following a symlink.
 
-    def __init__(self, out: _TarOut) -> None:
+    With ``devices``, a directory on any other device is archived as an empty one:
+    a running container's ``/proc``, ``/sys`` and ``/dev`` are not walked (``mountview``).
+    """
+
+    def __init__(self, out: _TarOut, devices: frozenset[int] | None = None) -> None:
         self._out = out
+        self._devices = devices
+
+    def _descends(self, st: os.stat_result) -> bool:
+        return self._devices is None or st.st_dev in self._devices
 
     def entry(self, parent_fd: int, name: str, arcname: str) -> None:
         """One entry (recursing into directories) at ``arcname``."""
@@ -271,10 +279,13 @@ class _TreeWriter:
     def directory(self, fd: int, arcname: str, include_self: bool) -> None:
         """A directory held by ``fd`` and everything below it, depth first, names in
         byte order (Go's filepath.Walk)."""
+        st = os.fstat(fd)
         if include_self:
-            info = _header(arcname, os.fstat(fd))
+            info = _header(arcname, st)
             info.type = tarfile.DIRTYPE
             self._out.add(info)
+        if not self._descends(st):
+            return
         stack: list[tuple[int, str, Iterator[str]]] = []
         try:
             names = _sorted_names(fd)
@@ -306,12 +317,16 @@ class _TreeWriter:
             self._non_dir(dir_fd, name, arcname)
             return None
         try:
-            info = _header(arcname, os.fstat(fd))
+            st = os.fstat(fd)
+            info = _header(arcname, st)
             info.type = tarfile.DIRTYPE
             self._out.add(info)  # raises when the reader went away: close fd then
         except BaseException:
             os.close(fd)
             raise
+        if not self._descends(st):
+            os.close(fd)
+            return None
         return fd
 
     def _non_dir(self, parent_fd: int, name: str, arcname: str) -> None:
@@ -382,14 +397,18 @@ class ArchiveSource:
     """A path opened for GET archive: its stat (sent first, as a header) and a writer
     of its tar. Holds descriptors until ``close``."""
 
-    def __init__(self, root_fd: int, target: Target, path_stat: PathStat) -> None:
+    def __init__(
+        self, root_fd: int, target: Target, path_stat: PathStat,
+        devices: frozenset[int] | None = None,
+    ) -> None:
         self._root_fd = root_fd
         self._target = target
         self.stat = path_stat
+        self._devices = devices
 
     def write_to(self, sink: Sink) -> None:
         out = _TarOut(sink)
-        writer = _TreeWriter(out)
+        writer = _TreeWriter(out, self._devices)
         target = self._target
         if target.name is None:
             writer.directory(target.dir_fd, self.stat.name, include_self=True)
@@ -404,14 +423,17 @@ class ArchiveSource:
             self._root_fd = -1
 
 
-def open_archive(rootfs: Path, path: str) -> ArchiveSource:
-    """Resolve and stat ``path`` for GET archive (errors as ``stat_path``)."""
+def open_archive(
+    rootfs: Path, path: str, devices: frozenset[int] | None = None
+) -> ArchiveSource:
+    """Resolve and stat ``path`` for GET archive (errors as ``stat_path``); with
+    ``devices``, directories on other devices are archived empty (``_TreeWriter``)."""
     request = ArchivePath.parse(path)
     root_fd = rootscope.open_root(rootfs)
     try:
         target = rootscope.resolve(root_fd, request.parts, follow_last=request.follow)
         try:
-            return ArchiveSource(root_fd, target, _stat_of(root_fd, request, target))
+            return ArchiveSource(root_fd, target, _stat_of(root_fd, request, target), devices)
         except BaseException:
             target.close()
             raise
@@ -917,11 +939,18 @@ def open_extraction_point(root_fd: int, path: str) -> Target:
     return target
 
 
-def extract_tar(rootfs: Path, path: str, source: Readable, options: ExtractOptions) -> None:
-    """Extract the (possibly compressed) tar ``source`` at ``path`` inside ``rootfs``."""
+def extract_tar(
+    rootfs: Path, path: str, source: Readable, options: ExtractOptions,
+    check_dest: Callable[[tuple[str, ...]], None] | None = None,
+) -> None:
+    """Extract the (possibly compressed) tar ``source`` at ``path`` inside ``rootfs``.
+    ``check_dest`` sees the extraction point's real path (symlinks resolved) before
+    anything is written, and may refuse it (a read-only mount)."""
     root_fd = rootscope.open_root(rootfs)
     try:
         with open_extraction_point(root_fd, path) as dest:
+            if check_dest is not None:
+                check_dest(dest.parts)
             extractor = _Extractor(root_fd, dest, options)
         try:
             _extract_all(source, extractor)

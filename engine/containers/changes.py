@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.containers.rootscope import DIR_FLAGS
+from engine.rootscope import DIR_FLAGS
 
 KIND_MODIFIED = 0
 KIND_ADDED = 1

@@ -24,6 +24,7 @@ from engine.config import EngineConfig
 from engine.containers import archive, changes, stats, top
 from engine.containers.archive import ExtractOptions, PathStat
 from engine.containers.model import ContainerView
+from engine.containers.mountview import MountTable, mount_devices
 from engine.containers.state import Status
 from engine.errors import Conflict, InvalidParameter, NotFound
 from engine.events import EventBus
@@ -44,6 +45,7 @@ class _Containers(Protocol):
         self, ref: str, *, with_mounts: bool = False
     ) -> contextlib.AbstractAsyncContextManager[tuple[ContainerView, Path]]: ...
     def upper_dir(self, container_id: str) -> Path: ...
+    def mounts(self, container_id: str) -> list[dict[str, Any]]: ...
 
 
 SnapshotMounts = Callable[[str], Awaitable[list[Mount]]]
@@ -85,6 +87,18 @@ class ContainerFiles:
         self._events.emit("container", action, view.id, attributes)
 
     # ------------------------------------------------------------------ archive
+    def _mount_table(self, view: ContainerView) -> MountTable:
+        return MountTable.of(self._containers.mounts(view.id), view.config.host_config,
+                             running=view.running)
+
+    async def _walkable_devices(self, view: ContainerView, root: Path) -> frozenset[int] | None:
+        """A running container's view spans the kernel's file systems: archives walk
+        only the root's and its mounts' devices."""
+        if not view.running:
+            return None
+        destinations = ["/".join(p.parts) for p in self._mount_table(view).points]
+        return await asyncio.to_thread(mount_devices, root, destinations)
+
     async def stat_path(self, ref: str, path: str) -> PathStat:
         async with self._containers.rootfs(ref, with_mounts=True) as (_, root):
             try:
@@ -98,8 +112,9 @@ class ContainerFiles:
     ) -> AsyncIterator[tuple[PathStat, AsyncIterator[bytes]]]:
         """The stat of ``path`` and its tar, streamed; the rootfs stays until the end."""
         async with self._containers.rootfs(ref, with_mounts=True) as (view, root):
+            devices = await self._walkable_devices(view, root)
             try:
-                source = await asyncio.to_thread(archive.open_archive, root, path)
+                source = await asyncio.to_thread(archive.open_archive, root, path, devices)
             except (FileNotFoundError, NotADirectoryError):
                 raise _not_found(path, ref) from None
             self._emit(view, "archive-path")
@@ -127,17 +142,19 @@ class ContainerFiles:
             if copy_uid_gid and user:
                 owner = await asyncio.to_thread(archive.resolve_user, root, user)
             options = ExtractOptions(no_overwrite_dir_non_dir, owner, os.geteuid() == 0)
-            await self._extract(root, path, ref, body, options)
+            table = self._mount_table(view)
+            await self._extract(root, path, ref, body, options, table.check_writable)
             self._emit(view, "extract-to-dir")
 
     async def _extract(
         self, root: Path, path: str, ref: str, body: AsyncIterator[bytes],
-        options: ExtractOptions,
+        options: ExtractOptions, check_dest: Callable[[tuple[str, ...]], None],
     ) -> None:
         pipe = ChunkPipe(asyncio.get_running_loop())
         feeder = asyncio.create_task(pipe.feed(body))
         try:
-            await archive.run_in_thread(lambda: archive.extract_tar(root, path, pipe, options))
+            await archive.run_in_thread(
+                lambda: archive.extract_tar(root, path, pipe, options, check_dest))
         except FileNotFoundError:
             raise _not_found(path, ref) from None
         finally:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engine.config import EngineConfig
-from engine.containers import etcfiles, logdrivers
+from engine.containers import etcfiles, logdrivers, mountview
 from engine.containers.model import ContainerConfig, ContainerView
 from engine.containers.runspec import build_container_spec
 from engine.containers.table import ContainerTable
@@ -62,7 +62,7 @@ class Launcher:
         bundle = self._layout.container_dir(cid)
         rootfs = self._layout.container_rootfs(cid)
         mounts = await self._snapshotter.mounts(cid)
-        await asyncio.to_thread(mounting.mount, mounts, rootfs)
+        await asyncio.to_thread(mountview.mount_rootfs, mounts, rootfs)
         netns_path = self.netns_of(view)
         handle: MonitorHandle | None = None
         io = self._table.io_of(cid)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -394,24 +395,35 @@ class ContainerManager:
     ) -> AsyncIterator[tuple[ContainerView, Path]]:
         """The container's root filesystem, mounted, for as long as the block runs.
 
-        A running container's own rootfs mount is used as it is (its volumes live in
-        its own mount namespace: not visible there yet). For a created or stopped one the
-        rw snapshot is mounted at the usual place, with its volumes and binds bound in when
-        ``with_mounts``, and detached afterwards; the container's lock is held throughout,
-        so it cannot start meanwhile. Used by `docker cp` (with mounts), export and diff.
+        With ``with_mounts`` (`docker cp`) the root is the container's view with its
+        mounts (see ``mountview``): a running container's own root, ``/proc/<pid>/root``
+        (yielded as ``/proc/self/fd/N`` of a checked descriptor); for a created or
+        stopped one the rw snapshot with its volumes and binds bound in. Without it
+        (export, diff) a running container's host-side rootfs mount. A stopped
+        container's mounts are detached afterwards; the container's lock is held
+        throughout, so it cannot start meanwhile.
         """
         view = self.get(ref)
         async with self._locks.hold(view.id):
             view = self._views[view.id]
             target = self._layout.container_rootfs(view.id)
             if view.running:
-                yield view, target
+                own = None
+                if with_mounts and view.state.pid:
+                    own = await asyncio.to_thread(
+                        mountview.open_running_root, view.state.pid, target)
+                try:
+                    yield view, target if own is None else Path(f"/proc/self/fd/{own}")
+                finally:
+                    if own is not None:
+                        os.close(own)
                 return
             mounts = await self._snapshotter.mounts(view.id)
-            await asyncio.to_thread(mounting.mount, mounts, target)
+            await asyncio.to_thread(mountview.mount_rootfs, mounts, target)
             if with_mounts:
                 await asyncio.to_thread(
-                    mountview.bind_mounts, target, self._volumes.inspect_mounts(view.id)
+                    mountview.bind_mounts, target,
+                    self._volumes.inspect_mounts(view.id, with_subpath=True)
                 )
             try:
                 yield view, target

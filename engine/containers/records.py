@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import EngineConfig
-from engine.containers import createconfig, etcfiles, logdrivers, naming, resources, spec
+from engine.containers import (
+    createconfig,
+    etcfiles,
+    logdrivers,
+    naming,
+    resources,
+    spec,
+    unapplied,
+)
 from engine.containers.model import ContainerConfig, ContainerState, ContainerView
 from engine.containers.runspec import live_resources, swap_accounting, validate_host_config
 from engine.containers.table import ContainerTable, now_rfc3339
@@ -76,6 +84,8 @@ class ConfigRecords:
             _check_platform(platform, image_ref, image.config)
         spec.validate_env(config_in.get("Env") or [])
         createconfig.validate_restart_policy(host_in)
+        unapplied.refuse_unapplied(host_in)
+        warnings = await asyncio.to_thread(unapplied.discard_unsupported, host_in)
         runtime = host_in.get("Runtime") or ""
         if runtime and runtime not in self._runtimes:
             raise InvalidParameter(f"Unknown runtime specified {runtime}")
@@ -135,7 +145,7 @@ class ConfigRecords:
             await self._volumes.release_container(container_id, remove_anonymous=True)
             raise
         self._table.emit(self._table.views[container_id], "create")
-        return container_id, []
+        return container_id, warnings
 
     def _check_name_free(self, name: str) -> None:
         for view in self._table.views.values():

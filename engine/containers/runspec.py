@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -62,7 +63,27 @@ def _resources(host_config: dict[str, Any]) -> spec.Resources:
         cpuset_mems=host_config.get("CpusetMems") or "",
         pids_limit=host_config.get("PidsLimit"),
         blkio_weight=host_config.get("BlkioWeight") or 0,
+        blkio_weight_device=_device_rates(host_config.get("BlkioWeightDevice"), "Weight"),
+        blkio_read_bps=_device_rates(host_config.get("BlkioDeviceReadBps"), "Rate"),
+        blkio_write_bps=_device_rates(host_config.get("BlkioDeviceWriteBps"), "Rate"),
+        blkio_read_iops=_device_rates(host_config.get("BlkioDeviceReadIOps"), "Rate"),
+        blkio_write_iops=_device_rates(host_config.get("BlkioDeviceWriteIOps"), "Rate"),
     )
+
+
+def _device_rates(entries: Any, key: str) -> tuple[spec.DeviceRate, ...]:
+    """``[{"Path": "/dev/sda", "Rate": n}]`` as device numbers (dockerd stats the path,
+    following symlinks, and takes its rdev; a missing path is its error)."""
+    rates = []
+    for entry in entries or []:
+        path = str(entry.get("Path") or "")
+        try:
+            rdev = os.stat(path).st_rdev
+        except OSError as exc:
+            raise InvalidParameter(
+                f"stat {path}: {(exc.strerror or 'error').lower()}") from None
+        rates.append(spec.DeviceRate(os.major(rdev), os.minor(rdev), int(entry.get(key) or 0)))
+    return tuple(rates)
 
 
 def _swappiness(value: Any) -> int | None:
@@ -187,6 +208,8 @@ def spec_request(
         sysctls=host_config.get("Sysctls") or {},
         ulimits=_ulimits(host_config),
         oom_score_adj=host_config.get("OomScoreAdj") or 0,
+        # API 1.43: handed to the runtime in config.json, as dockerd does.
+        annotations=dict(host_config.get("Annotations") or {}),
     )
 
 

@@ -25,12 +25,12 @@ import os
 import posixpath
 import re
 import stat
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from engine import rootscope
 from engine.containers import seccomp
 from engine.errors import InvalidParameter
 
@@ -169,6 +169,15 @@ class ProcessUser:
 
 
 @dataclass(frozen=True)
+class DeviceRate:
+    """A per-device block IO weight or throttle (``--device-read-bps`` and friends)."""
+
+    major: int
+    minor: int
+    value: int
+
+
+@dataclass(frozen=True)
 class Resources:
     """Cgroup limits, passed through as set. ``0``/``None`` = unset, as in Docker's API."""
 
@@ -187,6 +196,11 @@ class Resources:
     cpuset_mems: str = ""
     pids_limit: int | None = None  # <= 0 means "no limit" (-1 in the spec)
     blkio_weight: int = 0
+    blkio_weight_device: tuple[DeviceRate, ...] = ()
+    blkio_read_bps: tuple[DeviceRate, ...] = ()
+    blkio_write_bps: tuple[DeviceRate, ...] = ()
+    blkio_read_iops: tuple[DeviceRate, ...] = ()
+    blkio_write_iops: tuple[DeviceRate, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -888,6 +902,17 @@ def _mounts(req: SpecRequest, writable_cgroups: bool) -> list[dict[str, Any]]:
     return defaults + user
 
 
+def _rootfs_propagation(mounts: Sequence[Mapping[str, Any]]) -> str | None:
+    """The root's propagation a shared or slave bind needs (dockerd's WithMounts): a
+    shared bind makes it shared, a slave one rslave; None leaves the runtime's default."""
+    options = {o for m in mounts for o in (m.get("options") or [])}
+    if options & {"shared", "rshared"}:
+        return "shared"
+    if options & {"slave", "rslave"}:
+        return "rslave"
+    return None
+
+
 # Even with a read-only rootfs these stay writable (dockerd keeps them so).
 _RW_WITH_READONLY_ROOT = frozenset({"/proc", "/dev/pts", "/dev/shm", "/dev/mqueue", "/dev"})
 
@@ -1007,8 +1032,24 @@ def _resources(req: SpecRequest, device_rules: list[dict[str, Any]]) -> dict[str
         out["cpu"] = cpu
     if r.pids_limit is not None:
         out["pids"] = {"limit": r.pids_limit if r.pids_limit > 0 else -1}
+    if block_io := _block_io(r):
+        out["blockIO"] = block_io
+    return out
+
+
+def _block_io(r: Resources) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     if r.blkio_weight:
-        out["blockIO"] = {"weight": r.blkio_weight}
+        out["weight"] = r.blkio_weight
+    if r.blkio_weight_device:
+        out["weightDevice"] = [{"major": d.major, "minor": d.minor, "weight": d.value}
+                               for d in r.blkio_weight_device]
+    for key, rates in (("throttleReadBpsDevice", r.blkio_read_bps),
+                       ("throttleWriteBpsDevice", r.blkio_write_bps),
+                       ("throttleReadIOPSDevice", r.blkio_read_iops),
+                       ("throttleWriteIOPSDevice", r.blkio_write_iops)):
+        if rates:
+            out[key] = [{"major": d.major, "minor": d.minor, "rate": d.value} for d in rates]
     return out
 
 
@@ -1100,6 +1141,8 @@ def build_spec(req: SpecRequest, host: HostFacts) -> dict[str, Any]:
     }
     if (profile := _seccomp(req, opts, host, caps)) is not None:
         linux["seccomp"] = profile
+    if (propagation := _rootfs_propagation(req.mounts)) is not None:
+        linux["rootfsPropagation"] = propagation
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
         "process": _process(req, opts, host, caps),
@@ -1115,79 +1158,23 @@ def build_spec(req: SpecRequest, host: HostFacts) -> dict[str, Any]:
 
 # -- users ---------------------------------------------------------------------------------
 
-_MAX_SYMLINKS = 40  # the kernel's limit (ELOOP)
 _MAX_USER_FILE = 16 * 1024 * 1024
 
 
-def _open_in_root(root_fd: int, path: str) -> int | None:
-    """Open regular file ``path`` resolving every component inside the root.
-
-    Symlinks are followed as if the root were "/" (an absolute target restarts at the
-    root, ".." stops at it), one component at a time through directory fds opened with
-    O_NOFOLLOW, so nothing outside the root is ever opened. None if it does not exist
-    (or is not a regular file).
-    """
-    stack = [os.dup(root_fd)]
-    pending = deque(path.split("/"))
-    hops = 0
+def read_file_in_root(rootfs: Path, path: str) -> str | None:
+    """Text of regular file ``path`` inside ``rootfs``, None when missing or not a
+    regular file. Resolved by ``rootscope`` (symlinks interpreted inside the root), so
+    nothing outside the root is ever opened."""
+    root_fd = rootscope.open_root(rootfs)
     try:
-        while pending:
-            name = pending.popleft()
-            if name in ("", "."):
-                continue
-            if name == "..":
-                if len(stack) > 1:
-                    os.close(stack.pop())
-                continue
-            try:
-                st = os.stat(name, dir_fd=stack[-1], follow_symlinks=False)
-            except (FileNotFoundError, NotADirectoryError):
-                return None
-            if stat.S_ISLNK(st.st_mode):
-                hops += 1
-                if hops > _MAX_SYMLINKS:
-                    return None
-                target = os.readlink(name, dir_fd=stack[-1])
-                if target.startswith("/"):
-                    while len(stack) > 1:
-                        os.close(stack.pop())
-                pending.extendleft(reversed(target.split("/")))
-                continue
-            if any(p not in ("", ".") for p in pending):
-                if not stat.S_ISDIR(st.st_mode):
-                    return None
-                flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-                stack.append(os.open(name, flags, dir_fd=stack[-1]))
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-            fd = os.open(name, flags, dir_fd=stack[-1])
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the stat
-                os.close(fd)
-                return None
-            return fd
-        return None
+        data = rootscope.read_small_file(root_fd, path, _MAX_USER_FILE)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
             return None
         raise
     finally:
-        for fd in stack:
-            os.close(fd)
-
-
-def read_file_in_root(rootfs: Path, path: str) -> str | None:
-    """Text of ``path`` inside ``rootfs`` (scoped resolution), or None when missing."""
-    root_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fd = _open_in_root(root_fd, path)
-    finally:
         os.close(root_fd)
-    if fd is None:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        return f.read(_MAX_USER_FILE).decode("utf-8", errors="replace")
+    return None if data is None else data.decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)

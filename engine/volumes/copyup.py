@@ -4,9 +4,10 @@ dockerd copies ``<rootfs>/<destination>`` into a volume that is empty when a con
 first uses it (``-v name:/path`` without ``nocopy``, image ``VOLUME``s), keeping owners,
 modes, times, extended attributes, hard links and symlinks (as links, never followed).
 
-The rootfs is the image's, so it is untrusted: the destination is resolved as if the
-rootfs were "/" (an absolute symlink restarts at the rootfs, ".." stops there), one
-component at a time through directory descriptors opened with ``O_NOFOLLOW``; the copy
+The rootfs is the image's, so it is untrusted: the destination is resolved by
+``engine.rootscope`` as if the rootfs were "/" (an absolute symlink restarts at the
+rootfs, ".." stops there), one component at a time through directory descriptors opened
+with ``O_NOFOLLOW``; the copy
 then works only through descriptors and ``*at`` calls, so no symlink in the image, and
 none a running container plants in a shared volume meanwhile, can lead outside.
 
@@ -19,14 +20,13 @@ import contextlib
 import errno
 import os
 import stat
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine import rootscope
 from engine.errors import InvalidParameter
 
-_MAX_SYMLINKS = 40  # the kernel's ELOOP limit
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
@@ -42,45 +42,17 @@ class _Found:
 
 
 def _resolve_in_root(root_fd: int, path: str) -> _Found:
-    stack = [os.dup(root_fd)]
-    pending = deque(path.split("/"))
-    hops = 0
+    """``path`` resolved by the one in-root resolver (``rootscope``), last symlink
+    followed too, as dockerd follows the mount destination."""
     try:
-        while pending:
-            name = pending.popleft()
-            if name in ("", "."):
-                continue
-            if name == "..":
-                if len(stack) > 1:
-                    os.close(stack.pop())
-                continue
-            try:
-                st = os.stat(name, dir_fd=stack[-1], follow_symlinks=False)
-            except (FileNotFoundError, NotADirectoryError):
-                return _Found(None, False)
-            if stat.S_ISLNK(st.st_mode):
-                hops += 1
-                if hops > _MAX_SYMLINKS:
-                    return _Found(None, False)
-                target = os.readlink(name, dir_fd=stack[-1])
-                if target.startswith("/"):
-                    while len(stack) > 1:
-                        os.close(stack.pop())
-                pending.extendleft(reversed(target.split("/")))
-                continue
-            last = not any(p not in ("", ".") for p in pending)
-            if not stat.S_ISDIR(st.st_mode):
-                return _Found(None, last)
-            stack.append(os.open(name, _PATH_FLAGS, dir_fd=stack[-1]))
-        # Reopen the final directory for reading (an O_PATH descriptor cannot list).
-        return _Found(os.open(".", _DIR_FLAGS, dir_fd=stack[-1]), True)
+        with rootscope.resolve(root_fd, rootscope.clean(path), follow_last=True) as target:
+            if not stat.S_ISDIR(target.lstat().st_mode):
+                return _Found(None, True)
+            return _Found(target.open_dir(), True)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
             return _Found(None, False)
         raise
-    finally:
-        for fd in stack:
-            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -236,6 +236,41 @@ def is_mounted(path: Path) -> bool:
     return str(path) in mount_points()
 
 
+def _propagation_of_mount_under(path: str) -> tuple[str, tuple[str, ...]]:
+    """The mount point ``path`` lives on (the deepest prefix; the topmost mount when
+    several are stacked there) and that mount's optional fields (``shared:N``,
+    ``master:N``...), from /proc/self/mountinfo."""
+    best: str = "/"
+    fields_of_best: tuple[str, ...] = ()
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split()
+            try:
+                sep = fields.index("-", 6)
+            except ValueError:
+                continue
+            point = _unescape(fields[4])
+            inside = path == point or path.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, fields_of_best = point, tuple(fields[6:sep])
+    return best, fields_of_best
+
+
+def propagation_problem(source: str, propagation: str) -> str | None:
+    """dockerd's check before a bind with shared or slave propagation: the source's own
+    mount must be shared (for ``[r]shared``) or shared or a slave (for ``[r]slave``),
+    else the propagation asked for cannot happen. None when fine."""
+    wanted = {"shared": ("shared:",), "rshared": ("shared:",),
+              "slave": ("shared:", "master:"), "rslave": ("shared:", "master:")}.get(propagation)
+    if wanted is None:
+        return None
+    point, optional = _propagation_of_mount_under(os.path.realpath(source))
+    if any(field.startswith(wanted) for field in optional):
+        return None
+    kind = "shared" if len(wanted) == 1 else "shared or slave"
+    return f"path {source} is mounted on {point} but it is not a {kind} mount"
+
+
 def _mask_password(message: str, options: str) -> str:
     match = _PASSWORD_RE.search(options)
     if match and match.group(1):

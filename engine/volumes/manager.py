@@ -50,7 +50,7 @@ from engine.layout import Layout
 from engine.locks import KeyedLock
 from engine.store.crashpoints import crash_point
 from engine.store.db import Database
-from engine.volumes import copyup, local
+from engine.volumes import copyup, local, subpath
 from engine.volumes.mounts import (
     MountPlan,
     inspect_mount,
@@ -666,6 +666,10 @@ class VolumeManager:
         if plan.type == "bind":
             if plan.create_source:
                 await asyncio.to_thread(local.ensure_bind_source, plan.source)
+            problem = await asyncio.to_thread(
+                local.propagation_problem, plan.source, plan.propagation)
+            if problem:
+                raise InvalidParameter(problem)
             return oci_mount(plan, plan.source)
         ref = mounts.refs.get(plan.destination)
         if ref is None:
@@ -691,12 +695,18 @@ class VolumeManager:
                 )
                 await self._set_ref(container_id, plan.destination, "populated")
                 ref.populated = True
+        source = str(data)
+        if plan.subpath:
+            index = mounts.plans.index(plan)
+            point = self._layout.subpath_mounts_dir(container_id) / str(index)
+            await asyncio.to_thread(subpath.bind_subpath, data, plan.subpath, point)
+            source = str(point)
         self._events.emit("volume", "mount", view.name, {
             "driver": view.driver, "container": container_id, "destination": plan.destination,
             "read/write": "false" if plan.read_only else "true",
             "propagation": plan.propagation,
         })
-        return oci_mount(plan, str(data))
+        return oci_mount(plan, source)
 
     async def _set_ref(self, container_id: str, destination: str, column: str) -> None:
         assert column in ("active", "populated")
@@ -711,6 +721,9 @@ class VolumeManager:
         mounts = self._containers.get(container_id)
         if mounts is None:
             return
+        if any(plan.subpath for plan in mounts.plans):
+            await asyncio.to_thread(
+                subpath.release, self._layout.subpath_mounts_dir(container_id))
         active = [ref for ref in mounts.refs.values() if ref.active]
         if not active:
             return
@@ -773,8 +786,11 @@ class VolumeManager:
         mounts = self._containers.get(container_id)
         return mounts.plans if mounts is not None else ()
 
-    def inspect_mounts(self, container_id: str) -> builtins.list[dict[str, Any]]:
-        """Inspect's ``Mounts`` (also the container list's)."""
+    def inspect_mounts(
+        self, container_id: str, *, with_subpath: bool = False
+    ) -> builtins.list[dict[str, Any]]:
+        """Inspect's ``Mounts`` (also the container list's); ``with_subpath`` adds a
+        volume's ``Subpath`` (for `docker cp`'s view of a stopped container)."""
         out = []
         for plan in self.container_plans(container_id):
             if not plan.listed:
@@ -782,7 +798,10 @@ class VolumeManager:
             source = plan.source
             if plan.type == "volume":
                 source = str(local.data_dir(self._layout, plan.source))
-            out.append(inspect_mount(plan, source))
+            entry = inspect_mount(plan, source)
+            if with_subpath and plan.subpath:
+                entry["Subpath"] = plan.subpath
+            out.append(entry)
         return out
 
 

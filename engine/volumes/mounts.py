@@ -90,6 +90,7 @@ class MountPlan:
     driver_opts: Mapping[str, str] | None = field(default=None, compare=False)
     labels: Mapping[str, str] | None = field(default=None, compare=False)
     tmpfs_data: str = ""  # tmpfs: the data options ("size=1m,mode=1777")
+    subpath: str = ""  # volume: VolumeOptions.Subpath, the directory inside it to mount
 
     @property
     def listed(self) -> bool:
@@ -365,8 +366,7 @@ def _plan_from_mount(cfg: Mapping[str, Any], volume_driver: str) -> MountPlan:
         )
     if mount_type == "volume":
         options = cfg.get("VolumeOptions") or {}
-        if options.get("Subpath"):
-            raise NotSupported("volume subpath mounts are not supported")
+        subpath = str(options.get("Subpath") or "")
         driver_config = options.get("DriverConfig") or {}
         if source:
             problem = volume_name_problem(source)
@@ -375,7 +375,9 @@ def _plan_from_mount(cfg: Mapping[str, Any], volume_driver: str) -> MountPlan:
         return MountPlan(
             type="volume", destination=destination, origin="mounts", source=source,
             read_only=read_only, anonymous=not source,
-            copy_data=not options.get("NoCopy"),
+            # A subpath is a part of a volume that already has content: nothing is
+            # copied into it from the image.
+            copy_data=not options.get("NoCopy") and not subpath, subpath=subpath,
             driver=driver_config.get("Name") or volume_driver,
             driver_opts=_string_map(driver_config.get("Options"), "DriverConfig.Options"),
             labels=_string_map(options.get("Labels"), "VolumeOptions.Labels"),

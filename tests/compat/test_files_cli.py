@@ -324,7 +324,7 @@ def test_cp_sees_volumes_of_created_running_and_exited_containers(
     docker_cli: DockerCLI, tmp_path: Path
 ) -> None:
     """docker cp reaches into the volumes of a created and an exited container (docker-py's
-    put_archive/get_archive tests); a running container's volumes are not reached yet."""
+    put_archive/get_archive tests); running ones: test_cp_running_container_sees_its_mounts."""
     src = tmp_path / "data.txt"
     src.write_text("in-volume\n")
     cid = docker_cli.ok("create", "-v", "/vol1", "busybox", "sh", "-c",
@@ -345,3 +345,176 @@ def test_cp_sees_volumes_of_created_running_and_exited_containers(
                        if "/rootfs/" in p)
     finally:
         docker_cli("rm", "-f", "-v", cid)
+
+
+# =========================================================================== cp and mounts
+def cp_out_file(cli: DockerCLI, source: str) -> bytes:
+    """The content of one file copied out with ``docker cp <source> -``."""
+    r = subprocess.run([docker_binary(), "cp", source, "-"], capture_output=True,
+                       env=cli.daemon.env, timeout=60)
+    assert r.returncode == 0, describe(r)
+    with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tf:
+        (member,) = [m for m in tf.getmembers() if m.isfile()]
+        extracted = tf.extractfile(member)
+        assert extracted is not None
+        return extracted.read()
+
+
+@pytest.fixture
+def mounted(docker_cli: DockerCLI, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A named volume, a read-only one and a bind directory holding a file only it has."""
+    names = {"vol": f"files-vol-{SUFFIX}", "ro": f"files-ro-{SUFFIX}"}
+    for volume in names.values():
+        docker_cli.ok("volume", "create", volume)
+    bind = tmp_path / "bind"
+    bind.mkdir()
+    (bind / "bind-only.txt").write_text("only in the bind\n")
+    (tmp_path / "host.txt").write_text("from the host\n")
+    names["bind"] = str(bind)
+    names["host"] = str(tmp_path / "host.txt")
+    try:
+        yield names
+    finally:
+        docker_cli("volume", "rm", "-f", names["vol"], names["ro"])
+
+
+def _mount_args(m: dict[str, str]) -> list[str]:
+    return ["-v", f"{m['vol']}:/vol", "-v", f"{m['ro']}:/ro:ro", "-v", f"{m['bind']}:/bind"]
+
+
+def test_cp_running_container_sees_its_mounts(docker_cli: DockerCLI,
+                                              mounted: dict[str, str]) -> None:
+    """A running container's volumes and binds, both ways: a file the container wrote
+    in its volume and one only the bind has are found (404 before), a file copied into
+    the volume is one the container sees (it landed underneath the mount before)."""
+    name = f"files-mnt-run-{SUFFIX}"
+    docker_cli.ok("run", "-d", "--name", name, *_mount_args(mounted), "busybox", "sh", "-c",
+                  "echo written-inside > /vol/inside.txt; " + LOOP)
+    try:
+        wait_for(lambda: docker_cli("exec", name, "test", "-f", "/vol/inside.txt").returncode
+                 == 0, 10, "the container's own file")
+        assert cp_out_file(docker_cli, f"{name}:/vol/inside.txt") == b"written-inside\n"
+        assert cp_out_file(docker_cli, f"{name}:/bind/bind-only.txt") == b"only in the bind\n"
+        docker_cli.ok("cp", mounted["host"], f"{name}:/vol/copied.txt")
+        assert docker_cli.ok("exec", name, "cat", "/vol/copied.txt") == "from the host\n"
+        docker_cli.ok("cp", mounted["host"], f"{name}:/bind/")
+        assert (Path(mounted["bind"]) / "host.txt").read_text() == "from the host\n"
+        r = docker_cli("cp", mounted["host"], f"{name}:/ro/")
+        assert r.returncode == 1, describe(r)
+        assert "mounted volume is marked read-only" in r.stderr
+        # A whole directory holding a mount point carries the mount's content.
+        out = subprocess.run([docker_binary(), "cp", f"{name}:/vol", "-"], capture_output=True,
+                             env=docker_cli.daemon.env, timeout=60, check=True).stdout
+        assert {"vol/inside.txt", "vol/copied.txt"} <= set(tar_names(out))
+    finally:
+        docker_cli("rm", "-f", name)
+
+
+def test_cp_through_volumes_from(docker_cli: DockerCLI, mounted: dict[str, str]) -> None:
+    """A running container's ``--volumes-from`` mounts, read-only ones included."""
+    source, user = f"files-vf-src-{SUFFIX}", f"files-vf-user-{SUFFIX}"
+    docker_cli.ok("create", "--name", source, *_mount_args(mounted), "busybox", "true")
+    try:
+        docker_cli.ok("run", "-d", "--name", user, "--volumes-from", source, "busybox",
+                      "sh", "-c", LOOP)
+        docker_cli.ok("cp", mounted["host"], f"{user}:/vol/via-volumes-from.txt")
+        out = docker_cli.ok("run", "--rm", "-v", f"{mounted['vol']}:/v", "busybox", "cat",
+                            "/v/via-volumes-from.txt")
+        assert out == "from the host\n"
+        r = docker_cli("cp", mounted["host"], f"{user}:/ro/")
+        assert "mounted volume is marked read-only" in r.stderr, describe(r)
+    finally:
+        docker_cli("rm", "-f", user, source)
+
+
+@pytest.mark.parametrize("state", ["created", "exited"])
+def test_cp_created_and_exited_containers_see_their_mounts(
+    docker_cli: DockerCLI, mounted: dict[str, str], state: str
+) -> None:
+    name = f"files-mnt-{state}-{SUFFIX}"
+    docker_cli.ok("create", "--name", name, *_mount_args(mounted), "busybox", "true")
+    try:
+        if state == "exited":
+            docker_cli.ok("start", "-a", name)
+        assert cp_out_file(docker_cli, f"{name}:/bind/bind-only.txt") == b"only in the bind\n"
+        docker_cli.ok("cp", mounted["host"], f"{name}:/vol/copied.txt")
+        r = docker_cli("cp", mounted["host"], f"{name}:/ro/")
+        assert r.returncode == 1, describe(r)
+        assert "mounted volume is marked read-only" in r.stderr
+    finally:
+        docker_cli("rm", "-f", name)
+    check = f"check-{state}-{SUFFIX}"
+    out = docker_cli.ok("run", "--rm", "--name", check, "-v", f"{mounted['vol']}:/v",
+                        "busybox", "cat", "/v/copied.txt")
+    assert out == "from the host\n"
+
+
+@pytest.mark.parametrize("running", [True, False])
+def test_cp_into_a_read_only_root(docker_cli: DockerCLI, mounted: dict[str, str],
+                                  running: bool) -> None:
+    """``--read-only``: the root refuses copies in dockerd's words, its volumes take them."""
+    name = f"files-rofs-{running}-{SUFFIX}"
+    cmd = ["sh", "-c", LOOP] if running else ["true"]
+    docker_cli.ok("run" if running else "create", *(["-d"] if running else []), "--name", name,
+                  "--read-only", "-v", f"{mounted['vol']}:/vol", "busybox", *cmd)
+    try:
+        r = docker_cli("cp", mounted["host"], f"{name}:/tmp/")
+        assert r.returncode == 1, describe(r)
+        assert "container rootfs is marked read-only" in r.stderr
+        docker_cli.ok("cp", mounted["host"], f"{name}:/vol/")
+        assert cp_out_file(docker_cli, f"{name}:/vol/host.txt") == b"from the host\n"
+        # reading the root is fine
+        assert cp_out_file(docker_cli, f"{name}:/etc/passwd").startswith(b"root:")
+    finally:
+        docker_cli("rm", "-f", name)
+
+
+def test_docker_py_archive_through_a_running_containers_volume(
+    dpy: Any, mounted: dict[str, str], against_dockerd: bool
+) -> None:
+    """put_archive/get_archive through a running container's volume; a read-only one is
+    a 400 (current dockerd: InvalidParameter; 20.10 answered 500 with the same text)."""
+    import docker.errors
+
+    container = dpy.containers.run("busybox", ["sh", "-c", LOOP], detach=True,
+                                   volumes={mounted["vol"]: {"bind": "/vol", "mode": "rw"},
+                                            mounted["ro"]: {"bind": "/ro", "mode": "ro"}})
+    try:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            info = tarfile.TarInfo("put.txt")
+            info.size = 4
+            tf.addfile(info, io.BytesIO(b"put\n"))
+        assert container.put_archive("/vol", buf.getvalue()) is True
+        assert container.exec_run(["cat", "/vol/put.txt"]).output == b"put\n"
+        chunks, stat = container.get_archive("/vol/put.txt")
+        assert stat["size"] == 4
+        assert "put.txt" in tar_names(b"".join(chunks))
+        with pytest.raises(docker.errors.APIError) as caught:
+            container.put_archive("/ro", buf.getvalue())
+        assert caught.value.status_code == (500 if against_dockerd else 400)
+        assert "mounted volume is marked read-only" in str(caught.value.explanation)
+    finally:
+        container.remove(force=True)
+
+
+def test_cp_running_container_sees_its_tmpfs(docker_cli: DockerCLI, against_dockerd: bool,
+                                             tmp_path: Path) -> None:
+    """wharfd-only: a running container's tmpfs is reached through its own mount
+    namespace (dockerd 20.10 and current dockerd copy underneath it, where the
+    container never sees the file)."""
+    if against_dockerd:
+        pytest.skip("dockerd copies below a tmpfs mount point (documented difference)")
+    name = f"files-tmpfs-{SUFFIX}"
+    (tmp_path / "t.txt").write_text("into tmpfs\n")
+    docker_cli.ok("run", "-d", "--name", name, "--read-only", "--tmpfs", "/scratch",
+                  "busybox", "sh", "-c", LOOP)
+    try:
+        docker_cli.ok("cp", str(tmp_path / "t.txt"), f"{name}:/scratch/")
+        assert docker_cli.ok("exec", name, "cat", "/scratch/t.txt") == "into tmpfs\n"
+        # the kernel's file systems are not walked: /proc comes out empty
+        out = subprocess.run([docker_binary(), "cp", f"{name}:/proc", "-"], capture_output=True,
+                             env=docker_cli.daemon.env, timeout=60, check=True).stdout
+        assert tar_names(out) == ["proc"]
+    finally:
+        docker_cli("rm", "-f", name)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.harness.cli import DockerCLI, run_docker
-from tests.harness.daemon import BaseDaemon
+from tests.harness.daemon import BaseDaemon, mounts_under
 
 pytestmark = pytest.mark.root
 
@@ -486,3 +486,113 @@ def test_bind_mount_served_over_a_published_port(docker_cli: DockerCLI, daemon: 
         assert second.stdout == "hello world\n200", second
     finally:
         docker_cli("rm", "-f", name)
+
+
+# ------------------------------------------------------------------ volume subpath (API 1.45)
+SUBPATH_SETUP = ("mkdir -p /v/sub/dir && echo in-subpath > /v/sub/dir/f && "
+                 "ln -s ../.. /v/escape && ln -s /etc /v/absolute && ln -s sub /v/inner && "
+                 "echo a-file > /v/file")
+
+
+@pytest.fixture
+def subpath_volume(docker_cli: DockerCLI, against_dockerd: bool) -> Iterator[str]:
+    if against_dockerd:
+        pytest.skip("dockerd 20.10 (API 1.41) has no volume subpath mounts (API 1.45)")
+    name = f"{P}-subpath"
+    docker_cli.ok("volume", "create", name)
+    try:
+        docker_cli.ok("run", "--rm", "-v", f"{name}:/v", "busybox", "sh", "-c", SUBPATH_SETUP)
+        yield name
+    finally:
+        docker_cli("volume", "rm", "-f", name)
+
+
+def _subpath_run(cli: DockerCLI, volume: str, subpath: str, *cmd: str,
+                 ro: bool = False) -> subprocess.CompletedProcess[Any]:
+    spec = f"type=volume,src={volume},dst=/d,volume-subpath={subpath}"
+    return cli("run", "--rm", "--mount", spec + (",readonly" if ro else ""), "busybox", *cmd)
+
+
+def test_volume_subpath_mounts_only_that_directory(
+    docker_cli: DockerCLI, subpath_volume: str, daemon: BaseDaemon
+) -> None:
+    r = _subpath_run(docker_cli, subpath_volume, "sub/dir", "sh", "-c",
+                     "cat /d/f; ls /d; echo more > /d/g")
+    assert r.returncode == 0, describe(r)
+    assert r.stdout == "in-subpath\nf\n"
+    out = docker_cli.ok("run", "--rm", "-v", f"{subpath_volume}:/v", "busybox", "cat",
+                        "/v/sub/dir/g")
+    assert out == "more\n"
+    # a symlink that stays inside the volume is followed; a single file can be mounted
+    r = _subpath_run(docker_cli, subpath_volume, "inner/dir", "cat", "/d/f")
+    assert r.returncode == 0 and r.stdout == "in-subpath\n", describe(r)
+    r = _subpath_run(docker_cli, subpath_volume, "file", "cat", "/d")
+    assert r.returncode == 0 and r.stdout == "a-file\n", describe(r)
+    r = _subpath_run(docker_cli, subpath_volume, "sub", "touch", "/d/x", ro=True)
+    assert r.returncode != 0 and "Read-only file system" in r.stderr, describe(r)
+    # nothing of the subpath binds is left behind (released as the container goes)
+    deadline = time.time() + 10
+    while [p for p in mounts_of(daemon) if "/subpaths/" in p] and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in mounts_of(daemon) if "/subpaths/" in p]
+
+
+def mounts_of(daemon: BaseDaemon) -> list[str]:
+    return mounts_under(daemon.exec_root)
+
+
+def test_volume_subpath_errors(docker_cli: DockerCLI, subpath_volume: str) -> None:
+    r = _subpath_run(docker_cli, subpath_volume, "missing", "true")
+    assert r.returncode != 0 and "cannot access path missing" in r.stderr, describe(r)
+    for escaping in ("escape", "absolute", "escape/etc", "sub/../../x"):
+        r = _subpath_run(docker_cli, subpath_volume, escaping, "true")
+        assert r.returncode != 0, describe(r)
+        if escaping == "sub/../../x":  # refused lexically at create
+            assert "subpath must be a relative path within the volume" in r.stderr
+        else:
+            assert "path concatenation escapes the base directory" in r.stderr, describe(r)
+
+
+def test_volume_subpath_through_docker_py(dclient: Any, subpath_volume: str,
+                                          daemon: BaseDaemon) -> None:
+    """docker-py 7.2 has no subpath argument: the Mount is the API's own JSON."""
+    import docker
+
+    client = docker.DockerClient(base_url=daemon.docker_host, version="1.45")
+    try:
+        mount = {"Type": "volume", "Source": subpath_volume, "Target": "/d",
+                 "VolumeOptions": {"Subpath": "sub/dir"}}
+        out = client.containers.run("busybox", ["cat", "/d/f"], remove=True, mounts=[mount])
+        assert out == b"in-subpath\n"
+        container = client.containers.create("busybox", ["true"], mounts=[
+            {**mount, "VolumeOptions": {"Subpath": "escape"}}])
+        try:
+            with pytest.raises(docker.errors.APIError) as caught:
+                container.start()
+            assert caught.value.status_code == 400
+            assert "escapes the base directory" in str(caught.value.explanation)
+        finally:
+            container.remove(force=True)
+    finally:
+        client.close()
+
+
+def test_docker_cp_sees_only_the_subpath(docker_cli: DockerCLI, subpath_volume: str,
+                                         tmp_path: Path) -> None:
+    """`docker cp` of a created container shows the subpath at the mount point, not the
+    whole volume, and a copy in lands in the subpath."""
+    name = f"{P}-subpath-cp"
+    docker_cli.ok("create", "--name", name, "--mount",
+                  f"type=volume,src={subpath_volume},dst=/d,volume-subpath=sub/dir",
+                  "busybox", "cat", "/d/copied")
+    try:
+        out = tmp_path / "out"
+        docker_cli.ok("cp", f"{name}:/d", str(out))
+        assert sorted(p.name for p in out.iterdir()) == ["f"]
+        (tmp_path / "copied").write_text("copied in\n")
+        docker_cli.ok("cp", str(tmp_path / "copied"), f"{name}:/d/")
+        assert docker_cli.ok("start", "-a", name) == "copied in\n"
+    finally:
+        docker_cli("rm", "-f", name)
+    assert docker_cli.ok("run", "--rm", "-v", f"{subpath_volume}:/v", "busybox", "cat",
+                         "/v/sub/dir/copied") == "copied in\n"

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.containers import archive, changes, rootscope
+from engine import rootscope
+from engine.containers import archive, changes
 from engine.containers.archive import ArchiveError, ExtractionPointError, ExtractOptions
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mknod, chown, xattrs)")

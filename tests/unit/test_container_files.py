@@ -89,7 +89,10 @@ class FakeContainers:
     def upper_dir(self, container_id: str) -> Path:
         return self.base / container_id / "upper"
 
-    async def mounts(self, container_id: str) -> list[SnapshotMount]:
+    def mounts(self, container_id: str) -> list[dict[str, object]]:
+        return []  # inspect's Mounts: none
+
+    async def snapshot_mounts(self, container_id: str) -> list[SnapshotMount]:
         lower = self.base / container_id / "lower"
         return [SnapshotMount("overlay", "overlay", (f"lowerdir={lower}",))]
 
@@ -132,7 +135,7 @@ def _build(base: Path) -> tuple[FakeContainers, ContainerFiles, EventBus]:
     info = CgroupInfo(version="1", mount_points=points)
     events = EventBus()
     facade = ContainerFiles(
-        containers, EngineConfig(), events, containers.mounts,
+        containers, EngineConfig(), events, containers.snapshot_mounts,
         cgroup_info=lambda: info,
         host=stats.HostFiles(FIXTURES / "proc_stat", FIXTURES / "meminfo"),
         proc=base / "proc",

@@ -255,10 +255,13 @@ def test_mount_errors(cfg: dict[str, Any], message: str) -> None:
     assert error_of(mounts=[cfg]) == message
 
 
-def test_mount_subpath_and_image_not_supported() -> None:
-    with pytest.raises(NotSupported):
-        plan(mounts=[{"Type": "volume", "Source": "v1", "Target": "/x",
-                      "VolumeOptions": {"Subpath": "a"}}])
+def test_mount_subpath_is_planned_without_copy_up() -> None:
+    (got,) = plan(mounts=[{"Type": "volume", "Source": "v1", "Target": "/x",
+                           "VolumeOptions": {"Subpath": "a/b"}}])
+    assert got.subpath == "a/b" and got.source == "v1" and not got.copy_data
+
+
+def test_mount_image_not_supported() -> None:
     with pytest.raises(NotSupported):
         plan(mounts=[{"Type": "image", "Source": "busybox", "Target": "/x"}])
 

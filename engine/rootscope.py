@@ -1,6 +1,9 @@
-"""Paths inside a container's root filesystem, resolved from the host as a chroot would.
+"""Paths inside a root (a container's filesystem, a volume, a build context), resolved
+from the host as a chroot would.
 
-Used by ``docker cp`` (archive HEAD/GET/PUT) and export. The rules, all enforced here:
+The one in-root resolver: ``docker cp`` (archive HEAD/GET/PUT), export, the user lookup
+for the OCI spec, a volume's copy-up from the image, volume subpaths and the builder's
+COPY all go through it. The rules, all enforced here:
 
 - Every lookup starts at an open descriptor of the root and goes one component at a
   time with ``openat(O_NOFOLLOW)``: the kernel never follows a symlink for us.
@@ -43,8 +46,13 @@ def join(parts: list[str] | tuple[str, ...]) -> str:
 
 
 def open_root(rootfs: Path) -> int:
-    """A descriptor of the root directory (the caller closes it)."""
-    return os.open(rootfs, DIR_FLAGS)
+    """A descriptor of the root directory (the caller closes it).
+
+    The root's own path is the daemon's (a layout path, a temporary directory, or
+    ``/proc/self/fd/N`` of a root the daemon holds open), never a client's, so its last
+    component is followed: that is how a held container root is named. Everything
+    below it is resolved without following anything."""
+    return os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 @dataclass
@@ -91,14 +99,26 @@ class Target:
         return os.open(self.name, DIR_FLAGS, dir_fd=self.dir_fd)
 
 
+class EscapesRoot(OSError):
+    """A ``beneath`` walk would leave its root (``..`` above it, an absolute symlink):
+    refused, as ``openat2(RESOLVE_BENEATH)`` refuses it with EXDEV."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(errno.EXDEV, "path escapes its root", path)
+
+
 @dataclass
 class _Walk:
-    """The directories held so far, from the root down (the root's fd is not owned)."""
+    """The directories held so far, from the root down (the root's fd is not owned).
+
+    ``beneath``: leaving the root is an error (``EscapesRoot``) instead of stopping at it
+    as a chroot does; for a volume's subpath, where the root is not a container's "/"."""
 
     root_fd: int
     fds: list[int] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     links: int = 0
+    beneath: bool = False
 
     @property
     def top(self) -> int:
@@ -109,6 +129,8 @@ class _Walk:
         self.names.append(name)
 
     def up(self) -> None:
+        if not self.fds and self.beneath:
+            raise EscapesRoot("..")
         if self.fds:
             os.close(self.fds.pop())
             self.names.pop()
@@ -138,6 +160,8 @@ class _Walk:
             raise OSError(errno.ELOOP, "too many levels of symbolic links", join(self.names))
         target = os.readlink(name, dir_fd=self.top)
         if target.startswith("/"):
+            if self.beneath:
+                raise EscapesRoot(target)
             self.to_root()
         pending.extendleft(reversed(target.split("/")))
 
@@ -147,15 +171,17 @@ def _is_last(pending: deque[str]) -> bool:
 
 
 def resolve(
-    root_fd: int, parts: list[str], *, follow_last: bool, create_dirs: bool = False
+    root_fd: int, parts: list[str], *, follow_last: bool, create_dirs: bool = False,
+    beneath: bool = False,
 ) -> Target:
     """Resolve ``parts`` below ``root_fd``: every directory on the way is followed
-    chroot-style; the last component is followed only when ``follow_last``.
+    chroot-style; the last component is followed only when ``follow_last``. With
+    ``beneath``, a walk that would leave the root raises ``EscapesRoot`` instead.
 
     A missing last component is not an error here (``Target.lstat`` tells). A missing
     directory on the way is ``FileNotFoundError`` unless ``create_dirs`` (then made
     0755); a non-directory on the way is ``NotADirectoryError``."""
-    walk = _Walk(root_fd)
+    walk = _Walk(root_fd, beneath=beneath)
     pending = deque(parts)
     retries = 0
     try:

@@ -127,7 +127,7 @@ class DockerRequestHandler(web.RequestHandler):
 
 
 class ListenerSite(web.BaseSite):
-    """Serve one bound socket with ``DockerRequestHandler`` (listen() happens here)."""
+    """Serve one listening socket with ``DockerRequestHandler`` (accepting starts here)."""
 
     def __init__(self, runner: web.BaseRunner, listener: Listener, backlog: int = BACKLOG):
         super().__init__(runner, backlog=backlog)
@@ -168,7 +168,8 @@ class ApiServer:
         )
 
     async def start(self) -> None:
-        """Run the app's startup (the engine starts here), then accept connections."""
+        """Run the app's startup (the engine starts here), then accept connections (the
+        ones that arrived meanwhile wait in the listen backlog)."""
         await self._runner.setup()
         for listener in self._listeners:
             site = ListenerSite(self._runner, listener)

@@ -256,6 +256,7 @@ def make_app(engine: Engine) -> web.Application:
     # Imported here so that build_app (and the system/events routers) can be used and
     # tested before every router and the whole engine are in place.
     from api.routers import (
+        attach_ws,
         auth,
         build,
         container_files,
@@ -281,6 +282,7 @@ def make_app(engine: Engine) -> web.Application:
         Mount(distribution.routes, distribution.BACKEND, engine.images),
         Mount(auth.routes, auth.BACKEND, engine.images),
         Mount(containers.routes, containers.BACKEND, engine.containers),
+        Mount(attach_ws.routes, attach_ws.BACKEND, engine.containers),
         Mount(exec.routes, exec.BACKEND, engine.execs),
         Mount(container_files.routes, container_files.BACKEND, engine.container_files),
         Mount(volumes.routes, volumes.BACKEND, engine.volumes),

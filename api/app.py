@@ -68,29 +68,54 @@ Lifecycle = Callable[[web.Application], AsyncIterator[None]]
 # --- middlewares --------------------------------------------------------------------
 
 
+PREPARED_RESPONSE = web.RequestKey("prepared_response", web.StreamResponse)
+# What the access log shows for a request whose client left before it was answered
+# (nginx's convention); nothing is sent, the connection is gone.
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def remember_prepared_response(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare hook: the error middleware needs the stream a handler started."""
+    request[PREPARED_RESPONSE] = response
+
+
+def client_gone(request: web.Request) -> bool:
+    """The client's connection is closed (or closing): nothing we send will arrive."""
+    closed = lifecycle.connection_closed(request)
+    if closed is not None and closed.is_set():
+        return True
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    where = f"{request.method} {request.path}"
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        return response_for_http_exception(exc)
+        return response_for_http_exception(exc, where)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        if request.writer.output_size > 0:
-            # The response (a stream) has started: no status can be sent any more.
-            if isinstance(exc, ConnectionError):
-                log.debug("%s %s: client went away: %s", request.method, request.path, exc)
-            else:
-                log.error(
-                    "%s %s failed mid-response: %s",
-                    request.method,
-                    request.path,
-                    exc,
-                    exc_info=exc,
-                )
-            raise
-        return response_for_exception(exc)
+        gone = isinstance(exc, ConnectionError) and client_gone(request)
+        if request.writer.output_size == 0:
+            if gone:
+                # Gone while we read its body or before we answered: not an error of ours.
+                log.debug("%s: client went away: %s", where, exc)
+                return web.Response(status=CLIENT_CLOSED_REQUEST)
+            return response_for_exception(exc, where)
+        # A stream has started: no status can be sent any more.
+        if gone:
+            log.debug("%s: client went away mid-response: %s", where, exc)
+        else:
+            log.error("Handler for %s failed mid-response: %s", where, exc, exc_info=exc)
+            # Cut the connection so the client sees a truncated stream, not a clean end.
+            if request.transport is not None:
+                request.transport.close()
+        # aiohttp ends the started response (its write_eof fails quietly on a closed
+        # connection) instead of logging a second traceback of its own.
+        return request.get(PREPARED_RESPONSE) or web.Response(status=CLIENT_CLOSED_REQUEST)
 
 
 def clean_path(path: str) -> str:
@@ -144,6 +169,7 @@ def build_app(
     app[EXPERIMENTAL] = experimental
     lifecycle.install(app)
     app.on_response_prepare.append(add_common_headers)
+    app.on_response_prepare.append(remember_prepared_response)
     if lifecycle_ctx is not None:
         app.cleanup_ctx.append(lifecycle_ctx)
     for mount in mounts:
@@ -230,6 +256,7 @@ def make_app(engine: Engine) -> web.Application:
     # Imported here so that build_app (and the system/events routers) can be used and
     # tested before every router and the whole engine are in place.
     from api.routers import (
+        attach_ws,
         auth,
         build,
         container_files,
@@ -255,6 +282,7 @@ def make_app(engine: Engine) -> web.Application:
         Mount(distribution.routes, distribution.BACKEND, engine.images),
         Mount(auth.routes, auth.BACKEND, engine.images),
         Mount(containers.routes, containers.BACKEND, engine.containers),
+        Mount(attach_ws.routes, attach_ws.BACKEND, engine.containers),
         Mount(exec.routes, exec.BACKEND, engine.execs),
         Mount(container_files.routes, container_files.BACKEND, engine.container_files),
         Mount(volumes.routes, volumes.BACKEND, engine.volumes),

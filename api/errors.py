@@ -17,6 +17,10 @@ Handlers never pick a status for an error: they raise, and the error middleware 
 ``api.app`` calls ``response_for_exception``. aiohttp's own HTTP exceptions (no route,
 body too large, redirects) go through ``response_for_http_exception``.
 
+Logging is for operators, as dockerd's: a 5xx is ours, logged at error level with its
+traceback; a 4xx is the client's, one debug line ``Handler for GET /path returned error:
+<status> <message>`` (the access log has the request line as well).
+
 The Go client compares ``Content-Type`` for equality with ``application/json``, so every
 JSON body here is built from bytes (aiohttp appends ``; charset=utf-8`` to ``text=``).
 """
@@ -72,18 +76,27 @@ def error_response(status: int, message: str) -> web.Response:
     return json_response({"message": message}, status=status)
 
 
-def response_for_exception(exc: BaseException) -> web.Response:
+def response_for_exception(exc: BaseException, where: str = "") -> web.Response:
+    """``where`` is ``"<METHOD> <path>"`` of the request, for the log line."""
     status = status_for(exc)
-    if status >= 500:
-        log.error("request failed: %s", exc, exc_info=exc)
     if isinstance(exc, ValidationError):
         message = _validation_message(exc)
     else:
         message = str(exc) or type(exc).__name__
+    log_failure(where, status, message, exc)
     return error_response(status, message)
 
 
-def response_for_http_exception(exc: web.HTTPException) -> web.Response:
+def log_failure(where: str, status: int, message: str, exc: BaseException) -> None:
+    """One line for a client's error, the traceback only for ours (5xx)."""
+    subject = f"Handler for {where} returned error" if where else "request failed"
+    if status >= 500:
+        log.error("%s: %s", subject, message, exc_info=exc)
+    else:
+        log.debug("%s: %d %s", subject, status, message)
+
+
+def response_for_http_exception(exc: web.HTTPException, where: str = "") -> web.Response:
     """aiohttp's exceptions, in Docker's shape.
 
     No route and wrong method are both ``404 page not found``, as dockerd answers both
@@ -102,8 +115,7 @@ def response_for_http_exception(exc: web.HTTPException) -> web.Response:
     # aiohttp's default text is "<status>: <reason>"; the reason alone reads better.
     if message == f"{exc.status}: {exc.reason}":
         message = exc.reason
-    if exc.status >= 500:
-        log.error("request failed: %s", message, exc_info=exc)
+    log_failure(where, exc.status, message, exc)
     return error_response(exc.status, message)
 
 

@@ -4,9 +4,12 @@
 it on a network without TLS client authentication, which is not implemented yet.
 
 Unix sockets follow dockerd (go-connections ``NewUnixSocket``): the file is bound, then
-chmod 0660 and chown root:<group>, and only then does the server listen, so no one else
-can connect during that window. A stale socket file (no one listening) is replaced; a
-socket someone is still listening on, or a non-socket file, is an error.
+chmod 0660 and chown root:<group>, and only then does it listen, so no one else can
+connect during that window. It listens at once, before the engine has set itself up:
+clients that connect early wait in the backlog and are answered when the server starts
+accepting (as with dockerd, and as with a socket systemd passes us), instead of being
+refused while the file already exists. A stale socket file (no one listening) is
+replaced; a socket someone is still listening on, or a non-socket file, is an error.
 
 Activated sockets follow ``sd_listen_fds``: ``LISTEN_PID`` must be our pid, ``LISTEN_FDS``
 sockets start at fd 3, and the variables are removed from the environment so that our
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from api.server import Listener
+from api.server import BACKLOG, Listener
 from engine.config import DEFAULT_SOCKET
 
 log = logging.getLogger(__name__)
@@ -113,7 +116,7 @@ def _remove_stale(path: Path) -> None:
 
 
 def open_unix_listener(path: Path, gid: int | None) -> Listener:
-    """Bind, then chmod/chown, without listening yet (the server listens when it starts)."""
+    """Bind, chmod/chown, then listen (the server accepts once the engine is ready)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -122,6 +125,7 @@ def open_unix_listener(path: Path, gid: int | None) -> Listener:
         os.chmod(path, SOCKET_MODE)
         owner = 0 if os.geteuid() == 0 else -1
         os.chown(path, owner, gid if gid is not None else os.getegid())
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         path.unlink(missing_ok=True)

@@ -4,9 +4,10 @@ Phases (uvicorn's, with an ``asyncio.Event`` instead of a polling loop):
 
 1. parse flags, read the config file, merge with dockerd's rules; ``--validate`` stops here;
 2. logging; take ``NOTIFY_SOCKET``/``LISTEN_*`` out of the environment;
-3. lock the pid file; bind every ``-H`` socket (mode 0660 root:<group>, not listening yet);
+3. lock the pid file; bind every ``-H`` socket (mode 0660 root:<group>) and listen, so
+   early clients queue instead of being refused;
 4. on uvloop: build the app; start it (the engine starts in the app's startup), then
-   listen on every socket; ``READY=1``;
+   accept on every socket; ``READY=1``;
 5. wait for SIGTERM/SIGINT; ``STOPPING=1``; stop accepting, let in-flight requests finish
    within ``shutdown-timeout``, cancel the rest, close the engine;
 6. remove the socket files we created, release the pid file.

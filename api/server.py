@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,23 @@ class Listener:
     path: Path | None = None
 
 
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer_name(transport: asyncio.BaseTransport) -> str:
+    """Who is on the other end: the address, or the process on a unix socket."""
+    peer = transport.get_extra_info("peername")
+    if peer:
+        return str(peer)
+    sock = transport.get_extra_info("socket")
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    except (AttributeError, OSError):
+        return "a unix socket client"
+    pid, uid, _gid = _PEERCRED.unpack(raw)
+    return f"a unix socket client (pid {pid}, uid {uid})"
+
+
 def _headers_too_large(exc: BaseException) -> bool:
     if isinstance(exc, LineTooLong):
         return True
@@ -68,10 +86,21 @@ class DockerRequestHandler(web.RequestHandler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.closed = asyncio.Event()
+        self.peer = "a client"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.peer = _peer_name(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed.set()
         super().connection_lost(exc)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # aiohttp names the client by its address, which is empty on a unix socket.
+        if len(args) == 2 and args[0] == "Error handling request from %s" and not args[1]:
+            args = (args[0], self.peer)
+        super().log_exception(*args, **kw)
 
     def handle_error(
         self,
@@ -98,7 +127,7 @@ class DockerRequestHandler(web.RequestHandler):
 
 
 class ListenerSite(web.BaseSite):
-    """Serve one bound socket with ``DockerRequestHandler`` (listen() happens here)."""
+    """Serve one listening socket with ``DockerRequestHandler`` (accepting starts here)."""
 
     def __init__(self, runner: web.BaseRunner, listener: Listener, backlog: int = BACKLOG):
         super().__init__(runner, backlog=backlog)
@@ -139,7 +168,8 @@ class ApiServer:
         )
 
     async def start(self) -> None:
-        """Run the app's startup (the engine starts here), then accept connections."""
+        """Run the app's startup (the engine starts here), then accept connections (the
+        ones that arrived meanwhile wait in the listen backlog)."""
         await self._runner.setup()
         for listener in self._listeners:
             site = ListenerSite(self._runner, listener)

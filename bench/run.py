@@ -604,6 +604,14 @@ def m_image_load(d: BaseDaemon, a: argparse.Namespace) -> float:
     return time.perf_counter() - t0
 
 
+def m_image_rmi(d: BaseDaemon, a: argparse.Namespace) -> float:
+    """The time to the reply; the files are deleted after it (wharfd) or before (dockerd)."""
+    _ensure_loaded(d, "small")
+    t0 = time.perf_counter()
+    docker_ok(d, "rmi", "bench-small:1", timeout=600)
+    return time.perf_counter() - t0
+
+
 def m_image_save(d: BaseDaemon, a: argparse.Namespace) -> float:
     _ensure_loaded(d, "big")
     out = fixtures().dir / f"save-{d.kind}.tar"
@@ -735,6 +743,8 @@ METRICS = [
            m_idle_rss),
     Metric("image_load", "docker load of a 200 MiB image", "s", "lower", "<= 0.8x",
            m_image_load, heavy=True),
+    Metric("image_rmi", "docker rmi of an image of 20 000 small files", "s", "lower",
+           "<= 0.5x", m_image_rmi, heavy=True),
     Metric("image_save", "docker save of a 200 MiB image", "s", "lower", "<= 0.7x",
            m_image_save, heavy=True),
     Metric("image_push", "docker push of 200 MiB to a local registry", "s", "lower",

@@ -34,7 +34,8 @@ from aiohttp import web
 from api import params
 from api.errors import json_bytes, json_response
 from api.versioning import request_version
-from engine.errors import InvalidParameter, NotSupported
+from engine.errors import InvalidParameter
+from engine.images import progress
 from engine.images.auth import AuthConfig, auth_from_object, decode_registry_auth
 from engine.images.catalog import ImageView
 from engine.images.changes import container_config
@@ -46,6 +47,7 @@ from engine.images.manager import (
     PruneReport,
 )
 from engine.images.progress import Progress, ProgressSink, progress_bar
+from engine.images.urlsource import UrlSource
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class ImageBackend(Protocol):
         message: str = "",
         platform: str | None = None,
     ) -> str: ...
+    async def open_import_url(self, source: str) -> UrlSource: ...
     def resolve(self, ref: str) -> ImageView: ...
     async def lower_dirs(self, image_id: str) -> builtins.list[Path]: ...
     async def tag(self, ref: str, repo: str, tag: str | None) -> str: ...
@@ -261,7 +264,7 @@ async def post_images_create(request: web.Request) -> web.StreamResponse:
     if not source:
         raise InvalidParameter("either fromImage or fromSrc must be set")
     if source != "-":
-        raise NotSupported("import from a URL is not implemented yet: use fromSrc=-")
+        return await _import_from_url(request, source)
     image_id = await _backend(request).import_image(
         request.content.iter_chunked(_UPLOAD_CHUNK),
         repo=query.get("repo") or None,
@@ -278,6 +281,31 @@ async def post_images_create(request: web.Request) -> web.StreamResponse:
     await response.write(json_bytes({"status": image_id}) + b"\r\n")
     await response.write_eof()
     return response
+
+
+async def _import_from_url(request: web.Request, source: str) -> web.StreamResponse:
+    """dockerd: the GET's failure is a plain HTTP error; then "Downloading from <url>",
+    the import, and the id, as progress messages."""
+    backend = _backend(request)
+    query = request.query
+
+    async def download_and_import(sink: ProgressSink) -> None:
+        remote = await backend.open_import_url(source)
+        try:
+            sink(progress.message(f"Downloading from {remote.url}"))
+            image_id = await backend.import_image(
+                remote.chunks(),
+                repo=query.get("repo") or None,
+                tag=query.get("tag") or None,
+                changes=query.getall("changes", []),
+                message=query.get("message", "") or f"Imported from {remote.url}",
+                platform=query.get("platform") or None,
+            )
+        finally:
+            await remote.close()
+        sink(progress.message(image_id))
+
+    return await ProgressStream(request).run(download_and_import)
 
 
 @routes.get("/images/json")

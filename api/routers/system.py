@@ -1,4 +1,4 @@
-"""``/_ping``, ``/version`` and ``/info``.
+"""``/_ping``, ``/version``, ``/info`` (and the swarm and plugin stand-ins).
 
 All three answer from cached facts (``SystemFacts``, probed once at start-up) plus a few
 in-memory counters, so they cost well under a millisecond and never wait on the runtime.
@@ -14,6 +14,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from api import params
 from api.errors import json_response
 from api.models.system import (
     ComponentVersion,
@@ -24,7 +25,7 @@ from api.models.system import (
     SystemVersion,
 )
 from api.versioning import API_VERSION, MIN_API_VERSION
-from engine.errors import NotSupported, Unavailable
+from engine.errors import InvalidParameter, NotSupported, Unavailable
 from engine.system.info import SystemFacts
 
 PLATFORM_NAME = "wharfd"
@@ -283,3 +284,19 @@ async def post_swarm_leave(_request: web.Request) -> web.Response:
 @routes.post("/swarm/join")
 async def post_swarm_init(_request: web.Request) -> web.Response:
     raise NotSupported("swarm mode is not supported by this daemon yet")
+
+
+# --- plugins --------------------------------------------------------------------------
+# No managed plugins exist yet: the list is empty, with dockerd's filter checks so that a
+# client's mistake is still a 400 (moby: plugin/backend_linux.go List).
+
+PLUGIN_FILTERS = frozenset({"enabled", "capability"})
+
+
+@routes.get("/plugins")
+async def get_plugins(request: web.Request) -> web.Response:
+    filters = params.filters_param(request, PLUGIN_FILTERS)
+    enabled = filters.get("enabled")
+    if enabled is not None and enabled not in (["true"], ["false"]):
+        raise InvalidParameter(f"Invalid filter 'enabled=[{' '.join(enabled)}]'")
+    return json_response([])

@@ -74,6 +74,7 @@ from engine.images.registry import Registries
 from engine.images.removal import PRUNE_FILTERS, PruneReport, RemovalMixin
 from engine.images.timefmt import parse_go_duration, parse_rfc3339, parse_timestamp, rfc3339_nano
 from engine.images.unpack import Readable, UnpackResult, run_fed, unpack
+from engine.images.urlsource import UrlSource, open_url_source
 from engine.layout import Layout
 from engine.locks import KeyedLock
 from engine.snapshots.base import Snapshotter
@@ -155,6 +156,7 @@ class ImageManager(RemovalMixin):
         self._leases: Counter[str] = Counter()
         self._usage: UsageSource = lambda _image_id: []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._reapers: set[asyncio.Task[None]] = set()  # removal.py: files of released layers
         self.registries = registries or Registries(
             config.insecure_registries if config else (),
             config.registry_mirrors if config else (),
@@ -206,6 +208,7 @@ class ImageManager(RemovalMixin):
         async with self._lock:
             await self._reload()
             await self._sweep()
+        self._reap_in_background()
 
     async def _reload(self) -> None:
         images, layers, tags, digests = await self._db.transaction(rows.read_all)
@@ -619,6 +622,10 @@ class ImageManager(RemovalMixin):
         )
 
     # ------------------------------------------------------------------ import
+    async def open_import_url(self, source: str) -> UrlSource:
+        """The GET of ``docker import <url>`` (errors are dockerd's, see urlsource.py)."""
+        return await open_url_source(source)
+
     async def import_image(
         self,
         stream: ImportSource,

@@ -5,7 +5,11 @@ A name is untagged; the image goes when its last reference goes and no container
 it (running containers and child images are hard conflicts, stopped containers and
 other names soft ones that ``force`` overrides); an untagged parent goes with its last
 child unless ``noprune``; layers (snapshot + blob) are released when no image uses
-them and no operation in flight leases them. An image deleted with ``force`` while a
+them and no operation in flight leases them. A released layer's snapshot is only
+marked (rule 3's first step, one statement) before the reply; its files, often most of
+the time an ``rmi`` takes, are deleted afterwards by a task the manager owns
+(``_reap_in_background``), and ``cleanup`` at the next start finishes what a crash
+interrupted. An image deleted with ``force`` while a
 stopped container still names it keeps a hidden row (``removed = 1``) because the
 container row refers to it; ``collect_removed()`` purges such rows once no container
 does.
@@ -19,8 +23,9 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from engine.errors import Conflict, EngineError, InvalidParameter, NotFound
 from engine.events import EventBus
@@ -43,6 +48,7 @@ log = logging.getLogger(__name__)
 
 PRUNE_FILTERS = frozenset({"dangling", "label", "label!", "until"})
 UsageSource = Callable[[str], list[tuple[str, bool]]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,10 @@ class RemovalMixin:
     _lock: asyncio.Lock
     _leases: Counter[str]
     _usage: UsageSource
+    _reapers: set[asyncio.Task[None]]
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        raise NotImplementedError
 
     async def _reload(self) -> None:
         raise NotImplementedError
@@ -83,7 +93,34 @@ class RemovalMixin:
             catalog = self._catalog
             if view.id not in catalog.images:
                 raise NotFound(f"No such image: {ref}")
-            return await self._remove_locked(catalog, view, ref, force, not noprune)
+            records = await self._remove_locked(catalog, view, ref, force, not noprune)
+        # Last, with no await after it: the reply goes out before the files are deleted.
+        self._reap_in_background()
+        return records
+
+    def _reap_in_background(self) -> None:
+        """Delete the files of released layers' snapshots in a task the manager owns
+        (``close`` awaits it; a crash leaves marked rows that ``cleanup`` finishes)."""
+        reaper = self.spawn(self._reap_snapshots())
+        self._reapers.add(reaper)
+        reaper.add_done_callback(self._reapers.discard)
+
+    async def released_files_deleted(self) -> None:
+        """Wait until the files of every layer released so far are gone (tests, tools)."""
+        while self._reapers:
+            reapers = builtins.list(self._reapers)
+            self._reapers.difference_update(reapers)
+            await asyncio.gather(*reapers, return_exceptions=True)
+
+    async def _reap_snapshots(self) -> None:
+        try:
+            removed = await self._snapshotter.finish_removals()
+        except EngineError as exc:
+            log.warning("images: deleting released layers' files failed (retried at the "
+                        "next start): %s", exc)
+            return
+        if removed:
+            log.debug("images: deleted the files of %d released layer(s)", len(removed))
 
     async def _remove_locked(
         self, catalog: Catalog, view: ImageView, ref: str, force: bool, prune: bool
@@ -216,7 +253,7 @@ class RemovalMixin:
             crash_point("remove_after_layer_row")
             await self._reload()
             try:
-                await self._snapshotter.remove(layer.snapshot_key)
+                await self._snapshotter.mark_removed(layer.snapshot_key)
             except NotFound:
                 pass
             except EngineError as exc:
@@ -236,7 +273,9 @@ class RemovalMixin:
         """Purge images deleted while containers named them, once none does (the
         container manager may call this after removing a container)."""
         async with self._lock:
-            return await self._collect_removed_locked()
+            purged = await self._collect_removed_locked()
+        self._reap_in_background()
+        return purged
 
     async def _collect_removed_locked(self) -> builtins.list[str]:
         purged = []
@@ -287,6 +326,7 @@ class RemovalMixin:
                 if self._usage(view.id):
                     continue
                 deleted += await self._prune_one(view, dangling_only)
+        self._reap_in_background()
         reclaimed = sum(layer_sizes.get(d["Deleted"], 0) for d in deleted if "Deleted" in d)
         return PruneReport(deleted, reclaimed)
 

@@ -258,6 +258,7 @@ class NetworkManager:
                 continue
             for binding in box.bindings:
                 self._holder.hold_exact(cid, binding)
+            await self._forward_v6_to_v4(cid, box)
             if any(self._networks[e.network_id].user_defined
                    for e in self.endpoints_of(cid) if e.plugged):
                 try:
@@ -550,11 +551,13 @@ class NetworkManager:
                 await self._plug_endpoint(ep, request.netns, f"eth{index}", first=index == 0,
                                           first6=ep is v6_first)
             wanted = ports.requests(request.exposed, request.bindings, request.publish_all)
-            # dockerd publishes on [::] as well when the container has an IPv6 address
-            v6_target = self._networks[endpoints[0].network_id].ipv6 is not None
+            # dockerd publishes on [::] as well: DNAT to the container's IPv6 address, or
+            # (its userland proxy's way) forwarded to its IPv4 address when it has none
+            also_v6 = (self._networks[endpoints[0].network_id].ipv6 is not None
+                       or ports.ipv6_listenable())
             async with self._lock:
                 for req in wanted:
-                    box.bindings.extend(self._hold(cid, req, v6_target))
+                    box.bindings.extend(self._hold(cid, req, also_v6))
                 await self._db.execute(
                     "INSERT OR REPLACE INTO sandboxes (container_id, netns, ports) "
                     "VALUES (?, ?, ?)",
@@ -562,21 +565,32 @@ class NetworkManager:
                      json.dumps([b.to_json() for b in box.bindings])),
                 )
                 await self._apply_rules_locked()
+            await self._forward_v6_to_v4(cid, box)
             if any(self._networks[e.network_id].user_defined for e in endpoints):
                 await self._resolver.serve(cid, request.netns)
         except BaseException:
             await self.unplug(cid)
             raise
 
-    def _hold(self, cid: str, req: ports.Request, v6_target: bool) -> list[ports.Binding]:
+    def _hold(self, cid: str, req: ports.Request, also_v6: bool) -> list[ports.Binding]:
         """Hold one published port; an every-address IPv4 one also on ``[::]`` (same
-        port, as dockerd's ``-P`` too) when the DNAT target has an IPv6 address."""
+        port, as dockerd's ``-P`` too)."""
         held = [self._holder.hold(cid, req)]
-        if v6_target and req.host_ip == "0.0.0.0":
+        if also_v6 and req.host_ip == "0.0.0.0":
             port = held[0].host_port
             held.append(self._holder.hold(cid, ports.Request(
                 req.container_port, req.proto, "::", (port, port))))
         return held
+
+    async def _forward_v6_to_v4(self, cid: str, box: _Sandbox) -> None:
+        """``[::]`` bindings of a container without IPv6 are served by forwarding (the
+        firewall has no rule for them: nftables cannot NAT IPv6 to IPv4)."""
+        target = next((e for e in self.endpoints_of(cid) if e.plugged), None)
+        if target is None or target.address is None or target.address6 is not None:
+            return
+        for binding in box.bindings:
+            if ports.is_ipv6(binding.host_ip):
+                await self._holder.forward(cid, binding, target.address)
 
     async def _plug_endpoint(self, ep: Endpoint, netns: Path, ifname: str, first: bool,
                              first6: bool = False) -> None:

@@ -3,7 +3,10 @@
 A published host port is held by a socket bound in the daemon's namespace for as long
 as the container runs (dockerd does the same when its userland proxy is off): another
 program cannot take it, and a second binding fails the way dockerd's does. Packets
-never reach these sockets; the nftables DNAT rules steer them to the container.
+never reach these sockets; the nftables DNAT rules steer them to the container. The
+exception is an every-address port's ``[::]`` binding for a container without IPv6
+(published as dockerd's default userland proxy publishes it): nftables cannot NAT
+IPv6 to IPv4, so that socket serves, forwarding to the container (engine/networks/proxy.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import InvalidParameter, SystemError_
+from engine.networks import proxy
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
@@ -139,7 +143,23 @@ def _socket(host_ip: str, proto: str) -> socket.socket:
     sock = socket.socket(socket.AF_INET6, _sock_type(proto))
     # "::" must not also take the IPv4 port: that is 0.0.0.0's own binding.
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    if proto == "tcp":
+        # A forwarded [::] port (proxy.py) has had connections of its own: their
+        # TIME_WAIT must not keep the port from the next container (Go's listeners,
+        # docker-proxy's, set this too).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     return sock
+
+
+def ipv6_listenable() -> bool:
+    """dockerd's IsV6Listenable: without IPv6 on the host (ipv6.disable=1) there is no
+    implicit ``[::]`` binding."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -156,6 +176,7 @@ class PortHolder:
 
     def __init__(self) -> None:
         self._held: dict[tuple[str, str, int], tuple[str, socket.socket]] = {}
+        self._forwarders: dict[tuple[str, str, int], proxy.Forwarder] = {}
 
     def _bind(self, owner: str, host_ip: str, proto: str, port: int) -> socket.socket:
         key = (host_ip, proto, port)
@@ -201,13 +222,28 @@ class PortHolder:
         except SystemError_:
             pass
 
+    async def forward(self, owner: str, binding: Binding, target_ip: str) -> None:
+        """Serve a held binding by forwarding to ``target_ip`` (see proxy.py)."""
+        key = (binding.host_ip, binding.proto, binding.host_port)
+        held = self._held.get(key)
+        if held is None or held[0] != owner or key in self._forwarders:
+            return
+        self._forwarders[key] = await proxy.forward(
+            held[1], binding.proto, (target_ip, binding.container_port))
+
     def release(self, owner: str) -> None:
         for key, (who, sock) in list(self._held.items()):
             if who == owner:
+                forwarder = self._forwarders.pop(key, None)
+                if forwarder is not None:
+                    forwarder.close()
                 sock.close()
                 del self._held[key]
 
     def close(self) -> None:
+        for forwarder in self._forwarders.values():
+            forwarder.close()
+        self._forwarders.clear()
         for _, sock in self._held.values():
             sock.close()
         self._held.clear()

@@ -13,7 +13,11 @@ Crash safety (architecture §3):
 - commit runs syncfs(2) on the snapshot's filesystem before the row says "committed", so a
   committed layer never has half-written files after a power cut.
 - remove marks the row ``removing``, deletes the files, then deletes the row (rule 3);
-  ``cleanup`` finishes any marked removal.
+  ``cleanup`` finishes any marked removal. ``mark_removed`` is the first step alone, for
+  callers that answer before the files go (``docker rmi``): the row is marked and renamed
+  to a tombstone key (``removing:<dir>``, no parent) in one statement, so the key can be
+  used again at once; ``finish_removals`` (a background task of the caller) deletes the
+  files and rows of every marked snapshot.
 - ``cleanup`` also drops active snapshots whose key starts with ``extract-`` (unpacks that
   never finished) and directories no row names.
 
@@ -46,6 +50,7 @@ from engine.store.db import Database
 log = logging.getLogger(__name__)
 
 EXTRACT_PREFIX = "extract-"
+TOMBSTONE_PREFIX = "removing:"
 # Present when the kernel knows overlay's inodes index; with the index on, an upper dir
 # stays "in use" and lower dirs get bound to their first upper, so turn it off.
 _INDEX_PARAM = "/sys/module/overlay/parameters/index"
@@ -69,6 +74,7 @@ class OverlaySnapshotter:
         self._rows: dict[str, _Row] = {}
         self._loaded = False
         self._lock = asyncio.Lock()  # guards metadata changes, never held across file work
+        self._reaping = asyncio.Lock()  # one finish_removals at a time
         self._index_off: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ loading
@@ -160,15 +166,46 @@ class OverlaySnapshotter:
         await self._ensure_loaded()
         async with self._lock:
             row = self._get(key)
-            children = [r.key for r in self._rows.values() if r.parent == key]
-            if children:
-                raise Conflict(
-                    f"cannot remove snapshot {key}: {len(children)} snapshot(s) depend on it"
-                )
+            self._check_no_children(key)
             await self._db.execute("UPDATE snapshots SET removing = 1 WHERE key = ?", (key,))
             self._rows[key] = replace(row, removing=True)
         crash_point("snapshot_remove_marked")
         await self._finish_remove(row)
+
+    async def mark_removed(self, key: str) -> None:
+        """Rule 3's mark, alone: ``key`` is gone (and free) once this returns; the files
+        stay until ``finish_removals`` (or the next ``cleanup``) deletes them."""
+        await self._ensure_loaded()
+        async with self._lock:
+            row = self._get(key)
+            self._check_no_children(key)
+            tombstone = TOMBSTONE_PREFIX + row.dir
+            await self._db.execute(
+                "UPDATE snapshots SET removing = 1, key = ?, parent = NULL WHERE key = ?",
+                (tombstone, key),
+            )
+            del self._rows[key]
+            self._rows[tombstone] = replace(row, key=tombstone, parent=None, removing=True)
+        crash_point("snapshot_remove_marked")
+
+    async def finish_removals(self) -> list[str]:
+        """Delete the files, then the rows, of every snapshot marked for removal (one
+        caller at a time; a later call finds what an earlier one left). Returns the keys."""
+        await self._ensure_loaded()
+        done: list[str] = []
+        async with self._reaping:
+            for row in [r for r in self._rows.values() if r.removing]:
+                crash_point("snapshot_reap_before_files")
+                await self._finish_remove(row)
+                done.append(row.key)
+        return done
+
+    def _check_no_children(self, key: str) -> None:
+        children = [r.key for r in self._rows.values() if r.parent == key]
+        if children:
+            raise Conflict(
+                f"cannot remove snapshot {key}: {len(children)} snapshot(s) depend on it"
+            )
 
     async def _finish_remove(self, row: _Row) -> None:
         try:

@@ -39,11 +39,13 @@ Names in use (keep this list in step with the code):
 
   image removal (engine/images/removal.py):
     remove_after_rows           image/tag rows deleted, layers and blobs not yet released
-    remove_after_layer_row      one layer row deleted, its snapshot not yet removed
+    remove_after_layer_row      one layer row deleted, its snapshot not yet marked
 
   snapshots (engine/snapshots/overlay.py):
     snapshot_after_rename       prepare: directory renamed into snapshots/, no row yet
     snapshot_remove_marked      remove: row marked removing, files still there
+    snapshot_reap_before_files  finish_removals (the background half of a removal, e.g.
+                                after rmi has answered): rows marked, files still there
 
   container start (engine/containers/runs.py):
     start_before_commit         the process runs (runc start done), its row still says

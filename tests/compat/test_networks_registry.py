@@ -129,8 +129,8 @@ def test_registry_in_a_container(docker_cli: DockerCLI, daemon: BaseDaemon) -> N
         cli.ok("run", "-d", "-p", "5000:5000", "--restart=always", "--name", name, image)
         info = json.loads(cli.ok("inspect", name))[0]
         assert info["HostConfig"]["RestartPolicy"]["Name"] == "always"
-        assert info["NetworkSettings"]["Ports"]["5000/tcp"] == [
-            {"HostIp": "0.0.0.0", "HostPort": "5000"}], info["NetworkSettings"]["Ports"]
+        assert info["NetworkSettings"]["Ports"]["5000/tcp"][0] == {
+            "HostIp": "0.0.0.0", "HostPort": "5000"}, info["NetworkSettings"]["Ports"]
         wait_for_registry(daemon)
         busybox_id = cli.ok("image", "inspect", "-f", "{{.Id}}", "busybox").strip()
         cli.ok("tag", "busybox", remote)

@@ -143,6 +143,42 @@ async def test_lifecycle_layers_and_a_container(env: Env) -> None:
 
 
 @pytest.mark.asyncio
+async def test_mark_removed_frees_the_key_and_finish_removals_deletes_later(env: Env) -> None:
+    """remove in two steps (rmi answers between them): a chain marked top first, the same
+    keys made again before any file went, then the old files deleted; a crash before
+    that is finished by ``cleanup``."""
+    sn = env.sn
+
+    async def chain(tag: bytes) -> None:
+        await sn.prepare("extract-a", None)
+        await asyncio.to_thread(_write, sn.writable_path("extract-a") / "f", tag)
+        await sn.commit("layer1", "extract-a")
+        await sn.prepare("extract-b", "layer1")
+        await sn.commit("layer2", "extract-b")
+
+    await chain(b"old")
+    old_dirs = set(await asyncio.to_thread(os.listdir, env.layout.snapshots_dir))
+    await sn.mark_removed("layer2")
+    await sn.mark_removed("layer1")  # its child is marked: no longer a dependant
+    for key in ("layer1", "layer2"):
+        with pytest.raises(NotFound):
+            await sn.stat(key)
+    assert set(await asyncio.to_thread(os.listdir, env.layout.snapshots_dir)) == old_dirs
+    await chain(b"new")  # the keys are free at once
+    await sn.mark_removed("layer2")
+    assert len(await sn.finish_removals()) == 3
+    left = set(await asyncio.to_thread(os.listdir, env.layout.snapshots_dir))
+    assert left.isdisjoint(old_dirs) and len(left) == 1
+    assert await _read(env.layout.snapshot_dir(left.pop()) / "fs" / "f") == b"new"
+
+    await sn.mark_removed("layer1")
+    restarted = env.factory(env.layout, env.db)  # a crash: nobody finished the removal
+    await restarted.cleanup()
+    assert await asyncio.to_thread(os.listdir, env.layout.snapshots_dir) == []
+    assert await env.db.query("SELECT key FROM snapshots") == []
+
+
+@pytest.mark.asyncio
 async def test_committed_views_are_read_only(env: Env) -> None:
     sn = env.sn
     await sn.prepare("a", None)

@@ -134,7 +134,9 @@ def _sha256_file(path: Path) -> str:
 
 
 async def _leftovers(stack: Stack) -> dict[str, Any]:
-    """Everything on disk and in the tables that an empty image store must not have."""
+    """Everything on disk and in the tables that an empty image store must not have
+    (once the files of removed layers, deleted after the reply, are gone)."""
+    await stack.images.released_files_deleted()
 
     def disk() -> dict[str, Any]:
         return {

@@ -77,6 +77,7 @@ int main(void) {
     errno = 0; printf("inet=%d\n", err(socket(AF_INET, SOCK_STREAM, 0)));
     errno = 0; printf("clone3=%d\n", err(syscall(435, NULL, 0)));
     errno = 0; printf("personality=%d\n", err(personality(0x0040000)));
+    errno = 0; printf("io_uring_setup=%d\n", err(syscall(425, 1, NULL)));
     return 0;
 }
 """
@@ -249,8 +250,11 @@ def test_syscalls_busybox_cannot_reach(workdir: Path, host: HostFacts) -> None:
     assert probe["inet"] == "0"
     assert probe["clone3"] == "38"  # ENOSYS (the kernel would say EINVAL)
     assert probe["personality"] == "1"
+    # Docker 25+ (and wharfd, docs/containers.md): io_uring is refused with EPERM
+    assert probe["io_uring_setup"] == "1"
     unconfined = run(workdir, host, security_opt=["seccomp=unconfined"]).sections["probe"]
     assert "clone3=38" not in unconfined
+    assert "io_uring_setup=1" not in unconfined  # the kernel itself allows it (EFAULT)
 
 
 def test_no_new_privileges_option(workdir: Path, host: HostFacts) -> None:

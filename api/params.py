@@ -8,10 +8,12 @@ JSON bodies follow ``httputils.CheckForJSON``/``ReadJSON`` of current dockerd.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from aiohttp import web
 
+from api.jsontext import replace_lone_surrogates
 from engine.errors import InvalidParameter
 
 _FALSE = frozenset({"", "0", "no", "false", "none"})
@@ -96,7 +98,17 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidParameter(f"invalid JSON: {exc}") from None
     if text[end:].strip():
         raise InvalidParameter("unexpected content after JSON")
+    if _ESCAPED_SURROGATE.search(text):
+        try:
+            value = replace_lone_surrogates(value)
+        except RecursionError:
+            raise InvalidParameter("invalid JSON: exceeded max depth") from None
     return value
+
+
+# A ``\ud800``-style escape: the only way a lone surrogate gets into decoded JSON (invalid
+# UTF-8 bytes were already replaced when the body was decoded).
+_ESCAPED_SURROGATE = re.compile(r"\\[uU][dD][89a-fA-F]")
 
 
 def _skip_ws(text: str, index: int) -> int:

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from api import params
 from api.errors import json_response
+from api.jsontext import replace_lone_surrogates
 from api.routers.images import ProgressStream
 from engine.builder.manager import BuildPruneReport
 from engine.builder.options import BuildOptions, RunLimits
@@ -130,7 +131,13 @@ def _json_map(raw: str | None, name: str, allow_null: bool) -> dict[str, Any]:
         isinstance(v, str) or (allow_null and v is None) for v in value.values()
     ):
         raise InvalidParameter(f"failed to parse {name}: expected a map of strings")
-    return value
+    for key, text in value.items():
+        if "\x00" in key or "\x00" in (text or ""):
+            # build args become a RUN step's environment, which cannot carry NUL
+            raise InvalidParameter(
+                f"invalid {name}: NUL byte (\\x00) not allowed: {key!r}"
+            )
+    return replace_lone_surrogates(value)  # type: ignore[no-any-return]
 
 
 def _json_list(raw: str | None, name: str) -> list[Any]:

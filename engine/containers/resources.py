@@ -15,12 +15,18 @@ from engine.errors import InvalidParameter
 MIN_MEMORY = 6 * 1024 * 1024
 MIN_CFS = 1000
 MAX_CFS_PERIOD = 1_000_000
+# The kernel's bounds: cpu.shares stops at 2^18 (cgroup v2's cpu.weight 10000 is what
+# runc makes of it), blkio weight is 10..1000, oom_score_adj -1000..1000.
+MAX_CPU_SHARES = 262_144
+MIN_BLKIO_WEIGHT, MAX_BLKIO_WEIGHT = 10, 1000
+MIN_OOM_SCORE_ADJ, MAX_OOM_SCORE_ADJ = -1000, 1000
 
 
 def validate(host_config: Mapping[str, Any], cpu_count: int | None = None) -> None:
     """Raise InvalidParameter for limits dockerd refuses at create (reliability.md B14)."""
     _validate_memory(host_config)
     _validate_cpu(host_config, cpu_count or os.cpu_count() or 1)
+    _validate_kernel_ranges(host_config)
 
 
 def _validate_memory(hc: Mapping[str, Any]) -> None:
@@ -43,6 +49,33 @@ def _validate_memory(hc: Mapping[str, Any]) -> None:
         )
     if reservation != 0 and reservation < MIN_MEMORY:
         raise InvalidParameter("Minimum memory reservation allowed is 6MB")
+
+
+def _validate_kernel_ranges(hc: Mapping[str, Any]) -> None:
+    """Values the kernel would refuse when the container starts: refused at create (and
+    update) instead, with dockerd's words where it has them."""
+    shares = int(hc.get("CpuShares") or 0)
+    if shares > MAX_CPU_SHARES:
+        raise InvalidParameter(
+            f"invalid CPU shares ({shares}): the maximum is {MAX_CPU_SHARES}"
+        )
+    weight = int(hc.get("BlkioWeight") or 0)
+    if weight and not MIN_BLKIO_WEIGHT <= weight <= MAX_BLKIO_WEIGHT:
+        raise InvalidParameter("Range of blkio weight is from 10 to 1000")
+    oom = int(hc.get("OomScoreAdj") or 0)
+    if not MIN_OOM_SCORE_ADJ <= oom <= MAX_OOM_SCORE_ADJ:
+        raise InvalidParameter(
+            f"Invalid value {oom}, range for oom score adj is [-1000, 1000]"
+        )
+    swappiness = hc.get("MemorySwappiness")
+    if swappiness is not None and swappiness != -1 and not 0 <= int(swappiness) <= 100:
+        raise InvalidParameter(
+            f"Invalid value: {swappiness}, valid memory swappiness range is 0-100"
+        )
+    rt_period = int(hc.get("CpuRealtimePeriod") or 0)
+    rt_runtime = int(hc.get("CpuRealtimeRuntime") or 0)
+    if rt_period and rt_runtime > rt_period:
+        raise InvalidParameter("cpu-rt-runtime cannot be higher than cpu-rt-period")
 
 
 def _validate_cpu(hc: Mapping[str, Any], cpu_count: int) -> None:

@@ -15,6 +15,7 @@ from engine.errors import InvalidParameter
 MIN_MEMORY = 6 * 1024 * 1024
 MIN_CFS = 1000
 MAX_CFS_PERIOD = 1_000_000
+MIN_NANO_CPUS = 10_000_000  # 0.01 CPUs: a 1 ms quota in the default 100 ms period
 # The kernel's bounds: cpu.shares stops at 2^18 (cgroup v2's cpu.weight 10000 is what
 # runc makes of it), blkio weight is 10..1000, oom_score_adj -1000..1000.
 MAX_CPU_SHARES = 262_144
@@ -86,7 +87,8 @@ def _validate_cpu(hc: Mapping[str, Any], cpu_count: int) -> None:
         raise InvalidParameter("Conflicting options: Nano CPUs and CPU Period cannot both be set")
     if nano and quota:
         raise InvalidParameter("Conflicting options: Nano CPUs and CPU Quota cannot both be set")
-    if nano < 0 or nano > cpu_count * 1_000_000_000:
+    # Below 0.01 CPUs the CFS quota would be under the kernel's 1 ms minimum.
+    if nano < 0 or nano > cpu_count * 1_000_000_000 or 0 < nano < MIN_NANO_CPUS:
         raise InvalidParameter(
             f"Range of CPUs is from 0.01 to {cpu_count:.2f}, as there are only "
             f"{cpu_count} CPUs available"
@@ -112,18 +114,38 @@ def _validate_cpuset(cpuset: str, cpu_count: int) -> None:
         )
 
 
+def validate_cpuset_mems(mems: str, available: str) -> None:
+    """``CpusetMems`` against the host's memory nodes (``available``, e.g. "0" or "0-1")."""
+    if not mems:
+        return
+    try:
+        requested = parse_cpu_list(mems)
+    except InvalidParameter:
+        raise InvalidParameter(f"invalid value {mems} for cpuset mems") from None
+    nodes = parse_cpu_list(available) if available else {0}
+    if not requested <= nodes:
+        raise InvalidParameter(
+            f"Requested memory nodes are not available - requested {mems}, "
+            f"available: {available or '0'}"
+        )
+
+
+# No host has more CPUs or memory nodes than this; a wider range is not expanded.
+_MAX_LIST_INDEX = 1 << 16
+
+
 def parse_cpu_list(text: str) -> set[int]:
+    """A cpuset list ("0-3,7") as a set; dockerd's ParseUintList (no signs, no blanks)."""
     cpus: set[int] = set()
     for part in text.split(","):
-        part = part.strip()
         low, dash, high = part.partition("-")
-        try:
-            if dash:
-                cpus.update(range(int(low), int(high) + 1))
-            else:
-                cpus.add(int(part))
-        except ValueError:
-            raise InvalidParameter(f"invalid value {text} for cpuset cpus") from None
+        if not (low.isascii() and low.isdigit()) or (
+                dash and not (high.isascii() and high.isdigit())):
+            raise InvalidParameter(f"invalid value {text} for cpuset cpus")
+        first, last = int(low), int(high) if dash else int(low)
+        if last < first or last >= _MAX_LIST_INDEX:
+            raise InvalidParameter(f"invalid value {text} for cpuset cpus")
+        cpus.update(range(first, last + 1))
     return cpus
 
 

@@ -28,6 +28,7 @@ from tests.harness.daemon import BaseDaemon
 pytestmark = pytest.mark.root
 
 V = "/v1.41"  # dockerd 20.10's maximum; wharfd serves it too
+LONE = "\ud800"  # a lone surrogate: JSON can carry it, UTF-8 cannot
 DOCKERD_2010_500 = ("dockerd 20.10 answers 500 for a body it cannot decode; upstream dockerd "
                     "answers 400 (reliability.md B2)")
 
@@ -281,6 +282,39 @@ def test_cpu_shares_beyond_the_kernel_are_refused_at_create(
     assert "CPU shares" in _message(resp)
 
 
+@pytest.mark.usefixtures("no_new_containers")
+def test_nano_cpus_below_a_hundredth_are_refused_at_create(
+    daemon: BaseDaemon, against_dockerd: bool
+) -> None:
+    """Found by test_body_fuzz: the CFS quota would be under the kernel's 1 ms."""
+    if against_dockerd:
+        pytest.skip("dockerd 20.10 accepts NanoCpus 10000 at create and fails at start")
+    resp = _post(daemon, "/containers/create",
+                 {"Image": "busybox", "Cmd": ["true"], "HostConfig": {"NanoCpus": 10000}})
+    assert resp.status == 400, resp.text
+    assert "Range of CPUs is from 0.01" in _message(resp)
+
+
+@pytest.mark.parametrize("mems", ["7", LONE, "0-99999999999"])
+def test_update_refuses_cpuset_mems_the_host_lacks(daemon: BaseDaemon, running: str,
+                                                   mems: str) -> None:
+    """Found by test_body_fuzz: `runc update` failed (500) on a node the host lacks."""
+    resp = _post(daemon, f"/containers/{running}/update", {"CpusetMems": mems})
+    assert resp.status == 400, resp.text
+    assert "cpuset mems" in _message(resp) or "memory nodes are not available" in _message(
+        resp)
+
+
+def test_update_of_blkio_weight_without_kernel_support_is_not_a_500(
+    daemon: BaseDaemon, running: str
+) -> None:
+    """Found by test_body_fuzz: without blkio.weight, `runc update` failed (500); dockerd
+    discards the weight with a warning, so does wharfd."""
+    resp = _post(daemon, f"/containers/{running}/update", {"BlkioWeight": 10})
+    assert resp.status == 200, resp.text
+    assert daemon.api("GET", f"{V}/containers/{running}/json").status == 200
+
+
 # ------------------------------------------------------------------ item 5: HostConfig
 def test_inspect_shows_dockerds_whole_host_config(daemon: BaseDaemon) -> None:
     resp = _post(daemon, "/containers/create?name=typed-hc", {"Image": "busybox", "Cmd": ["true"]})
@@ -315,9 +349,6 @@ def test_cpu_rt_options_given_at_create_appear_in_inspect(dclient: Any) -> None:
 
 
 # ------------------------------------------------------------------ item 3: surrogates
-LONE = "\ud800"
-
-
 def test_lone_surrogate_in_a_container_label_keeps_listings_working(
     daemon: BaseDaemon
 ) -> None:

@@ -24,7 +24,7 @@ from tests.harness.daemon import BaseDaemon
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _upstream_property(against_dockerd: bool) -> None:
     if against_dockerd:
         pytest.skip("dockerd 20.10 answers 500 for bodies it cannot decode (reliability.md "

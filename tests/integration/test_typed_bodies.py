@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.harness import rawhttp
 from tests.harness.busybox import files_tar
+from tests.harness.cli import import_busybox
 from tests.harness.daemon import BaseDaemon
 
 pytestmark = pytest.mark.root
@@ -455,3 +458,60 @@ def test_nul_in_a_build_arg_is_refused_before_building(daemon: BaseDaemon,
                       headers={"Content-Type": "application/x-tar"})
     assert resp.status == 400, resp.text
     assert "typed-nul-arg:latest" not in json.dumps(daemon.api_json("GET", V + "/images/json"))
+
+
+# ------------------------------------------------------------------ item 3: one bad record
+def _plant(daemon: BaseDaemon, sql: str, *args: Any) -> None:
+    with sqlite3.connect(daemon.data_root / "engine.db") as db:
+        assert db.execute(sql, args).rowcount == 1
+
+
+def test_every_listing_survives_one_bad_record(
+    fresh_daemon: BaseDaemon, busybox_tar: Path, against_dockerd: bool
+) -> None:
+    """Records stored before text was cleaned at decode (a lone surrogate), or damaged in
+    any other way, must not take a listing down: the others are listed, the bad one is
+    logged in one line. wharfd-only: the records are planted in wharfd's own store."""
+    if against_dockerd:
+        pytest.skip("plants records in wharfd's SQLite store")
+    daemon = fresh_daemon
+    import_busybox(daemon, busybox_tar)
+    ids = {}
+    for name in ("rec-ok", "rec-odd", "rec-bad"):
+        resp = _post(daemon, f"/containers/create?name={name}",
+                     {"Image": "busybox", "Cmd": ["true"], "Labels": {"l": "v"}})
+        assert resp.status == 201, resp.text
+        ids[name] = resp.json()["Id"]
+    assert _post(daemon, "/volumes/create", {"Name": "rec-vol"}).status == 201
+    assert _post(daemon, "/networks/create", {"Name": "rec-net"}).status == 201
+    daemon.stop()
+    # json.dumps writes the lone surrogate as a \ud800 escape, as an old record holds it
+    with sqlite3.connect(daemon.data_root / "engine.db") as db:
+        for name, labels in (("rec-odd", {"l": LONE}), ("rec-bad", "not an object")):
+            (text,) = db.execute("SELECT config FROM containers WHERE id = ?",
+                                 (ids[name],)).fetchone()
+            record = json.loads(text)
+            record["config"]["Labels"] = labels
+            db.execute("UPDATE containers SET config = ? WHERE id = ?",
+                       (json.dumps(record), ids[name]))
+    _plant(daemon, "UPDATE volumes SET labels = ? WHERE name = 'rec-vol'",
+           json.dumps({"l": LONE}))
+    log_start = daemon.log_size()
+    daemon.start()
+
+    listed = daemon.api("GET", V + "/containers/json?all=1")
+    assert listed.status == 200, listed.text
+    by_name = {c["Names"][0]: c for c in listed.json()}
+    assert by_name["/rec-ok"]["Labels"] == {"l": "v"}
+    assert by_name["/rec-odd"]["Labels"] == {"l": "\ufffd"}
+    assert "/rec-bad" not in by_name
+    inspect = daemon.api("GET", f"{V}/containers/rec-odd/json")
+    assert inspect.status == 200, inspect.text
+    volumes = daemon.api("GET", V + "/volumes")
+    assert volumes.status == 200, volumes.text
+    assert [v["Labels"] for v in volumes.json()["Volumes"] if v["Name"] == "rec-vol"] == [
+        {"l": "\ufffd"}]
+    assert daemon.api("GET", V + "/networks").status == 200
+    logged = [line for line in daemon.log_text(log_start).splitlines()
+              if ids["rec-bad"] in line and "left out" in line]
+    assert len(logged) == 1, daemon.log_tail(40, log_start)

@@ -330,10 +330,12 @@ def test_inspect_shows_dockerds_whole_host_config(daemon: BaseDaemon) -> None:
                     "CpuCount", "IOMaximumBandwidth"):
             assert host[key] == 0, key
         for key in ("BlkioDeviceReadBps", "BlkioWeightDevice", "DeviceRequests", "GroupAdd",
-                    "VolumesFrom", "Links", "MemorySwappiness"):
+                    "VolumesFrom", "Links", "MemorySwappiness", "Dns", "DnsOptions",
+                    "DnsSearch", "Devices", "PortBindings"):
             assert host[key] is None, key
         assert host["VolumeDriver"] == "" and host["UsernsMode"] == ""
         assert host["PublishAllPorts"] is False
+        assert host["ShmSize"] == 64 * 1024 * 1024  # the daemon's default, stored
     finally:
         daemon.api("DELETE", f"{V}/containers/typed-hc?force=1")
 

@@ -20,6 +20,8 @@ from aiohttp import web
 from api import params
 from api.errors import json_response
 from api.jsontext import replace_lone_surrogates
+from api.models.gojson import decode
+from api.models.hostconfig import HostConfig
 from api.routers.images import ProgressStream
 from engine.builder.manager import BuildPruneReport
 from engine.builder.options import BuildOptions, RunLimits
@@ -83,7 +85,7 @@ def build_options(request: web.Request) -> BuildOptions:
         raise InvalidParameter("The daemon on this platform does not support setting "
                                "security options on build")
     force_remove = params.bool_param(request, "forcerm")
-    return BuildOptions(
+    options = BuildOptions(
         dockerfile=query.get("dockerfile") or "Dockerfile",
         remote=query.get("remote", ""),
         tags=tuple(t for t in query.getall("t", []) if t),
@@ -116,6 +118,9 @@ def build_options(request: web.Request) -> BuildOptions:
         ),
         registry_auth=decode_registry_config(request.headers.get("X-Registry-Config")),
     )
+    # The RUN steps' HostConfig is typed like a create body's before the build starts.
+    decode(HostConfig, options.limits.host_config(), "container.HostConfig")
+    return options
 
 
 def _json_map(raw: str | None, name: str, allow_null: bool) -> dict[str, Any]:

@@ -517,3 +517,30 @@ def test_every_listing_survives_one_bad_record(
     logged = [line for line in daemon.log_text(log_start).splitlines()
               if ids["rec-bad"] in line and "left out" in line]
     assert len(logged) == 1, daemon.log_tail(40, log_start)
+
+
+# ------------------------------------------------------------------ build query options
+def _build(daemon: BaseDaemon, query: str) -> rawhttp.Response:
+    context = files_tar({"Dockerfile": "FROM busybox\nRUN true\n"})
+    return daemon.api("POST", f"{V}/build?t=typed-build-opts&{query}", context,
+                      headers={"Content-Type": "application/x-tar"})
+
+
+def test_build_ulimits_are_typed_before_building(daemon: BaseDaemon) -> None:
+    ulimits = urllib.parse.quote(json.dumps([{"Name": "nofile", "Soft": "x", "Hard": 1}]))
+    resp = _build(daemon, f"ulimits={ulimits}")
+    assert resp.status == 400, resp.text
+    assert re.search(r"cannot unmarshal string into Go struct field Ulimit\.(\w+\.)?Soft "
+                     "of type int64", _message(resp))
+    assert "typed-build-opts" not in json.dumps(daemon.api_json("GET", V + "/images/json"))
+
+
+@pytest.mark.parametrize("value", ["100000000000000000000000", "1_000", " 5"])
+def test_build_integer_options_are_go_int64(daemon: BaseDaemon, against_dockerd: bool,
+                                            value: str) -> None:
+    if against_dockerd:
+        pytest.skip("dockerd reads a malformed build integer as 0 (Int64ValueOrZero); "
+                    "wharfd refuses it, as it refuses other malformed integers")
+    resp = _build(daemon, f"memory={urllib.parse.quote(value)}")
+    assert resp.status == 400, resp.text
+    assert "invalid value for memory" in _message(resp)

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import field_validator
 
-from api.models.gojson import Int, Text, WireModel, decode, given, plain
+from api.models.gojson import Int, Text, WireModel, canonical_keys, decode, given, plain
 from api.models.hostconfig import HOST_CONFIG_ZERO, HealthConfig, StrSlice, UpdateConfig, str_slice
 from api.models.hostconfig import HostConfig as HostConfigWire
 from api.models.networks import NetworkingConfig as NetworkingConfigWire
@@ -72,12 +72,13 @@ def parse_create_body(data: Any) -> dict[str, Any]:
     if data is None:
         raise InvalidParameter("Config cannot be empty in order to create a container")
     request = decode(CreateRequest, data, "container.CreateRequest")
-    result = plain(request, data)
+    raw = canonical_keys(CreateRequest, data)
+    result = plain(request, raw)
     # Only what was given: the engine fills dockerd's defaults for the rest.
     result["HostConfig"] = (
-        given(request.HostConfig, data["HostConfig"]) if request.HostConfig is not None else {}
+        given(request.HostConfig, raw["HostConfig"]) if request.HostConfig is not None else {}
     )
-    result["NetworkingConfig"] = dict(data.get("NetworkingConfig") or {})
+    result["NetworkingConfig"] = dict(raw.get("NetworkingConfig") or {})
     return result
 
 

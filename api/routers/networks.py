@@ -15,6 +15,7 @@ from aiohttp import web
 from api import params
 from api.errors import json_response
 from api.jsontext import json_body_response, json_list_response
+from api.models.gojson import canonical_keys
 from api.models.networks import (
     ConnectIn,
     DisconnectIn,
@@ -110,7 +111,7 @@ async def post_networks_connect(request: web.Request) -> web.Response:
     data = await params.read_json(request)
     body = parse(ConnectIn, data, "network.ConnectOptions")
     # Checked by the model; the engine reads the settings as sent.
-    endpoint = dict(data.get("EndpointConfig") or {})
+    endpoint = dict(canonical_keys(ConnectIn, data).get("EndpointConfig") or {})
     await _backend(request).connect(request.match_info["id"], body.Container, endpoint)
     return web.Response(status=200)
 

@@ -115,3 +115,11 @@ def test_a_listing_leaves_out_the_record_it_cannot_render_and_logs_it(
     assert json.loads(body) == [{"Id": "a", "Text": "ok"}, {"Id": "odd", "Text": "\ufffd"}]
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "container bad" in lines[0] and "\n" not in lines[0]
+
+
+def test_a_create_body_with_keys_in_another_case_is_read_as_go_reads_it() -> None:
+    body = parse_create_body({"image": "busybox", "hostconfig": {"memory": 7 * 2**20},
+                              "networkingconfig": {"EndpointsConfig": {"n": {}}}})
+    assert body["Image"] == "busybox"
+    assert body["HostConfig"] == {"Memory": 7 * 2**20}
+    assert body["NetworkingConfig"] == {"EndpointsConfig": {"n": {}}}

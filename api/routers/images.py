@@ -33,7 +33,7 @@ from aiohttp import web
 
 from api import params
 from api.errors import json_bytes, json_response
-from api.jsontext import json_list_response
+from api.jsontext import json_body_response, json_list_response
 from api.models.containers import parse_commit_config
 from api.versioning import request_version
 from engine.errors import InvalidParameter, NotSupported
@@ -383,13 +383,13 @@ async def get_images_inspect(request: web.Request) -> web.Response:
     backend = _backend(request)
     view = backend.resolve(request.match_info["name"])
     dirs = await backend.lower_dirs(view.id)
-    return json_response(inspect_body(view, dirs, request_version(request)))
+    return json_body_response(inspect_body(view, dirs, request_version(request)))
 
 
 @routes.get("/images/{name:.*}/history")
 async def get_images_history(request: web.Request) -> web.Response:
     entries = _backend(request).history(request.match_info["name"])
-    return json_response([history_item(entry) for entry in entries])
+    return json_body_response([history_item(entry) for entry in entries])
 
 
 @routes.get("/images/{name:.*}/get")

@@ -393,6 +393,21 @@ def test_lone_surrogate_in_volume_and_network_labels_keeps_listings_working(
         daemon.api("DELETE", f"{V}/networks/typed-sn")
 
 
+def test_lone_surrogate_in_a_committed_label_keeps_images_listing(
+    daemon: BaseDaemon, running: str
+) -> None:
+    resp = _post(daemon, f"/commit?container={running}&repo=typed-surrogate-image",
+                 {"Labels": {"l": LONE}})
+    assert resp.status == 201, resp.text
+    try:
+        assert daemon.api("GET", V + "/images/json").status == 200
+        inspect = daemon.api("GET", f"{V}/images/typed-surrogate-image/json")
+        assert inspect.status == 200, inspect.text
+        assert inspect.json()["Config"]["Labels"]["l"] == "\ufffd"
+    finally:
+        daemon.api("DELETE", f"{V}/images/typed-surrogate-image?force=1")
+
+
 def test_lone_surrogate_in_a_container_name_is_refused(daemon: BaseDaemon) -> None:
     quoted = urllib.parse.quote("a" + LONE, errors="surrogatepass")
     resp = daemon.api("POST", f"{V}/containers/create?name={quoted}",

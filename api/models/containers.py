@@ -14,7 +14,16 @@ from typing import Any
 
 from pydantic import field_validator
 
-from api.models.gojson import Int, Text, WireModel, canonical_keys, decode, given, plain
+from api.models.gojson import (
+    EmptyStruct,
+    Int,
+    Text,
+    WireModel,
+    canonical_keys,
+    decode,
+    given,
+    plain,
+)
 from api.models.hostconfig import HOST_CONFIG_ZERO, HealthConfig, StrSlice, UpdateConfig, str_slice
 from api.models.hostconfig import HostConfig as HostConfigWire
 from api.models.networks import NetworkingConfig as NetworkingConfigWire
@@ -34,7 +43,7 @@ class ContainerConfigIn(WireModel):
     AttachStdin: bool = False
     AttachStdout: bool = False
     AttachStderr: bool = False
-    ExposedPorts: dict[Text, dict[str, Any]] | None = None
+    ExposedPorts: dict[Text, EmptyStruct] | None = None
     Tty: bool = False
     OpenStdin: bool = False
     StdinOnce: bool = False
@@ -43,7 +52,7 @@ class ContainerConfigIn(WireModel):
     Healthcheck: HealthConfig | None = None
     ArgsEscaped: bool | None = None
     Image: Text = ""
-    Volumes: dict[Text, dict[str, Any]] | None = None
+    Volumes: dict[Text, EmptyStruct] | None = None
     WorkingDir: Text = ""
     Entrypoint: StrSlice | None = None
     NetworkDisabled: bool | None = None

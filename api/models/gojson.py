@@ -24,6 +24,7 @@ from typing import Annotated, Any, ClassVar, TypeVar, Union
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -41,8 +42,13 @@ class GoType:
     name: str
 
 
+def _null_is(zero: Any) -> BeforeValidator:
+    """Go stores its zero value where JSON says null (in a list or a map too)."""
+    return BeforeValidator(lambda value: zero if value is None else value)
+
+
 def _go_int(name: str, low: int, high: int) -> Any:
-    return Annotated[int, Field(ge=low, le=high), GoType(name)]
+    return Annotated[int, _null_is(0), Field(ge=low, le=high), GoType(name)]
 
 
 Int64 = _go_int("int64", -(2**63), 2**63 - 1)
@@ -61,7 +67,9 @@ def _refuse_nul(text: str) -> str:
 
 # Text that reaches the kernel or a file (argv, environment, paths, names, labels): a NUL
 # byte cannot travel there, so it is refused at the request instead of failing later.
-Text = Annotated[str, AfterValidator(_refuse_nul)]
+Text = Annotated[str, _null_is(""), AfterValidator(_refuse_nul)]
+# ``map[string]struct{}`` values (ExposedPorts, Volumes): only an object (or null) fits.
+EmptyStruct = Annotated[dict[str, Any], _null_is({}), GoType("struct {}")]
 
 _JSON_KINDS: dict[type, str] = {
     bool: "bool", int: "number", float: "number", str: "string", list: "array",

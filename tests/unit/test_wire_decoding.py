@@ -123,3 +123,13 @@ def test_a_create_body_with_keys_in_another_case_is_read_as_go_reads_it() -> Non
     assert body["Image"] == "busybox"
     assert body["HostConfig"] == {"Memory": 7 * 2**20}
     assert body["NetworkingConfig"] == {"EndpointsConfig": {"n": {}}}
+
+
+def test_null_inside_lists_and_maps_is_the_zero_value_as_in_go() -> None:
+    body = parse_create_body({"Image": "b", "Labels": {"a": None},
+                              "ExposedPorts": {"80/tcp": None},
+                              "HostConfig": {"ConsoleSize": [None, 3]}})
+    assert body["Labels"] == {"a": ""}
+    assert body["ExposedPorts"] == {"80/tcp": {}}
+    assert body["HostConfig"]["ConsoleSize"] == [0, 3]
+    assert "of type struct {}" in _refusal({"Image": "b", "ExposedPorts": {"80/tcp": 1}})

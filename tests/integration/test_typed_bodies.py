@@ -187,6 +187,20 @@ def test_exec_create_refuses_wrong_types(daemon: BaseDaemon, against_dockerd: bo
     _assert_unmarshal_refused(resp, pattern, against_dockerd, dockerd_2010_500=False)
 
 
+@pytest.mark.parametrize("keys", ["\u00e9", LONE, "ctrl-\u00e9"])
+def test_exec_detach_keys_that_are_not_bytes_are_refused(
+    daemon: BaseDaemon, against_dockerd: bool, running: str, keys: str
+) -> None:
+    """Found by test_body_fuzz: a non-ASCII one-character key was a 500 (a Python
+    error); now the same refusal as any other bad key."""
+    resp = _post(daemon, f"/containers/{running}/exec", {"Cmd": ["true"], "DetachKeys": keys})
+    assert "Invalid escape keys" in _message(resp)
+    if against_dockerd and resp.status == 500:
+        pytest.xfail("dockerd returns its 'Invalid escape keys' as a plain error (500); "
+                     "wharfd answers 400 for every invalid key")
+    assert resp.status == 400, resp.text
+
+
 def test_exec_console_size_is_typed(daemon: BaseDaemon, against_dockerd: bool,
                                     running: str) -> None:
     if against_dockerd:

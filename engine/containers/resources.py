@@ -15,6 +15,7 @@ from engine.errors import InvalidParameter
 MIN_MEMORY = 6 * 1024 * 1024
 MIN_CFS = 1000
 MAX_CFS_PERIOD = 1_000_000
+MAX_CFS_QUOTA = (1 << 44) - 1  # the kernel's max_cfs_runtime, in microseconds
 MIN_NANO_CPUS = 10_000_000  # 0.01 CPUs: a 1 ms quota in the default 100 ms period
 # The kernel's bounds: cpu.shares stops at 2^18 (cgroup v2's cpu.weight 10000 is what
 # runc makes of it), blkio weight is 10..1000, oom_score_adj -1000..1000.
@@ -100,6 +101,10 @@ def _validate_cpu(hc: Mapping[str, Any], cpu_count: int) -> None:
         )
     if quota > 0 and quota < MIN_CFS:
         raise InvalidParameter("CPU cfs quota can not be less than 1ms (i.e. 1000)")
+    if quota > MAX_CFS_QUOTA:
+        raise InvalidParameter(
+            f"CPU cfs quota can not be larger than {MAX_CFS_QUOTA} (the kernel's limit)"
+        )
     _validate_cpuset(str(hc.get("CpusetCpus") or ""), cpu_count)
 
 

@@ -95,7 +95,9 @@ def _devices(host_config: dict[str, Any]) -> list[spec.ResolvedDevice]:
 
 
 def _ulimits(host_config: dict[str, Any]) -> list[tuple[str, int, int]]:
-    return [(u["Name"], int(u["Soft"]), int(u["Hard"])) for u in host_config.get("Ulimits") or []]
+    # Keys left out are Go's zero values; an empty name is then refused by the spec.
+    return [(str(u.get("Name") or ""), int(u.get("Soft") or 0), int(u.get("Hard") or 0))
+            for u in host_config.get("Ulimits") or []]
 
 
 def _network(netns_path: Path | None, host_config: dict[str, Any]) -> spec.NamespaceChoice:

@@ -322,6 +322,29 @@ def test_update_refuses_cpuset_mems_the_host_lacks(daemon: BaseDaemon, running: 
         resp)
 
 
+def test_an_empty_ulimit_is_refused_at_create(daemon: BaseDaemon,
+                                              against_dockerd: bool) -> None:
+    """Found by test_body_fuzz: ``Ulimits: [{}]`` was a 500 (a missing key)."""
+    resp = _post(daemon, "/containers/create?name=typed-ulimit",
+                 {"Image": "busybox", "Cmd": ["true"], "HostConfig": {"Ulimits": [{}]}})
+    if against_dockerd and resp.status == 201:
+        daemon.api("DELETE", f"{V}/containers/typed-ulimit?force=1")
+        pytest.xfail("dockerd 20.10 accepts an unnamed ulimit at create (start fails)")
+    assert resp.status == 400, resp.text
+    assert "invalid ulimit type" in _message(resp)
+
+
+def test_update_refuses_a_cpu_quota_beyond_the_kernel(daemon: BaseDaemon,
+                                                      against_dockerd: bool,
+                                                      running: str) -> None:
+    """Found by test_body_fuzz: `runc update` failed (500) on a quota of 2^44 us."""
+    resp = _post(daemon, f"/containers/{running}/update", {"CpuQuota": 1 << 44})
+    if against_dockerd and resp.status == 500:
+        pytest.xfail("dockerd 20.10 passes it to the runtime, which fails (500)")
+    assert resp.status == 400, resp.text
+    assert "CPU cfs quota" in _message(resp)
+
+
 def test_update_of_blkio_weight_without_kernel_support_is_not_a_500(
     daemon: BaseDaemon, running: str
 ) -> None:

@@ -243,6 +243,14 @@ def test_network_and_volume_bodies_refuse_wrong_types(
     _assert_unmarshal_refused(resp, pattern, against_dockerd, dockerd_2010_500=False)
 
 
+def test_auth_body_is_typed_and_never_quoted(daemon: BaseDaemon, against_dockerd: bool) -> None:
+    resp = _post(daemon, "/auth", {"username": 1, "password": "s3cret-pw",
+                                   "serveraddress": "127.0.0.1:1"})
+    assert "s3cret-pw" not in resp.text
+    _assert_unmarshal_refused(resp, r"number into Go struct field AuthConfig\.username of "
+                              "type string", against_dockerd, dockerd_2010_500=True)
+
+
 def test_nulls_and_unknown_fields_are_accepted(daemon: BaseDaemon) -> None:
     """docker-py and the CLI send null for what they leave unset; unknown keys are
     ignored, as Go ignores them."""

@@ -577,6 +577,11 @@ def test_every_listing_survives_one_bad_record(
     logged = [line for line in daemon.log_text(log_start).splitlines()
               if ids["rec-bad"] in line and "left out" in line]
     assert len(logged) == 1, daemon.log_tail(40, log_start)
+    # a filter that must look into the damaged record leaves it out too
+    filtered = daemon.api("GET", V + "/containers/json?all=1&filters=" + urllib.parse.quote(
+        json.dumps({"label": ["l"]})))
+    assert filtered.status == 200, filtered.text
+    assert sorted(c["Names"][0] for c in filtered.json()) == ["/rec-odd", "/rec-ok"]
 
 
 # ------------------------------------------------------------------ build query options

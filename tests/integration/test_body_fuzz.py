@@ -33,7 +33,7 @@ def _upstream_property(against_dockerd: bool) -> None:
 
 V = "/v1.47"
 # Fixed examples (derandomize) so a failure reproduces; each example has a deadline.
-FUZZ = settings(max_examples=60, deadline=5000, derandomize=True,
+FUZZ = settings(max_examples=150, deadline=5000, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 LISTINGS = ("/containers/json?all=1", "/images/json", "/volumes", "/networks")
 

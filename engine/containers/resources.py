@@ -19,9 +19,11 @@ MAX_CFS_QUOTA = (1 << 44) - 1  # the kernel's max_cfs_runtime, in microseconds
 MIN_NANO_CPUS = 10_000_000  # 0.01 CPUs: a 1 ms quota in the default 100 ms period
 # The kernel's bounds: cpu.shares stops at 2^18 (cgroup v2's cpu.weight 10000 is what
 # runc makes of it), blkio weight is 10..1000, oom_score_adj -1000..1000.
-MAX_CPU_SHARES = 262_144
+MIN_CPU_SHARES, MAX_CPU_SHARES = 2, 262_144
 MIN_BLKIO_WEIGHT, MAX_BLKIO_WEIGHT = 10, 1000
 MIN_OOM_SCORE_ADJ, MAX_OOM_SCORE_ADJ = -1000, 1000
+MAX_PIDS_LIMIT = 4 * 1024 * 1024  # PID_MAX_LIMIT: pids.max refuses more
+INT64_MAX = 2**63 - 1
 
 
 def validate(host_config: Mapping[str, Any], cpu_count: int | None = None) -> None:
@@ -61,6 +63,8 @@ def _validate_kernel_ranges(hc: Mapping[str, Any]) -> None:
         raise InvalidParameter(
             f"invalid CPU shares ({shares}): the maximum is {MAX_CPU_SHARES}"
         )
+    if 0 < shares < MIN_CPU_SHARES:
+        raise InvalidParameter(f"invalid CPU shares ({shares}): the minimum is {MIN_CPU_SHARES}")
     weight = int(hc.get("BlkioWeight") or 0)
     if weight and not MIN_BLKIO_WEIGHT <= weight <= MAX_BLKIO_WEIGHT:
         raise InvalidParameter("Range of blkio weight is from 10 to 1000")
@@ -73,6 +77,11 @@ def _validate_kernel_ranges(hc: Mapping[str, Any]) -> None:
     if swappiness is not None and swappiness != -1 and not 0 <= int(swappiness) <= 100:
         raise InvalidParameter(
             f"Invalid value: {swappiness}, valid memory swappiness range is 0-100"
+        )
+    pids = hc.get("PidsLimit")
+    if pids is not None and int(pids) > MAX_PIDS_LIMIT:
+        raise InvalidParameter(
+            f"invalid PIDs limit {pids}: the kernel allows at most {MAX_PIDS_LIMIT}"
         )
     rt_period = int(hc.get("CpuRealtimePeriod") or 0)
     rt_runtime = int(hc.get("CpuRealtimeRuntime") or 0)
@@ -157,5 +166,5 @@ def parse_cpu_list(text: str) -> set[int]:
 def swap_limit(memory: int, memory_swap: int, swap_supported: bool) -> int:
     """Docker's default: with a memory limit and no swap setting, swap is as large again."""
     if memory > 0 and memory_swap == 0 and swap_supported:
-        return memory * 2
+        return min(memory * 2, INT64_MAX)  # the runtime reads it as an int64
     return memory_swap

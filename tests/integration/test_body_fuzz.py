@@ -209,6 +209,40 @@ def test_container_create_bodies(daemon: BaseDaemon) -> None:
     _fuzz(daemon, "/containers/create", _mutated(CREATE_TEMPLATE, CREATE_PATHS))
 
 
+# What the host or other containers decide (mounts, namespaces, networks) stays out: a
+# start may fail there for reasons of its own. The rest must start once created.
+START_PATHS = [p for p in CREATE_PATHS if p[-1] not in (
+    "Image", "HostConfig", "NetworkingConfig", "Binds", "Mounts", "Devices", "NetworkMode",
+    "Links", "VolumesFrom", "IpcMode", "PidMode", "UTSMode", "CgroupParent", "Cmd",
+    "Entrypoint", "User", "WorkingDir", "Runtime")]
+
+
+@pytest.mark.usefixtures("cleanup")
+def test_what_create_accepts_starts(daemon: BaseDaemon) -> None:
+    """A body accepted at create (201) is not a 5xx at start: values the kernel or the
+    runtime would refuse are refused at create (a CpuShares of 10^23 was accepted)."""
+
+    def body_with(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(json.dumps(CREATE_TEMPLATE))
+        (body["HostConfig"] if len(path) == 2 else body)[path[-1]] = value
+        return body
+
+    @FUZZ
+    @given(st.builds(body_with, st.sampled_from(START_PATHS), WELL_TYPED))
+    def check(body: dict[str, Any]) -> None:
+        created = _send(daemon, "/containers/create", body)
+        if created.status != 201:
+            return
+        cid = created.json()["Id"]
+        try:
+            started = daemon.api("POST", f"{V}/containers/{cid}/start")
+            assert started.status < 500, (json.dumps(body)[:300], started.text[:300])
+        finally:
+            daemon.api("DELETE", f"{V}/containers/{cid}?force=1")
+
+    check()
+
+
 @pytest.mark.usefixtures("cleanup")
 def test_container_update_bodies(daemon: BaseDaemon, targets: dict[str, str]) -> None:
     for name in ("fuzz-running", "fuzz-created"):

@@ -353,6 +353,67 @@ def test_update_refuses_a_cpu_quota_beyond_the_kernel(daemon: BaseDaemon,
     assert "CPU cfs quota" in _message(resp)
 
 
+MAC_REASON = ("dockerd 20.10 does not check a requested MAC address (upstream refuses it: "
+              "'invalid MAC address', validateEndpointSettings); the reference also runs "
+              "without a default bridge")
+
+
+@pytest.mark.parametrize(("extra", "pattern"), [
+    ({"HostConfig": {"CpuShares": 1}}, "CPU shares"),
+    ({"HostConfig": {"PidsLimit": 6 * 2**20}}, "PIDs limit"),
+    ({"MacAddress": "80/tcp"}, "invalid MAC address"),
+    ({"NetworkingConfig": {"EndpointsConfig": {"bridge": {"MacAddress": "zz"}}}},
+     "invalid MAC address"),
+])
+def test_what_would_fail_at_start_is_refused_at_create(
+    daemon: BaseDaemon, against_dockerd: bool, extra: dict[str, Any], pattern: str
+) -> None:
+    """Found by test_body_fuzz's start check: each was 201 at create, then 500 at start."""
+    if against_dockerd and "MAC" in pattern:
+        pytest.skip(MAC_REASON)
+    resp = _post(daemon, "/containers/create?name=typed-start",
+                 {"Image": "busybox", "Cmd": ["true"], **extra})
+    if against_dockerd and resp.status == 201:
+        started = daemon.api("POST", f"{V}/containers/typed-start/start")
+        daemon.api("DELETE", f"{V}/containers/typed-start?force=1")
+        if started.status >= 500:
+            pytest.xfail("dockerd 20.10 accepts it at create and fails at start (500)")
+    assert resp.status == 400, resp.text
+    assert pattern in _message(resp)
+
+
+def test_a_huge_memory_limit_starts(daemon: BaseDaemon, against_dockerd: bool) -> None:
+    """Found by test_body_fuzz: the default swap (twice the memory) overflowed int64."""
+    resp = _post(daemon, "/containers/create?name=typed-bigmem",
+                 {"Image": "busybox", "Cmd": ["true"], "HostConfig": {"Memory": 2**62}})
+    try:
+        assert resp.status == 201, resp.text
+        started = daemon.api("POST", f"{V}/containers/typed-bigmem/start")
+        if against_dockerd and started.status >= 500:
+            pytest.xfail("dockerd 20.10 fails at start")
+        assert started.status == 204, started.text
+    finally:
+        daemon.api("DELETE", f"{V}/containers/typed-bigmem?force=1")
+
+
+def test_connect_refuses_a_malformed_mac_address(daemon: BaseDaemon, against_dockerd: bool,
+                                                 running: str) -> None:
+    if against_dockerd:
+        pytest.skip(MAC_REASON)
+    network = _post(daemon, "/networks/create", {"Name": "typed-mac-net"})
+    assert network.status == 201, network.text
+    try:
+        resp = _post(daemon, "/networks/typed-mac-net/connect",
+                     {"Container": running, "EndpointConfig": {"MacAddress": "not-a-mac"}})
+        assert resp.status == 400, resp.text
+        assert "MAC address" in _message(resp)
+    finally:
+        daemon.api("POST", f"{V}/networks/typed-mac-net/disconnect",
+                   json.dumps({"Container": running, "Force": True}).encode(),
+                   headers={"Content-Type": "application/json"})
+        daemon.api("DELETE", f"{V}/networks/typed-mac-net")
+
+
 def test_update_of_blkio_weight_without_kernel_support_is_not_a_500(
     daemon: BaseDaemon, running: str
 ) -> None:

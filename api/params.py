@@ -8,12 +8,16 @@ JSON bodies follow ``httputils.CheckForJSON``/``ReadJSON`` of current dockerd.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from aiohttp import web
 
+from api.jsontext import replace_lone_surrogates
 from engine.errors import InvalidParameter
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_GO_INTEGER = re.compile(r"[+-]?[0-9]+")
 _FALSE = frozenset({"", "0", "no", "false", "none"})
 # dockerd reads JSON bodies without a limit and accepts a 64 MiB label value; we allow a
 # 64 MiB payload plus room for the rest of the document, and answer 413 beyond that.
@@ -35,9 +39,15 @@ def int_param(request: web.Request, name: str, default: int | None = None) -> in
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        if not _GO_INTEGER.fullmatch(raw):
+            raise ValueError(raw)  # int() would also take "1_000" and " 5"
+        value = int(raw)
     except ValueError:
         raise InvalidParameter(f"invalid value for {name}: {raw!r}: invalid syntax") from None
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        # dockerd parses query integers as Go int64 (strconv.ParseInt)
+        raise InvalidParameter(f"invalid value for {name}: {raw!r}: value out of range")
+    return value
 
 
 def filters_param(request: web.Request, allowed: frozenset[str] | set[str]) -> dict[str, list[str]]:
@@ -96,7 +106,17 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidParameter(f"invalid JSON: {exc}") from None
     if text[end:].strip():
         raise InvalidParameter("unexpected content after JSON")
+    if _ESCAPED_SURROGATE.search(text):
+        try:
+            value = replace_lone_surrogates(value)
+        except RecursionError:
+            raise InvalidParameter("invalid JSON: exceeded max depth") from None
     return value
+
+
+# A ``\ud800``-style escape: the only way a lone surrogate gets into decoded JSON (invalid
+# UTF-8 bytes were already replaced when the body was decoded).
+_ESCAPED_SURROGATE = re.compile(r"\\[uU][dD][89a-fA-F]")
 
 
 def _skip_ws(text: str, index: int) -> int:

@@ -1,136 +1,117 @@
 """Wire models for containers: the create body in, inspect and list objects out.
 
-The create body is type-checked like the Go server decodes it (a wrong JSON type is a
-400 "invalid JSON: json: cannot unmarshal …"); unknown fields are ignored. Keys of
-HostConfig that we do not model are kept as sent, because inspect echoes them back.
+The create body is type-checked like the Go server decodes it (a wrong JSON type or an
+integer out of its Go type's range is a 400 "invalid JSON: json: cannot unmarshal …");
+unknown fields are ignored, as dockerd ignores them (api.models.gojson).
 """
 
 from __future__ import annotations
 
+import copy
 import shlex
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import field_validator
 
+from api.models.gojson import (
+    EmptyStruct,
+    Int,
+    Text,
+    WireModel,
+    canonical_keys,
+    decode,
+    given,
+    plain,
+)
+from api.models.hostconfig import HOST_CONFIG_ZERO, HealthConfig, StrSlice, UpdateConfig, str_slice
+from api.models.hostconfig import HostConfig as HostConfigWire
+from api.models.networks import NetworkingConfig as NetworkingConfigWire
 from engine.containers.model import ZERO_TIME, ContainerView
 from engine.containers.state import Status
 from engine.errors import InvalidParameter
 
-StrList = list[str] | None
 
+class ContainerConfigIn(WireModel):
+    """``container.Config``: the container's own settings (create, commit)."""
 
-def _str_slice(value: Any) -> Any:
-    # Go's strslice accepts a JSON string as a one-element list.
-    if isinstance(value, str):
-        return [value]
-    return value
+    GO_NAME = "Config"
 
-
-class ContainerConfigIn(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    Hostname: str = ""
-    Domainname: str = ""
-    User: str = ""
+    Hostname: Text = ""
+    Domainname: Text = ""
+    User: Text = ""
     AttachStdin: bool = False
     AttachStdout: bool = False
     AttachStderr: bool = False
-    ExposedPorts: dict[str, dict[str, Any]] | None = None
+    ExposedPorts: dict[Text, EmptyStruct] | None = None
     Tty: bool = False
     OpenStdin: bool = False
     StdinOnce: bool = False
-    Env: StrList = None
-    Cmd: StrList = None
-    Healthcheck: dict[str, Any] | None = None
+    Env: list[Text] | None = None
+    Cmd: StrSlice | None = None
+    Healthcheck: HealthConfig | None = None
     ArgsEscaped: bool | None = None
-    Image: str = ""
-    Volumes: dict[str, dict[str, Any]] | None = None
-    WorkingDir: str = ""
-    Entrypoint: StrList = None
+    Image: Text = ""
+    Volumes: dict[Text, EmptyStruct] | None = None
+    WorkingDir: Text = ""
+    Entrypoint: StrSlice | None = None
     NetworkDisabled: bool | None = None
-    MacAddress: str | None = None
-    OnBuild: StrList = None
-    Labels: dict[str, str] | None = None
-    StopSignal: str | None = None
-    StopTimeout: int | None = None
-    Shell: StrList = None
+    MacAddress: Text | None = None
+    OnBuild: list[Text] | None = None
+    Labels: dict[Text, Text] | None = None
+    StopSignal: Text | None = None
+    StopTimeout: Int | None = None
+    Shell: StrSlice | None = None
 
-    _slices = field_validator("Cmd", "Entrypoint", "Shell", mode="before")(_str_slice)
-
-
-class HostConfigIn(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    Binds: StrList = None
-    NetworkMode: str = ""
-    AutoRemove: bool = False
-    Privileged: bool = False
-    ReadonlyRootfs: bool = False
-    CapAdd: StrList = None
-    CapDrop: StrList = None
-    SecurityOpt: StrList = None
-    ExtraHosts: StrList = None
-    Dns: StrList = None
-    DnsSearch: StrList = None
-    DnsOptions: StrList = None
-    ConsoleSize: list[int] | None = None
-    Memory: int = 0
-    MemorySwap: int = 0
-    NanoCpus: int = 0
-    CpuShares: int = 0
-    CpuPeriod: int = 0
-    CpuQuota: int = 0
-    PidsLimit: int | None = None
-    ShmSize: int = 0
-    Runtime: str = ""
-    Init: bool | None = None
-    RestartPolicy: dict[str, Any] | None = None
-    LogConfig: dict[str, Any] | None = None
+    _slices = field_validator("Cmd", "Entrypoint", "Shell", mode="before")(str_slice)
 
 
-class CreateBody(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+class CreateRequest(ContainerConfigIn):
+    """``container.CreateRequest``: Config's keys at the top, HostConfig and
+    NetworkingConfig beside them. ``POST /commit`` decodes its body the same way."""
 
-    HostConfig: HostConfigIn | None = None
-    NetworkingConfig: dict[str, Any] | None = None
+    GO_NAME = "CreateRequest"
 
-
-_GO_TYPES = {bool: "bool", int: "number", float: "number", str: "string", list: "array",
-             dict: "object", type(None): "null"}
+    HostConfig: HostConfigWire | None = None
+    NetworkingConfig: NetworkingConfigWire | None = None
 
 
 def parse_create_body(data: Any) -> dict[str, Any]:
     """Validate a create body; return plain dicts in Docker's shapes (Config keys at top)."""
     if data is None:
         raise InvalidParameter("Config cannot be empty in order to create a container")
-    if not isinstance(data, dict):
-        raise InvalidParameter(
-            f"invalid JSON: json: cannot unmarshal {_GO_TYPES.get(type(data), 'value')} into "
-            "Go value of type container.CreateRequest"
-        )
-    try:
-        config = ContainerConfigIn.model_validate(data)
-        wrapper = CreateBody.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidParameter(_unmarshal_message(exc)) from None
-    result = config.model_dump()
-    host = wrapper.HostConfig.model_dump() if wrapper.HostConfig is not None else {}
-    result["HostConfig"] = host
-    result["NetworkingConfig"] = wrapper.NetworkingConfig or {}
+    request = decode(CreateRequest, data, "container.CreateRequest")
+    raw = canonical_keys(CreateRequest, data)
+    result = plain(request, raw)
+    # Only what was given: the engine fills dockerd's defaults for the rest.
+    result["HostConfig"] = (
+        given(request.HostConfig, raw["HostConfig"]) if request.HostConfig is not None else {}
+    )
+    result["NetworkingConfig"] = dict(raw.get("NetworkingConfig") or {})
     return result
 
 
-def _unmarshal_message(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    location = ".".join(str(part) for part in error.get("loc", ()) if not isinstance(part, int))
-    got = _GO_TYPES.get(type(error.get("input")), "value")
-    expected = error.get("type", "").split("_", 1)[0] or "value"
-    field = location or "body"
-    return (
-        f"invalid JSON: json: cannot unmarshal {got} into Go struct field "
-        f"ContainerConfigWrapper.{field} of type {expected}"
-    )
+def parse_commit_config(data: Any) -> dict[str, Any] | None:
+    """``POST /commit``'s optional body: the image config's overrides, only those given."""
+    if data is None:
+        return None
+    request = decode(CreateRequest, data, "container.CreateRequest")
+    config = given(request, data)
+    config.pop("HostConfig", None)
+    config.pop("NetworkingConfig", None)
+    return config
+
+
+def parse_update_body(data: Any) -> dict[str, Any]:
+    """``POST /containers/{id}/update``: the keys given, each checked."""
+    if data is None:
+        return {}
+    return given(decode(UpdateConfig, data, "container.UpdateConfig"), data)
+
+
+def inspect_host_config(stored: dict[str, Any]) -> dict[str, Any]:
+    """The stored HostConfig with every key dockerd shows (zero values for old records)."""
+    return {**copy.deepcopy(HOST_CONFIG_ZERO), **stored}
 
 
 # --------------------------------------------------------------------------- output
@@ -235,7 +216,7 @@ def inspect_body(
     network: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     cfg = view.config
-    host_config = dict(cfg.host_config)
+    host_config = inspect_host_config(cfg.host_config)
     return {
         "Id": cfg.id,
         "Created": cfg.created,

@@ -6,41 +6,36 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
-from engine.errors import InvalidParameter
+from api.models.gojson import Int, M, Text, WireModel, decode
 from engine.networks.model import Endpoint, Network
 
-_GO_TYPES = {str: "string", int: "number", float: "number", bool: "bool", list: "array",
-             dict: "object", type(None): "null"}
+
+class IPAMConfigIn(WireModel):
+    GO_NAME = "IPAMConfig"
+
+    # None is "not given" (the engine tells an empty string from an absent one)
+    Subnet: Text | None = None
+    IPRange: Text | None = None
+    Gateway: Text | None = None
+    AuxiliaryAddresses: dict[Text, Text] | None = None
 
 
-class IPAMConfigIn(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+class IPAMIn(WireModel):
+    GO_NAME = "IPAM"
 
-    # null is "not given" (Go leaves a string empty on null): docker-py sends nulls
-    Subnet: str | None = None
-    IPRange: str | None = None
-    Gateway: str | None = None
-    AuxiliaryAddresses: dict[str, str] | None = None
-
-
-class IPAMIn(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    Driver: str = ""
+    Driver: Text = ""
     Config: list[IPAMConfigIn] | None = None
-    Options: dict[str, str] | None = None
+    Options: dict[Text, Text] | None = None
 
 
-class NetworkCreateIn(BaseModel):
+class NetworkCreateIn(WireModel):
     """``network.CreateRequest``; swarm-only and deprecated keys are ignored."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    GO_NAME = "CreateRequest"
 
-    Name: str = ""
-    Driver: str = ""
-    Scope: str = ""
+    Name: Text = ""
+    Driver: Text = ""
+    Scope: Text = ""
     EnableIPv6: bool | None = None
     EnableIPv4: bool | None = None
     IPAM: IPAMIn | None = None
@@ -48,42 +43,66 @@ class NetworkCreateIn(BaseModel):
     Attachable: bool = False
     Ingress: bool = False
     ConfigOnly: bool = False
-    Options: dict[str, str] | None = None
-    Labels: dict[str, str] | None = None
+    ConfigFrom: dict[str, str] | None = None
+    Options: dict[Text, Text] | None = None
+    Labels: dict[Text, Text] | None = None
     CheckDuplicate: bool | None = None
 
 
-class ConnectIn(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+class EndpointIPAMConfig(WireModel):
+    GO_NAME = "EndpointIPAMConfig"
 
-    Container: str = ""
-    EndpointConfig: dict[str, Any] | None = None
+    IPv4Address: Text = ""
+    IPv6Address: Text = ""
+    LinkLocalIPs: list[Text] | None = None
 
 
-class DisconnectIn(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+class EndpointSettings(WireModel):
+    """``network.EndpointSettings`` as a client sends it (connect, create's
+    NetworkingConfig); the read-only operational fields are typed but unused."""
 
-    Container: str = ""
+    GO_NAME = "EndpointSettings"
+
+    IPAMConfig: EndpointIPAMConfig | None = None
+    Links: list[Text] | None = None
+    Aliases: list[Text] | None = None
+    MacAddress: Text = ""
+    DriverOpts: dict[Text, Text] | None = None
+    GwPriority: Int = 0
+    NetworkID: str = ""
+    EndpointID: str = ""
+    Gateway: str = ""
+    IPAddress: str = ""
+    IPPrefixLen: Int = 0
+    IPv6Gateway: str = ""
+    GlobalIPv6Address: str = ""
+    GlobalIPv6PrefixLen: Int = 0
+    DNSNames: list[Text] | None = None
+
+
+class NetworkingConfig(WireModel):
+    GO_NAME = "NetworkingConfig"
+
+    EndpointsConfig: dict[Text, EndpointSettings | None] | None = None
+
+
+class ConnectIn(WireModel):
+    GO_NAME = "ConnectOptions"
+
+    Container: Text = ""
+    EndpointConfig: EndpointSettings | None = None
+
+
+class DisconnectIn(WireModel):
+    GO_NAME = "DisconnectOptions"
+
+    Container: Text = ""
     Force: bool = False
 
 
-def parse(model: type[BaseModel], data: Any, go_type: str) -> Any:
+def parse(model: type[M], data: Any, go_type: str) -> M:
     """Validate like Go's decoder: a wrong JSON type is a 400 "cannot unmarshal"."""
-    if not isinstance(data, dict):
-        got = _GO_TYPES.get(type(data), "value")
-        raise InvalidParameter(
-            f"invalid JSON: json: cannot unmarshal {got} into Go value of type {go_type}"
-        )
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(p) for p in error.get("loc", ()) if not isinstance(p, int))
-        got = _GO_TYPES.get(type(error.get("input")), "value")
-        raise InvalidParameter(
-            f"invalid JSON: json: cannot unmarshal {got} into Go struct field "
-            f"{go_type.rsplit('.', 1)[-1]}.{field}"
-        ) from None
+    return decode(model, data, go_type)
 
 
 def network_body(net: Network, endpoints: Iterable[Endpoint] = (),

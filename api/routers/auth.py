@@ -11,7 +11,7 @@ from aiohttp import web
 
 from api import params
 from api.errors import json_response
-from engine.errors import InvalidParameter
+from api.models.auth import check_auth_body
 from engine.images.auth import AuthConfig, auth_from_object
 
 
@@ -25,8 +25,6 @@ routes = web.RouteTableDef()
 
 @routes.post("/auth")
 async def post_auth(request: web.Request) -> web.Response:
-    body = await params.read_json(request)
-    if not isinstance(body, dict):
-        raise InvalidParameter("invalid JSON: expected an object with the credentials")
+    body = check_auth_body(await params.read_json(request))
     token = await request.app[BACKEND].login(auth_from_object(body))
     return json_response({"Status": "Login Succeeded", "IdentityToken": token})

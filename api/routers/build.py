@@ -22,6 +22,9 @@ from aiohttp import web
 
 from api import params
 from api.errors import json_response
+from api.jsontext import replace_lone_surrogates
+from api.models.gojson import decode
+from api.models.hostconfig import HostConfig
 from api.routers.images import ProgressStream
 from engine.builder.manager import BuildPruneReport
 from engine.builder.options import BuildOptions, RunLimits
@@ -118,7 +121,7 @@ def build_options(request: web.Request) -> BuildOptions:
         raise InvalidParameter("The daemon on this platform does not support setting "
                                "security options on build")
     force_remove = params.bool_param(request, "forcerm")
-    return BuildOptions(
+    options = BuildOptions(
         dockerfile=query.get("dockerfile") or "Dockerfile",
         remote=query.get("remote", ""),
         tags=tuple(t for t in query.getall("t", []) if t),
@@ -151,6 +154,9 @@ def build_options(request: web.Request) -> BuildOptions:
         ),
         registry_auth=decode_registry_config(request.headers.get("X-Registry-Config")),
     )
+    # The RUN steps' HostConfig is typed like a create body's before the build starts.
+    decode(HostConfig, options.limits.host_config(), "container.HostConfig")
+    return options
 
 
 def _json_map(raw: str | None, name: str, allow_null: bool) -> dict[str, Any]:
@@ -166,7 +172,13 @@ def _json_map(raw: str | None, name: str, allow_null: bool) -> dict[str, Any]:
         isinstance(v, str) or (allow_null and v is None) for v in value.values()
     ):
         raise InvalidParameter(f"failed to parse {name}: expected a map of strings")
-    return value
+    for key, text in value.items():
+        if "\x00" in key or "\x00" in (text or ""):
+            # build args become a RUN step's environment, which cannot carry NUL
+            raise InvalidParameter(
+                f"invalid {name}: NUL byte (\\x00) not allowed: {key!r}"
+            )
+    return replace_lone_surrogates(value)  # type: ignore[no-any-return]
 
 
 def _json_list(raw: str | None, name: str) -> list[Any]:

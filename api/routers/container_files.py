@@ -56,6 +56,9 @@ def _path(request: web.Request) -> str:
     path = request.query.get("path", "")
     if not path:
         raise InvalidParameter("bad parameter: path cannot be empty")
+    if "\x00" in path:
+        # No file name holds one; the kernel would refuse it deeper down (EINVAL).
+        raise InvalidParameter(f"invalid path {path!r}: NUL byte (\\x00) not allowed")
     return path
 
 

@@ -16,7 +16,13 @@ from aiohttp import web
 
 from api import lifecycle, params
 from api.errors import json_bytes, json_response
-from api.models.containers import inspect_body, list_item, parse_create_body
+from api.jsontext import json_body_response, json_list_response
+from api.models.containers import (
+    inspect_body,
+    list_item,
+    parse_create_body,
+    parse_update_body,
+)
 from api.streams import MULTIPLEXED, RAW_STREAM, frame, hijack, hijacked_response
 from api.timestamps import parse_unix_nano
 from api.versioning import request_version
@@ -103,10 +109,12 @@ async def get_containers_json(request: web.Request) -> web.Response:
     )
     now = time.time()
     backend = _backend(request)
-    return json_response([
-        list_item(view, now, backend.mounts(view.id), backend.network_settings(view.id))
-        for view in views
-    ])
+    return json_list_response(
+        views,
+        lambda view: list_item(view, now, backend.mounts(view.id),
+                               backend.network_settings(view.id)),
+        lambda view: f"container {view.id}", "containers",
+    )
 
 
 @routes.post("/containers/prune")
@@ -122,7 +130,7 @@ async def get_containers_inspect(request: web.Request) -> web.Response:
     view = backend.inspect(request.match_info["name"])
     log_path = str(backend.log_path(view.id))
     bundle = log_path.rsplit("/", 1)[0]
-    return json_response(
+    return json_body_response(
         inspect_body(view, log_path=log_path, bundle=bundle, mounts=backend.mounts(view.id),
                      network=backend.network_settings(view.id))
     )
@@ -344,8 +352,6 @@ async def post_containers_rename(request: web.Request) -> web.Response:
 
 @routes.post("/containers/{name}/update")
 async def post_containers_update(request: web.Request) -> web.Response:
-    body = await params.read_json(request)
-    if not isinstance(body, dict):
-        raise InvalidParameter("invalid JSON: an object is required")
-    warnings = await _backend(request).update(request.match_info["name"], body)
+    changes = parse_update_body(await params.read_json(request))
+    warnings = await _backend(request).update(request.match_info["name"], changes)
     return json_response({"Warnings": warnings or None})

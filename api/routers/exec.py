@@ -18,11 +18,12 @@ from aiohttp import web
 
 from api import lifecycle, params
 from api.errors import json_response
+from api.models.execs import check_exec_create, check_exec_start
 from api.streams import MULTIPLEXED, RAW_STREAM, frame, hijack, hijacked_response
 from api.versioning import request_version
 from engine.containers.exec import console_size
 from engine.containers.streams import STDOUT, StreamSet
-from engine.errors import EngineError, InvalidParameter
+from engine.errors import EngineError
 
 
 class ExecBackend(Protocol):
@@ -53,18 +54,9 @@ def _backend(request: web.Request) -> ExecBackend:
     return request.app[BACKEND]
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    body = await params.read_json(request)
-    if body is None:
-        return {}
-    if not isinstance(body, dict):
-        raise InvalidParameter("invalid JSON: expected an object")
-    return body
-
-
 @routes.post("/containers/{name}/exec")
 async def post_containers_exec(request: web.Request) -> web.Response:
-    body = await _json_object(request)
+    body = check_exec_create(await params.read_json(request))
     if request_version(request) < _CONSOLE_SIZE_SINCE:
         body.pop("ConsoleSize", None)
     exec_id = _backend(request).create(request.match_info["name"], body)
@@ -75,7 +67,7 @@ async def post_containers_exec(request: web.Request) -> web.Response:
 async def post_exec_start(request: web.Request) -> web.StreamResponse:
     backend = _backend(request)
     exec_id = request.match_info["id"]
-    body = await _json_object(request)
+    body = check_exec_start(await params.read_json(request))
     detach = bool(body.get("Detach"))
     tty = bool(body.get("Tty"))
     size = None

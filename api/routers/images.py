@@ -33,6 +33,8 @@ from aiohttp import web
 
 from api import params
 from api.errors import json_bytes, json_response
+from api.jsontext import json_body_response, json_list_response
+from api.models.containers import parse_commit_config
 from api.versioning import request_version
 from engine.errors import InvalidParameter
 from engine.images import progress
@@ -313,7 +315,8 @@ async def get_images_json(request: web.Request) -> web.Response:
     filters = params.filters_param(request, LIST_FILTERS)
     views = _backend(request).list(all=params.bool_param(request, "all"), filters=filters)
     version = request_version(request)
-    return json_response([list_item(view, version) for view in views])
+    return json_list_response(views, lambda view: list_item(view, version),
+                              lambda view: f"image {view.id}", "images")
 
 
 @routes.get("/images/get")
@@ -388,7 +391,7 @@ async def post_commit(request: web.Request) -> web.Response:
     container = query.get("container", "")
     if not container:
         raise InvalidParameter("container is required")
-    body = await params.read_json(request)
+    config = parse_commit_config(await params.read_json(request))
     image_id = await request.app[COMMIT_BACKEND].commit(
         container=container,
         repo=query.get("repo") or None,
@@ -397,7 +400,7 @@ async def post_commit(request: web.Request) -> web.Response:
         author=query.get("author", ""),
         pause=params.bool_param(request, "pause", default=True),
         changes=query.getall("changes", []),
-        config=body if isinstance(body, dict) else None,
+        config=config,
     )
     return json_response({"Id": image_id}, status=201)
 
@@ -408,13 +411,13 @@ async def get_images_inspect(request: web.Request) -> web.Response:
     backend = _backend(request)
     view = backend.resolve(request.match_info["name"])
     dirs = await backend.lower_dirs(view.id)
-    return json_response(inspect_body(view, dirs, request_version(request)))
+    return json_body_response(inspect_body(view, dirs, request_version(request)))
 
 
 @routes.get("/images/{name:.*}/history")
 async def get_images_history(request: web.Request) -> web.Response:
     entries = _backend(request).history(request.match_info["name"])
-    return json_response([history_item(entry) for entry in entries])
+    return json_body_response([history_item(entry) for entry in entries])
 
 
 @routes.get("/images/{name:.*}/get")

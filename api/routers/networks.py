@@ -14,6 +14,8 @@ from aiohttp import web
 
 from api import params
 from api.errors import json_response
+from api.jsontext import json_body_response, json_list_response
+from api.models.gojson import canonical_keys
 from api.models.networks import (
     ConnectIn,
     DisconnectIn,
@@ -86,7 +88,8 @@ async def get_networks(request: web.Request) -> web.Response:
     filters = params.filters_param(request, LIST_FILTERS)
     backend = _backend(request)
     nets = sorted(backend.list_networks(filters), key=lambda n: n.created)
-    return json_response([network_body(n, with_containers=False) for n in nets])
+    return json_list_response(nets, lambda n: network_body(n, with_containers=False),
+                              lambda n: f"network {n.id}", "networks")
 
 
 @routes.post("/networks/create")
@@ -105,10 +108,11 @@ async def post_networks_prune(request: web.Request) -> web.Response:
 
 @routes.post("/networks/{id}/connect")
 async def post_networks_connect(request: web.Request) -> web.Response:
-    body = parse(ConnectIn, await params.read_json(request), "network.ConnectOptions")
-    await _backend(request).connect(
-        request.match_info["id"], body.Container, dict(body.EndpointConfig or {})
-    )
+    data = await params.read_json(request)
+    body = parse(ConnectIn, data, "network.ConnectOptions")
+    # Checked by the model; the engine reads the settings as sent.
+    endpoint = dict(canonical_keys(ConnectIn, data).get("EndpointConfig") or {})
+    await _backend(request).connect(request.match_info["id"], body.Container, endpoint)
     return web.Response(status=200)
 
 
@@ -123,7 +127,7 @@ async def post_networks_disconnect(request: web.Request) -> web.Response:
 async def get_network(request: web.Request) -> web.Response:
     backend = _backend(request)
     net = backend.get(request.match_info["id"])
-    return json_response(network_body(net, backend.endpoints(net)))
+    return json_body_response(network_body(net, backend.endpoints(net)))
 
 
 @routes.delete("/networks/{id}")

@@ -16,16 +16,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from api import params
 from api.errors import json_response
+from api.jsontext import encode_each, json_body_response
+from api.models.gojson import Text, WireModel, decode
 from api.versioning import request_version
-from engine.errors import InvalidParameter
 from engine.volumes.manager import LIST_FILTERS, PRUNE_FILTERS, VolumeView
-
-_GO_TYPES = {str: "string", int: "number", float: "number", bool: "bool", list: "array",
-             dict: "object"}
 
 
 class VolumeBackend(Protocol):
@@ -54,36 +51,21 @@ def _backend(request: web.Request) -> VolumeBackend:
     return request.app[BACKEND]
 
 
-class VolumeCreateBody(BaseModel):
+class VolumeCreateBody(WireModel):
     """``volume.CreateOptions`` (ClusterVolumeSpec is swarm's: ignored)."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    GO_NAME = "CreateOptions"
 
-    Name: str | None = None
-    Driver: str | None = None
-    DriverOpts: dict[str, str] | None = None
-    Labels: dict[str, str] | None = None
+    Name: Text = ""
+    Driver: Text = ""
+    DriverOpts: dict[Text, Text] | None = None
+    Labels: dict[Text, Text] | None = None
 
 
 def parse_create_body(data: Any) -> VolumeCreateBody:
     if data is None:
         return VolumeCreateBody()
-    if not isinstance(data, dict):
-        got = _GO_TYPES.get(type(data), "value")
-        raise InvalidParameter(
-            f"invalid JSON: json: cannot unmarshal {got} into Go value of type "
-            "volume.CreateOptions"
-        )
-    try:
-        return VolumeCreateBody.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = str(error.get("loc", ("body",))[0])
-        got = _GO_TYPES.get(type(error.get("input")), "value")
-        raise InvalidParameter(
-            f"invalid JSON: json: cannot unmarshal {got} into Go struct field "
-            f"CreateOptions.{field}"
-        ) from None
+    return decode(VolumeCreateBody, data, "volume.CreateOptions")
 
 
 # ------------------------------------------------------------------ fixed routes first
@@ -91,7 +73,9 @@ def parse_create_body(data: Any) -> VolumeCreateBody:
 async def get_volumes(request: web.Request) -> web.Response:
     filters = params.filters_param(request, LIST_FILTERS)
     views = _backend(request).list(filters)
-    return json_response({"Volumes": [volume_body(v) for v in views], "Warnings": None})
+    volumes = encode_each(views, volume_body, lambda v: f"volume {v.name!r}", "volumes")
+    return web.Response(body=b'{"Volumes":' + volumes + b',"Warnings":null}',
+                        content_type="application/json")
 
 
 @routes.post("/volumes/create")
@@ -103,7 +87,7 @@ async def post_volumes_create(request: web.Request) -> web.Response:
         driver_opts=body.DriverOpts,
         labels=body.Labels,
     )
-    return json_response(volume_body(view), status=201)
+    return json_body_response(volume_body(view), status=201)
 
 
 @routes.post("/volumes/prune")
@@ -118,7 +102,7 @@ async def post_volumes_prune(request: web.Request) -> web.Response:
 @routes.get("/volumes/{name:.*}")
 async def get_volumes_inspect(request: web.Request) -> web.Response:
     view = _backend(request).get(request.match_info["name"])
-    return json_response(volume_body(view))
+    return json_body_response(volume_body(view))
 
 
 @routes.delete("/volumes/{name:.*}")

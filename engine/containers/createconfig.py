@@ -78,8 +78,9 @@ def validate_restart_policy(host_config: dict[str, Any]) -> None:
         raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
 
 
-def fill_host_config(host_config: dict[str, Any]) -> dict[str, Any]:
-    """Daemon defaults for what clients leave out (docker-py sends almost nothing)."""
+def fill_host_config(host_config: dict[str, Any], default_shm_size: int = 0) -> dict[str, Any]:
+    """Daemon defaults for what clients leave out (docker-py sends almost nothing); keys
+    left unset hold dockerd's zero values (null for lists and maps)."""
     filled = copy.deepcopy(host_config)
     log_config = filled.get("LogConfig") or {}
     if not log_config.get("Type"):
@@ -94,7 +95,7 @@ def fill_host_config(host_config: dict[str, Any]) -> dict[str, Any]:
         "MaximumRetryCount": policy.get("MaximumRetryCount") or 0,
     }
     filled.setdefault("Binds", None)
-    filled.setdefault("PortBindings", {})
+    filled.setdefault("PortBindings", None)
     filled.setdefault("AutoRemove", False)
     filled.setdefault("Privileged", False)
     filled.setdefault("ConsoleSize", [0, 0])
@@ -102,7 +103,8 @@ def fill_host_config(host_config: dict[str, Any]) -> dict[str, Any]:
     filled.setdefault("CapDrop", None)
     filled.setdefault("SecurityOpt", None)
     filled.setdefault("ReadonlyRootfs", False)
-    filled.setdefault("ShmSize", 0)
+    # dockerd stores its default /dev/shm size (inspect shows it), as given a size
+    filled["ShmSize"] = filled.get("ShmSize") or default_shm_size
     filled.setdefault("Runtime", "")
     filled.setdefault("CgroupnsMode", "host")
     filled.setdefault("IpcMode", "private")
@@ -110,9 +112,9 @@ def fill_host_config(host_config: dict[str, Any]) -> dict[str, Any]:
     filled.setdefault("UTSMode", "")
     filled.setdefault("Isolation", "")
     filled.setdefault("ExtraHosts", None)
-    filled.setdefault("Dns", [])
-    filled.setdefault("DnsOptions", [])
-    filled.setdefault("DnsSearch", [])
+    filled.setdefault("Dns", None)
+    filled.setdefault("DnsOptions", None)
+    filled.setdefault("DnsSearch", None)
     filled.setdefault("Mounts", None)
     filled.setdefault("MaskedPaths", None)
     filled.setdefault("ReadonlyPaths", None)
@@ -122,7 +124,7 @@ def fill_host_config(host_config: dict[str, Any]) -> dict[str, Any]:
     filled.setdefault("PidsLimit", None)
     filled.setdefault("CpusetCpus", "")
     filled.setdefault("CpusetMems", "")
-    filled.setdefault("Devices", [])
+    filled.setdefault("Devices", None)
     filled.setdefault("DeviceCgroupRules", None)
     filled.setdefault("Ulimits", None)
     filled.setdefault("Sysctls", None)

@@ -15,7 +15,8 @@ def parse(spec: str | None) -> bytes:
     out = bytearray()
     for key in text.split(","):
         key = key.strip()
-        if len(key) == 1:
+        if len(key) == 1 and key.isascii():
+            # a key is one byte, as in Go (len counts UTF-8 bytes there): "é" is not one
             out.append(ord(key))
             continue
         lowered = key.lower()

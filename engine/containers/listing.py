@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -9,7 +10,9 @@ from datetime import datetime
 
 from engine.containers.model import ContainerView
 from engine.containers.state import Status
-from engine.errors import InvalidParameter, NotFound
+from engine.errors import EngineError, InvalidParameter, NotFound
+
+log = logging.getLogger(__name__)
 
 _STATUSES = {s.value for s in Status}
 
@@ -43,14 +46,27 @@ def select(
             continue
         if not show_all and not (view.running or view.state.status == Status.RESTARTING):
             continue
-        if not _passes(view, filters, image_matches or {}):
-            continue
-        if also is not None and not also(view):
-            continue
-        result.append(view)
+        if _selected(view, filters, image_matches or {}, also):
+            result.append(view)
     if limit is not None and limit > 0:
         result = result[:limit]
     return result
+
+
+def _selected(
+    view: ContainerView, filters: Mapping[str, list[str]], images: Mapping[str, set[str]],
+    also: Callable[[ContainerView], bool] | None,
+) -> bool:
+    """Whether the filters keep ``view``. A record too damaged to be judged is left out
+    (and logged) rather than failing the whole listing; a bad filter is still an error."""
+    try:
+        return _passes(view, filters, images) and (also is None or also(view))
+    except EngineError:
+        raise
+    except Exception as exc:  # one damaged record must not take the listing down
+        log.warning("listing containers: left out container %s: %s: %s", view.id,
+                    type(exc).__name__, exc)
+        return False
 
 
 def _boundary(

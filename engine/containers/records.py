@@ -98,7 +98,7 @@ class ConfigRecords:
             host_in.get("LogConfig") or {}, self._config.log_driver, self._config.log_opts
         )
         logdrivers.settings(host_in["LogConfig"])
-        host_config = createconfig.fill_host_config(host_in)
+        host_config = createconfig.fill_host_config(host_in, self._config.default_shm_size)
         host_config["Runtime"] = runtime or self._config.default_runtime
         # As dockerd, the default swap (twice the memory limit) is stored in HostConfig,
         # so inspect shows it and `docker update --memory` keeps it.

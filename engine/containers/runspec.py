@@ -35,6 +35,18 @@ def swap_accounting() -> bool:
 
 
 @functools.cache
+def blkio_weight_supported() -> bool:
+    """Whether the kernel has a block I/O weight (blkio.weight, or io on cgroup v2)."""
+    return cgroups.detect().blkio_weight
+
+
+@functools.cache
+def memory_nodes() -> str:
+    """The memory nodes containers may use ("0", "0-1"); empty when unknown."""
+    return cgroups.detect().mems
+
+
+@functools.cache
 def host_facts() -> spec.HostFacts:
     """What this host offers, read once per process."""
     return spec.HostFacts.detect(cgroup_version=cgroups.detect().version)
@@ -62,7 +74,9 @@ def _resources(host_config: dict[str, Any]) -> spec.Resources:
         cpuset_cpus=host_config.get("CpusetCpus") or "",
         cpuset_mems=host_config.get("CpusetMems") or "",
         pids_limit=host_config.get("PidsLimit"),
-        blkio_weight=host_config.get("BlkioWeight") or 0,
+        # As dockerd: without the kernel's support the weight is discarded (runc would
+        # fail to write it, at start or at `docker update`).
+        blkio_weight=(host_config.get("BlkioWeight") or 0) if blkio_weight_supported() else 0,
         blkio_weight_device=_device_rates(host_config.get("BlkioWeightDevice"), "Weight"),
         blkio_read_bps=_device_rates(host_config.get("BlkioDeviceReadBps"), "Rate"),
         blkio_write_bps=_device_rates(host_config.get("BlkioDeviceWriteBps"), "Rate"),
@@ -102,7 +116,9 @@ def _devices(host_config: dict[str, Any]) -> list[spec.ResolvedDevice]:
 
 
 def _ulimits(host_config: dict[str, Any]) -> list[tuple[str, int, int]]:
-    return [(u["Name"], int(u["Soft"]), int(u["Hard"])) for u in host_config.get("Ulimits") or []]
+    # Keys left out are Go's zero values; an empty name is then refused by the spec.
+    return [(str(u.get("Name") or ""), int(u.get("Soft") or 0), int(u.get("Hard") or 0))
+            for u in host_config.get("Ulimits") or []]
 
 
 def _network(netns_path: Path | None, host_config: dict[str, Any]) -> spec.NamespaceChoice:
@@ -264,6 +280,8 @@ def validate_host_config(
 ) -> None:
     """Raise at create what would otherwise only fail at start (reliability.md B13/B14)."""
     resources.validate(record.host_config)
+    resources.validate_cpuset_mems(str(record.host_config.get("CpusetMems") or ""),
+                                   memory_nodes())
     # Another container's namespaces are looked up at start; any path checks the rest.
     placeholder = {kind: f"/proc/self/ns/{kind}" for kind in ("pid", "ipc", "uts")}
     request = spec_request(

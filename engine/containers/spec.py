@@ -771,6 +771,11 @@ def validate_env(env: Iterable[str]) -> None:
     for entry in env:
         if entry.partition("=")[0] == "":
             raise InvalidParameter(f"invalid environment variable: {entry}")
+        if "\x00" in entry:
+            # execve cannot pass it: refused here rather than when the process starts
+            raise InvalidParameter(
+                f"invalid environment variable: {entry!r}: NUL byte (\\x00) not allowed"
+            )
 
 
 def process_env(env: Sequence[str], hostname: str, tty: bool, home: str) -> list[str]:

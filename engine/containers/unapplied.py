@@ -91,7 +91,10 @@ def refuse_unapplied(host_config: Mapping[str, Any]) -> None:
     check_device_requests(host_config.get("DeviceRequests"))
 
 
-_BLKIO_DEVICE_OPTIONS = (
+_BLKIO_OPTIONS = (
+    ("BlkioWeight", "blkio_weight",
+     "Your kernel does not support Block I/O weight or the cgroup is not mounted. "
+     "Weight discarded."),
     ("BlkioWeightDevice", "blkio_weight_device",
      "Your kernel does not support Block I/O weight_device or the cgroup is not mounted. "
      "Weight-device discarded."),
@@ -117,16 +120,16 @@ def _cgroup_info() -> cgroups.CgroupInfo:
 
 def discard_unsupported(host_config: dict[str, Any],
                         info: cgroups.CgroupInfo | None = None) -> list[str]:
-    """Drop (in place) what this host cannot apply but dockerd only warns about (per-device
-    block IO options the cgroups cannot take, ``CpuPercent``); return dockerd's warnings.
-    Blocking (reads /proc and /sys once)."""
+    """Drop (in place) what this host cannot apply but dockerd only warns about (block IO
+    weights and per-device limits the cgroups cannot take, ``CpuPercent``); return
+    dockerd's warnings. Blocking (reads /proc and /sys once)."""
     info = info or _cgroup_info()
     warnings = []
     if host_config.get("CpuPercent"):
         host_config["CpuPercent"] = 0
         warnings.append("linux does not support CPU percent. Percent discarded.")
-    for key, supported, warning in _BLKIO_DEVICE_OPTIONS:
+    for key, supported, warning in _BLKIO_OPTIONS:
         if host_config.get(key) and not getattr(info, supported):
-            host_config[key] = []
+            host_config[key] = 0 if key == "BlkioWeight" else []
             warnings.append(warning)
     return warnings

@@ -26,6 +26,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -108,6 +109,16 @@ def network_mode_name(mode: str) -> str | None:
         return None
     return "bridge" if mode in ("", "default") else mode
 
+
+
+_MAC_ADDRESS = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
+
+
+def check_mac_address(mac: str) -> None:
+    """A requested MAC address is six colon-separated octets, refused at create or connect
+    (the link could not be given it at start)."""
+    if mac and not _MAC_ADDRESS.fullmatch(mac):
+        raise InvalidParameter(f"invalid MAC address {mac}")
 
 class NetworkManager:
     def __init__(self, config: EngineConfig, db: Database, events: EventBus,
@@ -431,6 +442,7 @@ class NetworkManager:
                         networking: Mapping[str, Any]) -> None:
         """Create-time checks (B10, B13, B16's outside-subnet): nothing is recorded."""
         ports.validate(config.get("ExposedPorts"), host_config.get("PortBindings"))
+        check_mac_address(str(config.get("MacAddress") or ""))  # the deprecated Config one
         mode = str(host_config.get("NetworkMode") or "default")
         name = network_mode_name(mode)
         if name is None:
@@ -446,6 +458,7 @@ class NetworkManager:
             self._check_endpoint_settings(target, settings or {})
 
     def _check_endpoint_settings(self, net: Network, settings: Mapping[str, Any]) -> None:
+        check_mac_address(str(settings.get("MacAddress") or ""))
         wanted = str((settings.get("IPAMConfig") or {}).get("IPv4Address") or "")
         _check_wanted_ipv6(net, str((settings.get("IPAMConfig") or {}).get("IPv6Address")
                                     or ""))

@@ -18,31 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Protocol
 
 from aiohttp import WSMsgType, web
 
-from api import lifecycle, params
+from api.routers.attach_session import AttachChoice, AttachSessionBackend, run_attach_session
 from api.versioning import request_version
-from engine.containers import detachkeys
-from engine.containers.logs import LogRecord
 from engine.containers.model import ContainerView
-from engine.containers.streams import StreamSet
 
 BINARY_FROM = (1, 28)
 STREAM_CHOICE_FROM = (1, 42)
 
 
-class AttachBackend(Protocol):
+class AttachBackend(AttachSessionBackend, Protocol):
     def get(self, ref: str) -> ContainerView: ...
-    async def attach(
-        self, ref: str, streams: StreamSet, *, use_stdin: bool, logs: bool = False
-    ) -> None: ...
-    def logs(
-        self, ref: str, *, stdout: bool = True, stderr: bool = True, since_nano: int | None = None,
-        until_nano: int | None = None, tail: int | None = None, follow: bool = False,
-    ) -> AsyncIterator[LogRecord]: ...
 
 
 BACKEND: web.AppKey[AttachBackend] = web.AppKey("attach_ws", AttachBackend)
@@ -77,14 +66,7 @@ async def get_containers_attach_ws(request: web.Request) -> web.WebSocketRespons
     backend = request.app[BACKEND]
     view = backend.get(request.match_info["name"])
     version = request_version(request)
-    use_stdin = use_stdout = use_stderr = True
-    if version >= STREAM_CHOICE_FROM:
-        use_stdin = params.bool_param(request, "stdin")
-        use_stdout = params.bool_param(request, "stdout")
-        use_stderr = params.bool_param(request, "stderr")
-    logs = params.bool_param(request, "logs")
-    stream = params.bool_param(request, "stream")
-    keys = detachkeys.parse(request.query.get("detachKeys") or None)
+    choice = AttachChoice.from_query(request, streams_chosen=version >= STREAM_CHOICE_FROM)
     binary = version >= BINARY_FROM
 
     ws = web.WebSocketResponse()
@@ -100,25 +82,11 @@ async def get_containers_attach_ws(request: web.Request) -> web.WebSocketRespons
         else:
             await ws.send_str(data.decode("utf-8", "replace"))
 
-    async def client_gone_or_shutdown() -> None:
-        await lifecycle.first_of([lifecycle.shutting_down(request.app), client.gone])
-
-    streams = StreamSet(
-        write_output=write_output,
-        read_stdin=client.read_stdin if use_stdin else None,
-        wait_closed=client_gone_or_shutdown,
-        stdout=use_stdout,
-        stderr=use_stderr,
-        detach_keys=keys,
-    )
     try:
-        if stream:
-            await backend.attach(view.id, streams, use_stdin=use_stdin, logs=logs)
-        elif logs:
-            async for record in backend.logs(view.id, stdout=use_stdout, stderr=use_stderr):
-                await write_output(record.stream, record.data)
-    except (ConnectionError, OSError):
-        pass  # the client went away: the session ends, the container carries on
+        await run_attach_session(
+            request, backend, view.id, choice, write_output=write_output,
+            read_stdin=client.read_stdin, client_gone=client.gone.wait,
+        )
     finally:
         with contextlib.suppress(ConnectionError, OSError):
             await ws.close()

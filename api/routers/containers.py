@@ -23,10 +23,10 @@ from api.models.containers import (
     parse_create_body,
     parse_update_body,
 )
+from api.routers.attach_session import AttachChoice, run_attach_session
 from api.streams import MULTIPLEXED, RAW_STREAM, frame, hijack, hijacked_response
 from api.timestamps import parse_unix_nano
 from api.versioning import request_version
-from engine.containers import detachkeys
 from engine.containers.logs import LogRecord, format_timestamp
 from engine.containers.model import ContainerView
 from engine.containers.streams import StreamSet
@@ -207,38 +207,17 @@ async def post_containers_attach(request: web.Request) -> web.StreamResponse:
     backend = _backend(request)
     view = backend.get(request.match_info["name"])
     tty = view.config.tty
-    want_stdin = params.bool_param(request, "stdin")
-    want_stdout = params.bool_param(request, "stdout")
-    want_stderr = params.bool_param(request, "stderr")
-    stream = params.bool_param(request, "stream")
-    logs = params.bool_param(request, "logs")
-    keys = detachkeys.parse(request.query.get("detachKeys") or None)
+    choice = AttachChoice.from_query(request)
     connection = await hijack(request, _stream_content_type(request, tty))
 
     async def write_output(stream_id: int, data: bytes) -> None:
         await connection.write(data if tty else frame(stream_id, data))
 
-    shutting_down = lifecycle.shutting_down(request.app)
-
-    async def client_gone_or_shutdown() -> None:
-        await lifecycle.first_of([shutting_down], connection.wait_closed())
-
-    streams = StreamSet(
-        write_output=write_output,
-        read_stdin=connection.read if want_stdin else None,
-        wait_closed=client_gone_or_shutdown,
-        stdout=want_stdout,
-        stderr=want_stderr,
-        detach_keys=keys,
-    )
     try:
-        if stream:
-            await backend.attach(view.id, streams, use_stdin=want_stdin, logs=logs)
-        elif logs:
-            async for record in backend.logs(view.id, stdout=want_stdout, stderr=want_stderr):
-                await write_output(record.stream, record.data)
-    except (ConnectionError, OSError):
-        pass
+        await run_attach_session(
+            request, backend, view.id, choice, write_output=write_output,
+            read_stdin=connection.read, client_gone=connection.wait_closed,
+        )
     finally:
         await connection.finish()
     return hijacked_response()

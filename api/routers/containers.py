@@ -86,9 +86,22 @@ def _stream_content_type(request: web.Request, tty: bool) -> str:
     return MULTIPLEXED
 
 
+SUBPATH_FROM = (1, 45)
+
+
+def _refuse_newer_fields(body: dict[str, Any], version: tuple[int, int]) -> None:
+    """Fields a client of an older API version cannot have meant, refused as dockerd does
+    (silently ignoring a volume subpath would mount the whole volume instead)."""
+    if version < SUBPATH_FROM:
+        for mount in body["HostConfig"].get("Mounts") or []:
+            if (mount.get("VolumeOptions") or {}).get("Subpath"):
+                raise InvalidParameter("VolumeOptions.Subpath needs API v1.45 or newer")
+
+
 @routes.post("/containers/create")
 async def post_containers_create(request: web.Request) -> web.Response:
     body = parse_create_body(await params.read_json(request))
+    _refuse_newer_fields(body, request_version(request))
     name = request.query.get("name") or None
     container_id, warnings = await _backend(request).create(
         body, name, request.query.get("platform") or None

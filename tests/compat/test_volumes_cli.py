@@ -537,6 +537,29 @@ def test_volume_subpath_mounts_only_that_directory(
     assert not [p for p in mounts_of(daemon) if "/subpaths/" in p]
 
 
+def _create_with_subpath(daemon: BaseDaemon, version: str, volume: str,
+                         subpath: str) -> Any:
+    body = {"Image": "busybox", "Cmd": ["cat", "/d/f"], "HostConfig": {"Mounts": [
+        {"Type": "volume", "Source": volume, "Target": "/d",
+         "VolumeOptions": {"Subpath": subpath}}]}}
+    return daemon.api("POST", f"/{version}/containers/create", json.dumps(body).encode(),
+                      headers={"Content-Type": "application/json"})
+
+
+def test_volume_subpath_needs_api_1_45(daemon: BaseDaemon, subpath_volume: str) -> None:
+    """Below API 1.45 dockerd refuses a Subpath (400) rather than mount the whole volume;
+    an empty one is no subpath. (wharfd-only: dockerd 20.10 serves at most API 1.41.)"""
+    before = daemon.api_json("GET", "/containers/json?all=1")
+    old = _create_with_subpath(daemon, "v1.44", subpath_volume, "sub/dir")
+    assert old.status == 400, old.text
+    assert old.json()["message"] == "VolumeOptions.Subpath needs API v1.45 or newer"
+    assert daemon.api_json("GET", "/containers/json?all=1") == before
+    for version, subpath in (("v1.44", ""), ("v1.45", "sub/dir")):
+        resp = _create_with_subpath(daemon, version, subpath_volume, subpath)
+        assert resp.status == 201, (version, resp.text)
+        daemon.api("DELETE", f"/containers/{resp.json()['Id']}?force=1")
+
+
 def mounts_of(daemon: BaseDaemon) -> list[str]:
     return mounts_under(daemon.exec_root)
 

@@ -6,29 +6,14 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness.cli import DockerCLI, docker_binary, import_busybox
-from tests.harness.daemon import DaemonProcess, mounts_under, wharfd_unavailable_reason
+from tests.harness.cli import DockerCLI, docker_binary
+from tests.harness.daemon import DaemonProcess, mounts_under
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-
-@pytest.fixture
-def wharfd(busybox_tar: Path) -> Iterator[DaemonProcess]:
-    reason = wharfd_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    daemon = DaemonProcess()
-    try:
-        daemon.start()
-        import_busybox(daemon, busybox_tar)
-        yield daemon
-    finally:
-        daemon.cleanup()
 
 
 def test_cp_killed_mid_stream_leaves_no_stacked_rootfs(wharfd: DaemonProcess,

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,47 +19,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.cli import DockerCLI, import_busybox
-from tests.harness.daemon import DaemonProcess, wharfd_unavailable_reason
+from tests.harness.cli import DockerCLI
+from tests.harness.crash import armed_with, own_wharfd
+from tests.harness.daemon import DaemonProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 TRAP_TERM_EXIT_3 = 'trap "exit 3" TERM; while true; do sleep 0.1; done'
 
 
-def _daemon(busybox_tar: Path, *, data_tmpfs_mb: int | None = None) -> DaemonProcess:
-    reason = wharfd_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    daemon = DaemonProcess()
-    if data_tmpfs_mb is not None:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={data_tmpfs_mb}m,mode=0700",
-                        "tmpfs", str(daemon.data_root)], check=True)
-    daemon.start()
-    import_busybox(daemon, busybox_tar)
-    return daemon
-
-
-@pytest.fixture
-def wharfd(busybox_tar: Path) -> Iterator[DaemonProcess]:
-    daemon = _daemon(busybox_tar)
-    try:
-        yield daemon
-    finally:
-        daemon.cleanup()
-
-
 @pytest.fixture
 def small_wharfd(busybox_tar: Path) -> Iterator[DaemonProcess]:
     """A daemon whose data root is a 48 MiB tmpfs of its own (unmounted by cleanup)."""
-    daemon = _daemon(busybox_tar, data_tmpfs_mb=48)
-    try:
+    with own_wharfd(busybox_tar, data_tmpfs_mb=48) as daemon:
         yield daemon
-    finally:
-        daemon.cleanup()
-        with contextlib.suppress(subprocess.CalledProcessError):
-            subprocess.run(["umount", "-l", str(daemon.data_root)], check=True,
-                           capture_output=True)
 
 
 def _state(cli: DockerCLI, name: str) -> dict[str, object]:
@@ -164,7 +136,6 @@ def test_restore_while_data_root_is_full(small_wharfd: DaemonProcess) -> None:
     assert state["Status"] == "exited" and state["ExitCode"] == 3, state
 
 
-
 def _unix_time(stamp: str) -> float:
     """RFC 3339 with nanoseconds (as inspect shows it) → unix seconds."""
     whole, _, fraction = stamp.rstrip("Z").partition(".")
@@ -231,15 +202,9 @@ def test_kill9_during_commit_does_not_leave_it_paused(wharfd: DaemonProcess) -> 
     cli.ok("run", "-d", "--name", "busy", "busybox", "sh", "-c",
            "echo data > /file; while true; do sleep 0.1; done")
     pid = int(_state(cli, "busy")["Pid"])  # type: ignore[call-overload]
-    wharfd.stop(signal.SIGTERM)  # live-restore: the container keeps running
-    wharfd.extra_env["WHARFD_CRASH_AT"] = "commit_while_paused"
-    try:
-        wharfd.start()
+    with armed_with(wharfd, "commit_while_paused"):  # SIGTERM: the container keeps running
         result = cli("commit", "busy", "snap:1")
         assert result.returncode != 0  # the daemon died inside the commit
-        assert wharfd.proc is not None and wharfd.proc.wait(10) == 137
-    finally:
-        wharfd.extra_env.pop("WHARFD_CRASH_AT", None)
     wharfd.start()
     state = _state(cli, "busy")
     assert state["Status"] == "running" and state["Paused"] is False, state

@@ -7,36 +7,29 @@ then succeeds."""
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness.cli import DockerCLI, import_busybox
-from tests.harness.daemon import DaemonProcess, wharfd_unavailable_reason
+from tests.harness.cli import DockerCLI
+from tests.harness.crash import armed_with, converged, own_wharfd
+from tests.harness.daemon import DaemonProcess
 from tests.harness.registry import LocalRegistry, registry_unavailable_reason
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 REMOTE = "127.0.0.1:5000/crash:1"
-CRASH_ENV = "WHARFD_CRASH_AT"
 
 
 @pytest.fixture
 def wharfd(busybox_tar: Path) -> Iterator[DaemonProcess]:
-    reason = wharfd_unavailable_reason() or registry_unavailable_reason()
+    reason = registry_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    daemon = DaemonProcess()
-    try:
-        daemon.start()
-        import_busybox(daemon, busybox_tar)
+    with own_wharfd(busybox_tar) as daemon:
         yield daemon
-    finally:
-        daemon.cleanup()
 
 
 @pytest.fixture
@@ -48,47 +41,10 @@ def registry(wharfd: DaemonProcess) -> Iterator[LocalRegistry]:
 def crash_during(daemon: DaemonProcess, point: str, *args: str, **kwargs: Any) -> None:
     """Restart the daemon armed with ``point``, run ``docker args``: the daemon dies
     (exit 137); then start it again unarmed."""
-    daemon.stop()
-    daemon.extra_env[CRASH_ENV] = point
-    daemon.start()
-    try:
+    with armed_with(daemon, point):
         r = DockerCLI(daemon)(*args, timeout=120, **kwargs)
         assert r.returncode != 0, f"{point}: the operation finished: {r.stdout!r}"
-        assert daemon.proc is not None
-        assert daemon.proc.wait(30) == 137, f"{point} was not reached"
-    finally:
-        daemon.extra_env.pop(CRASH_ENV, None)
     daemon.start()
-
-
-def converged(daemon: DaemonProcess) -> dict[str, Any]:
-    """Whatever a crash may have left on disk (empty when the restart cleaned up)."""
-    root = daemon.data_root
-    left: dict[str, Any] = {}
-    for sub in ("content/ingest", "tmp"):
-        entries = sorted(os.listdir(root / sub))
-        if entries:
-            left[sub] = entries
-    db = sqlite3.connect(f"file:{root / 'engine.db'}?mode=ro", uri=True)
-    try:
-        unnamed = db.execute(
-            "SELECT key FROM snapshots WHERE key NOT IN (SELECT snapshot_key FROM layers) "
-            "AND key NOT IN (SELECT id FROM containers)").fetchall()
-        rows = db.execute("SELECT dir FROM snapshots").fetchall()
-        referenced = {r[0] for r in db.execute("SELECT id FROM images")}
-        referenced |= {r[0] for r in db.execute(
-            "SELECT blob_digest FROM layers WHERE blob_digest IS NOT NULL")}
-    finally:
-        db.close()
-    if unnamed:
-        left["unnamed snapshots"] = [r[0] for r in unnamed]
-    dirs = set(os.listdir(root / "snapshots"))
-    if dirs != {r[0] for r in rows}:
-        left["snapshot dirs"] = sorted(dirs ^ {r[0] for r in rows})
-    blobs = {"sha256:" + b for b in os.listdir(root / "content/blobs/sha256")}
-    if blobs - referenced:
-        left["blobs"] = sorted(blobs - referenced)
-    return left
 
 
 def images(cli: DockerCLI) -> list[str]:

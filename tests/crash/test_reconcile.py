@@ -13,30 +13,15 @@ import json
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.harness.cli import DockerCLI, import_busybox
-from tests.harness.daemon import DaemonProcess, mounts_under, wharfd_unavailable_reason
+from tests.harness.cli import DockerCLI
+from tests.harness.crash import armed_with
+from tests.harness.daemon import DaemonProcess, mounts_under
 from tests.harness.rawhttp import Connection
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-
-@pytest.fixture
-def wharfd(busybox_tar: Path) -> Iterator[DaemonProcess]:
-    reason = wharfd_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    daemon = DaemonProcess()
-    try:
-        daemon.start()
-        import_busybox(daemon, busybox_tar)
-        yield daemon
-    finally:
-        daemon.cleanup()
 
 
 def _inspect(cli: DockerCLI, ref: str) -> dict[str, object]:
@@ -159,13 +144,8 @@ def test_start_killed_before_its_row_is_adopted(wharfd: DaemonProcess) -> None:
     runs, so restore adopts it (running, same pid), and it stops and goes cleanly."""
     cli = DockerCLI(wharfd)
     cid = cli.ok("create", "--name", "half", "busybox", "sleep", "600").strip()
-    wharfd.extra_env["WHARFD_CRASH_AT"] = "start_before_commit"
-    try:
-        wharfd.restart()
+    with armed_with(wharfd, "start_before_commit"):
         assert cli("start", "half").returncode != 0  # the daemon died inside it
-        assert wharfd.proc is not None and wharfd.proc.wait(10) == 137
-    finally:
-        wharfd.extra_env.pop("WHARFD_CRASH_AT", None)
     pid = int((wharfd.data_root / "containers" / cid / "pidfile").read_text())
     wharfd.start()
     state = _inspect(cli, "half")["State"]

@@ -13,24 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.cli import DockerCLI, import_busybox
-from tests.harness.daemon import DaemonProcess, wharfd_unavailable_reason
+from tests.harness.cli import DockerCLI
+from tests.harness.crash import own_wharfd
+from tests.harness.daemon import DaemonProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 @pytest.fixture
-def wharfd(busybox_tar: Path) -> Iterator[DaemonProcess]:
-    reason = wharfd_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    daemon = DaemonProcess()
-    try:
-        daemon.start()
-        import_busybox(daemon, busybox_tar)
+def no_live_restore_wharfd(busybox_tar: Path) -> Iterator[DaemonProcess]:
+    with own_wharfd(busybox_tar, extra_args=["--live-restore=false"]) as daemon:
         yield daemon
-    finally:
-        daemon.cleanup()
 
 
 def _state(cli: DockerCLI, name: str) -> dict[str, object]:
@@ -131,24 +124,16 @@ def test_rm_after_monitor_killed(wharfd: DaemonProcess) -> None:
     assert "orphan" not in cli.ok("ps", "-a", "--format", "{{.Names}}")
 
 
-def test_no_live_restore_stops_containers(busybox_tar: Path) -> None:
-    reason = wharfd_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    daemon = DaemonProcess(extra_args=["--live-restore=false"])
-    try:
-        daemon.start()
-        import_busybox(daemon, busybox_tar)
-        cli = DockerCLI(daemon)
-        cli.ok("run", "-d", "--name", "c1", "busybox", "sh", "-c",
-               'trap "exit 0" TERM; while true; do sleep 0.1; done')
-        pid = int(_state(cli, "c1")["Pid"])  # type: ignore[call-overload]
-        daemon.stop(signal.SIGTERM)
-        assert not _alive(pid)
-        daemon.start()
-        assert _state(cli, "c1")["Status"] == "exited"
-    finally:
-        daemon.cleanup()
+def test_no_live_restore_stops_containers(no_live_restore_wharfd: DaemonProcess) -> None:
+    daemon = no_live_restore_wharfd
+    cli = DockerCLI(daemon)
+    cli.ok("run", "-d", "--name", "c1", "busybox", "sh", "-c",
+           'trap "exit 0" TERM; while true; do sleep 0.1; done')
+    pid = int(_state(cli, "c1")["Pid"])  # type: ignore[call-overload]
+    daemon.stop(signal.SIGTERM)
+    assert not _alive(pid)
+    daemon.start()
+    assert _state(cli, "c1")["Status"] == "exited"
 
 
 def test_simulated_reboot(wharfd: DaemonProcess) -> None:
@@ -178,34 +163,26 @@ def test_simulated_reboot(wharfd: DaemonProcess) -> None:
     cli.ok("rm", "-f", "plain", "always1")
 
 
-def test_f1_kill9_without_live_restore(busybox_tar: Path) -> None:
+def test_f1_kill9_without_live_restore(no_live_restore_wharfd: DaemonProcess) -> None:
     """F1: after a kill -9, a daemon without live-restore stops what survived; restart
     policies (unless-stopped too) bring theirs back with new PIDs, RestartCount unchanged."""
-    reason = wharfd_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    daemon = DaemonProcess(extra_args=["--live-restore=false"])
-    try:
-        daemon.start()
-        import_busybox(daemon, busybox_tar)
-        cli = DockerCLI(daemon)
-        cli.ok("run", "-d", "--name", "nopolicy", "busybox", "sleep", "600")
-        cli.ok("run", "-d", "--name", "us1", "--restart", "unless-stopped", "busybox",
-               "sleep", "600")
-        cli.ok("run", "-d", "--name", "al1", "--restart", "always", "busybox", "sleep", "600")
-        pids = {n: int(_state(cli, n)["Pid"]) for n in ("nopolicy", "us1", "al1")}  # type: ignore[call-overload]
-        daemon.kill9()
-        daemon.start()
-        deadline = time.time() + 20
-        def settled() -> bool:
-            return (_state(cli, "nopolicy")["Status"] == "exited"
-                    and all(_state(cli, n)["Status"] == "running"
-                            and _state(cli, n)["Pid"] != pids[n] for n in ("us1", "al1")))
-        while time.time() < deadline and not settled():
-            time.sleep(0.2)
-        assert settled()
-        assert not _alive(pids["nopolicy"])
-        for name in ("us1", "al1"):
-            assert cli.ok("inspect", "-f", "{{.RestartCount}}", name).strip() == "0"
-    finally:
-        daemon.cleanup()
+    daemon = no_live_restore_wharfd
+    cli = DockerCLI(daemon)
+    cli.ok("run", "-d", "--name", "nopolicy", "busybox", "sleep", "600")
+    cli.ok("run", "-d", "--name", "us1", "--restart", "unless-stopped", "busybox",
+           "sleep", "600")
+    cli.ok("run", "-d", "--name", "al1", "--restart", "always", "busybox", "sleep", "600")
+    pids = {n: int(_state(cli, n)["Pid"]) for n in ("nopolicy", "us1", "al1")}  # type: ignore[call-overload]
+    daemon.kill9()
+    daemon.start()
+    deadline = time.time() + 20
+    def settled() -> bool:
+        return (_state(cli, "nopolicy")["Status"] == "exited"
+                and all(_state(cli, n)["Status"] == "running"
+                        and _state(cli, n)["Pid"] != pids[n] for n in ("us1", "al1")))
+    while time.time() < deadline and not settled():
+        time.sleep(0.2)
+    assert settled()
+    assert not _alive(pids["nopolicy"])
+    for name in ("us1", "al1"):
+        assert cli.ok("inspect", "-f", "{{.RestartCount}}", name).strip() == "0"

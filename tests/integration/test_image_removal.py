@@ -17,28 +17,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.crash.test_image_crash import converged
 from tests.harness.busybox import files_tar
 from tests.harness.cli import DockerCLI
-from tests.harness.daemon import DaemonProcess, wharfd_unavailable_reason
+from tests.harness.crash import armed_with, converged, own_wharfd
+from tests.harness.daemon import DaemonProcess
 
 pytestmark = pytest.mark.root
 
-CRASH_ENV = "WHARFD_CRASH_AT"
 BIG = "bigfiles:1"
 
 
 @pytest.fixture
 def wharfd() -> Iterator[DaemonProcess]:
-    reason = wharfd_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    daemon = DaemonProcess()
-    try:
-        daemon.start()
+    with own_wharfd() as daemon:
         yield daemon
-    finally:
-        daemon.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -104,17 +96,11 @@ def test_kill_between_reply_and_delete_is_finished_at_start(
     cli = DockerCLI(wharfd)
     cli.ok("import", str(big_tar), BIG)
     image_dirs = _snapshot_dirs(wharfd)
-    wharfd.stop()
-    wharfd.extra_env[CRASH_ENV] = "snapshot_reap_before_files"
-    wharfd.start()
-    try:
+    with armed_with(wharfd, "snapshot_reap_before_files"):
         r = cli("rmi", BIG)
         # the client had its answer: the daemon dies after replying, in the background
         assert r.returncode == 0, r.stderr
         assert "Deleted: sha256:" in r.stdout
-        assert wharfd.proc is not None and wharfd.proc.wait(30) == 137, "not reached"
-    finally:
-        wharfd.extra_env.pop(CRASH_ENV, None)
     # the files were still there when the daemon died, their rows marked
     assert image_dirs <= _snapshot_dirs(wharfd)
     assert {removing for _, removing in _snapshot_rows(wharfd)} == {1}

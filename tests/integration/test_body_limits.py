@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,22 +19,10 @@ from tests.harness.bodies import (
     V,
     message,
     post,
-    running_container,
-    unchanged_containers,
 )
 from tests.harness.daemon import BaseDaemon
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture(scope="module")
-def running(daemon: BaseDaemon) -> Iterator[str]:
-    yield from running_container(daemon, "limits-running")
-
-
-@pytest.fixture
-def no_new_containers(daemon: BaseDaemon) -> Iterator[None]:
-    yield from unchanged_containers(daemon)
 
 
 # ------------------------------------------------------------------ kernel ranges

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +23,12 @@ from tests.harness.bodies import (
     V,
     message,
     post,
-    running_container,
-    unchanged_containers,
 )
 from tests.harness.busybox import files_tar
 from tests.harness.cli import import_busybox
 from tests.harness.daemon import BaseDaemon
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture(scope="module")
-def running(daemon: BaseDaemon) -> Iterator[str]:
-    yield from running_container(daemon, "text-running")
-
-
-@pytest.fixture
-def no_new_containers(daemon: BaseDaemon) -> Iterator[None]:
-    yield from unchanged_containers(daemon)
 
 
 # ------------------------------------------------------------------ item 3: surrogates

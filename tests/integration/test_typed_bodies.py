@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,8 +26,6 @@ from tests.harness.bodies import (
     message,
     names,
     post,
-    running_container,
-    unchanged_containers,
 )
 from tests.harness.busybox import files_tar
 from tests.harness.daemon import BaseDaemon
@@ -50,16 +47,6 @@ DOCKERD_HOST_CONFIG_KEYS = frozenset({
     "ReadonlyPaths", "ReadonlyRootfs", "RestartPolicy", "SecurityOpt", "ShmSize", "UTSMode",
     "Ulimits", "UsernsMode", "VolumeDriver", "VolumesFrom",
 })
-
-
-@pytest.fixture(scope="module")
-def running(daemon: BaseDaemon) -> Iterator[str]:
-    yield from running_container(daemon, "typed-running")
-
-
-@pytest.fixture
-def no_new_containers(daemon: BaseDaemon) -> Iterator[None]:
-    yield from unchanged_containers(daemon)
 
 
 # ------------------------------------------------------------------ item 2: wrong types
@@ -181,11 +168,11 @@ def test_exec_console_size_is_typed(daemon: BaseDaemon, against_dockerd: bool,
      r"number into Go struct field IPAMConfig\.IPAM\.Config\.Subnet of type string"),
     ("/networks/bridge/connect", {"Container": 1},
      r"number into Go struct field \w+\.Container of type string"),
-    ("/networks/bridge/connect", {"Container": "typed-running",
+    ("/networks/bridge/connect", {"Container": "test_typed_bodies-running",
                                   "EndpointConfig": {"Aliases": 1}},
      r"number into Go struct field EndpointSettings\.EndpointConfig\.Aliases "
      r"of type \[\]string"),
-    ("/networks/bridge/disconnect", {"Container": "typed-running", "Force": "x"},
+    ("/networks/bridge/disconnect", {"Container": "test_typed_bodies-running", "Force": "x"},
      r"string into Go struct field \w+\.Force of type bool"),
     ("/volumes/create", {"Name": 1}, r"number into Go struct field \w+\.Name of type string"),
     ("/volumes/create", {"Name": "typed-v", "Labels": {"a": 1}},

@@ -27,6 +27,7 @@ import errno
 import os
 import stat
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,6 +167,20 @@ class _Walk:
         pending.extendleft(reversed(target.split("/")))
 
 
+def _named_steps(walk: _Walk, pending: deque[str]) -> Iterator[str]:
+    """Take ``pending``'s components one by one, ``..`` done on ``walk`` and empty or
+    ``.`` ones skipped: the names left to look up. What the caller queues meanwhile (a
+    symlink's target) is taken too."""
+    while pending:
+        part = pending.popleft()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            walk.up()
+            continue
+        yield part
+
+
 def _is_last(pending: deque[str]) -> bool:
     return all(p in ("", ".") for p in pending)
 
@@ -185,13 +200,7 @@ def resolve(
     pending = deque(parts)
     retries = 0
     try:
-        while pending:
-            part = pending.popleft()
-            if part in ("", "."):
-                continue
-            if part == "..":
-                walk.up()
-                continue
+        for part in _named_steps(walk, pending):
             if _is_last(pending):
                 if follow_last and _is_symlink(walk.top, part):
                     walk.follow(part, pending)
@@ -227,13 +236,7 @@ def resolved_path(root_fd: int, parts: list[str]) -> str:
     walk = _Walk(root_fd)
     pending = deque(parts)
     try:
-        while pending:
-            part = pending.popleft()
-            if part in ("", "."):
-                continue
-            if part == "..":
-                walk.up()
-                continue
+        for part in _named_steps(walk, pending):
             try:
                 st = os.stat(part, dir_fd=walk.top, follow_symlinks=False)
             except (FileNotFoundError, NotADirectoryError):

@@ -70,6 +70,16 @@ def _until(check: object, timeout: float) -> bool:
     return bool(check())  # type: ignore[operator]
 
 
+def _assert_exit_3_survives_kill9(daemon: DaemonProcess, cli: DockerCLI) -> None:
+    """Once there is room again, victim's exit (code 3) reaches its row: a kill -9 and
+    a restart still show it."""
+    assert _until(lambda: _saved_status(daemon, "victim") == "exited", 10)
+    daemon.kill9()
+    daemon.start()
+    state = _state(cli, "victim")
+    assert state["Status"] == "exited" and state["ExitCode"] == 3, state
+
+
 def test_exit_recorded_while_data_root_is_full(small_wharfd: DaemonProcess) -> None:
     daemon = small_wharfd
     cli = DockerCLI(daemon)
@@ -101,11 +111,7 @@ def test_exit_recorded_while_data_root_is_full(small_wharfd: DaemonProcess) -> N
 
     filler.unlink()
     # Once there is room the exit is committed: it survives a kill -9.
-    assert _until(lambda: _saved_status(daemon, "victim") == "exited", 10)
-    daemon.kill9()
-    daemon.start()
-    state = _state(cli, "victim")
-    assert state["Status"] == "exited" and state["ExitCode"] == 3, state
+    _assert_exit_3_survives_kill9(daemon, cli)
     # And the daemon works normally again.
     assert cli.ok("run", "--rm", "busybox", "echo", "ok").strip() == "ok"
     cli.ok("start", "victim")
@@ -129,11 +135,7 @@ def test_restore_while_data_root_is_full(small_wharfd: DaemonProcess) -> None:
     waited = cli("wait", "victim", timeout=15)
     assert waited.stdout.strip() == "3"
     filler.unlink()
-    assert _until(lambda: _saved_status(daemon, "victim") == "exited", 10)
-    daemon.kill9()
-    daemon.start()
-    state = _state(cli, "victim")
-    assert state["Status"] == "exited" and state["ExitCode"] == 3, state
+    _assert_exit_3_survives_kill9(daemon, cli)
 
 
 def _unix_time(stamp: str) -> float:

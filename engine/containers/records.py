@@ -26,7 +26,12 @@ from engine.containers import (
     unapplied,
 )
 from engine.containers.model import ContainerConfig, ContainerState, ContainerView
-from engine.containers.runspec import live_resources, swap_accounting, validate_host_config
+from engine.containers.runspec import (
+    live_resources,
+    store_system_paths,
+    swap_accounting,
+    validate_host_config,
+)
 from engine.containers.table import ContainerTable, now_rfc3339
 from engine.errors import Conflict, EngineError, InvalidParameter, NotFound, SystemError_
 from engine.ids import new_id
@@ -100,6 +105,7 @@ class ConfigRecords:
         logdrivers.settings(host_in["LogConfig"])
         host_config = createconfig.fill_host_config(host_in, self._config.default_shm_size)
         host_config["Runtime"] = runtime or self._config.default_runtime
+        await asyncio.to_thread(store_system_paths, host_config)
         # As dockerd, the default swap (twice the memory limit) is stored in HostConfig,
         # so inspect shows it and `docker update --memory` keeps it.
         swap_supported = await asyncio.to_thread(swap_accounting)

@@ -52,6 +52,14 @@ def host_facts() -> spec.HostFacts:
     return spec.HostFacts.detect(cgroup_version=cgroups.detect().version)
 
 
+def store_system_paths(host_config: dict[str, Any]) -> None:
+    """At create: the masked and read-only path lists this container's spec will apply,
+    stored in its HostConfig as dockerd does (reads the host once: run it off the loop)."""
+    host_config["MaskedPaths"], host_config["ReadonlyPaths"] = spec.stored_system_paths(
+        host_config, host_facts()
+    )
+
+
 def _etc_mounts(bundle: Path) -> list[dict[str, Any]]:
     return [
         {"destination": target, "type": "bind", "source": str(bundle / name),

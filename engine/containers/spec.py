@@ -1114,13 +1114,41 @@ def _process(req: SpecRequest, opts: SecurityOptions, host: HostFacts,
     return process
 
 
+def default_masked_paths(host: HostFacts) -> list[str]:
+    """dockerd's default masked paths on this host (with its CPUs' thermal_throttle dirs)."""
+    return [*DEFAULT_MASKED_PATHS, *host.thermal_throttle_paths]
+
+
+def stored_system_paths(
+    host_config: Mapping[str, Any], host: HostFacts
+) -> tuple[list[str] | None, list[str] | None]:
+    """``HostConfig.MaskedPaths`` and ``ReadonlyPaths`` as create stores them, as dockerd
+    does (so inspect shows what the spec applies): a list given stays; otherwise the
+    defaults, none with ``systempaths=unconfined``, null for a privileged container."""
+    try:
+        security = parse_security_opts(host_config.get("SecurityOpt") or [])
+    except InvalidParameter:
+        security = SecurityOptions()  # refused by create's validation right after
+    privileged = bool(host_config.get("Privileged"))
+
+    def stored(given: Sequence[str] | None, defaults: list[str]) -> list[str] | None:
+        if given is not None:
+            return list(given)
+        if privileged:
+            return None
+        return [] if security.unconfined_paths else defaults
+
+    return (stored(host_config.get("MaskedPaths"), default_masked_paths(host)),
+            stored(host_config.get("ReadonlyPaths"), list(DEFAULT_READONLY_PATHS)))
+
+
 def _path_lists(req: SpecRequest, opts: SecurityOptions,
                 host: HostFacts) -> tuple[list[str], list[str]]:
+    """The lists a spec applies: those stored at create (``stored_system_paths``); the
+    defaults for a record stored before create did that."""
     if opts.unconfined_paths:
         return [], []
-    default_masked = [] if req.privileged else [
-        *DEFAULT_MASKED_PATHS, *host.thermal_throttle_paths
-    ]
+    default_masked = [] if req.privileged else default_masked_paths(host)
     default_ro = [] if req.privileged else list(DEFAULT_READONLY_PATHS)
     masked = default_masked if req.masked_paths is None else list(req.masked_paths)
     readonly = default_ro if req.readonly_paths is None else list(req.readonly_paths)

@@ -217,6 +217,30 @@ def test_systempaths_unconfined() -> None:
     assert linux["maskedPaths"] == [] and linux["readonlyPaths"] == []
 
 
+def test_stored_system_paths_are_what_the_spec_applies() -> None:
+    """What create stores in HostConfig (dockerd's rule), then built into the spec."""
+    host = replace(HOST, thermal_throttle_paths=(
+        "/sys/devices/system/cpu/cpu0/thermal_throttle",))
+    cases: list[tuple[dict[str, Any], tuple[Any, Any]]] = [
+        ({}, (specmod.default_masked_paths(host), list(DEFAULT_READONLY_PATHS))),
+        ({"Privileged": True}, (None, None)),
+        ({"SecurityOpt": ["systempaths=unconfined"]}, ([], [])),
+        ({"MaskedPaths": ["/x"], "ReadonlyPaths": []}, (["/x"], [])),
+        ({"SecurityOpt": ["bogus"]}, (specmod.default_masked_paths(host),
+                                      list(DEFAULT_READONLY_PATHS))),
+    ]
+    for host_config, expected in cases:
+        stored = specmod.stored_system_paths(host_config, host)
+        assert stored == expected, host_config
+        if host_config.get("SecurityOpt") == ["bogus"]:
+            continue  # refused by create's validation
+        linux = build(host=host, privileged=bool(host_config.get("Privileged")),
+                      security_opt=host_config.get("SecurityOpt") or [],
+                      masked_paths=stored[0], readonly_paths=stored[1])["linux"]
+        assert linux["maskedPaths"] == (stored[0] or [])
+        assert linux["readonlyPaths"] == (stored[1] or [])
+
+
 def test_thermal_throttle_detection(tmp_path: Path) -> None:
     cpu = tmp_path / "devices" / "system" / "cpu"
     (cpu / "cpu1" / "thermal_throttle").mkdir(parents=True)

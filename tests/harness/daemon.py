@@ -154,6 +154,8 @@ class BaseDaemon:
         tmp_base: str | os.PathLike[str] | None = None,
         env: dict[str, str] | None = None,
         name: str | None = None,
+        netns: NetNS | None = None,
+        uts_ns: Path | None = None,
     ) -> None:
         self.id = secrets.token_hex(4)
         self.name = name or f"{self.kind}-{self.id}"
@@ -167,7 +169,11 @@ class BaseDaemon:
         self.cgroup_parent = f"/wharfd-test-{self.id}"
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
-        self.netns = NetNS("wharfd-t")
+        # a netns given by the caller (a cluster host) is the caller's to create and delete;
+        # ``uts_ns`` is a bind-mounted UTS namespace file the daemon joins too (own hostname)
+        self._owns_netns = netns is None
+        self.netns = netns if netns is not None else NetNS("wharfd-t")
+        self.uts_ns = uts_ns
         self.proc: subprocess.Popen[bytes] | None = None
         self.created_ticks = _now_ticks()
         self.created_wall = time.time()
@@ -239,7 +245,8 @@ class BaseDaemon:
         reason = self.available()
         if reason:
             raise DaemonStartError(reason)
-        self.netns.create()
+        if self._owns_netns:
+            self.netns.create()
         LIVE.add(self)
         self._cleaned = False
         with open(self.log_path, "ab") as log:
@@ -247,7 +254,7 @@ class BaseDaemon:
                       f"{' '.join(self.argv())}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                self.netns.wrap(self.argv()),
+                self._wrap_in_namespaces(self.argv()),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -258,6 +265,11 @@ class BaseDaemon:
         self.starts += 1
         self.wait_ready(timeout)
         return self
+
+    def _wrap_in_namespaces(self, argv: list[str]) -> list[str]:
+        if self.uts_ns is None:
+            return self.netns.wrap(argv)
+        return self.netns.wrap_with(argv, f"--uts={self.uts_ns}")
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -465,7 +477,7 @@ class BaseDaemon:
             out["mounts"] = mounts
         if cgs := self.cgroup_dirs():
             out["cgroups"] = [str(c) for c in cgs]
-        if self.netns.exists:
+        if self._owns_netns and self.netns.exists:
             out["netns"] = self.netns.name
         if self.tmp.exists():
             out["tmp"] = str(self.tmp)
@@ -484,7 +496,8 @@ class BaseDaemon:
             self._extra_cleanup()
             self.unmount_all()
             self.remove_cgroups()
-            self.netns.delete()
+            if self._owns_netns:
+                self.netns.delete()
             if not keep_tmp:
                 self._rmtree(self.tmp)
         finally:

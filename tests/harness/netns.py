@@ -80,6 +80,10 @@ class NetNS:
     def wrap(self, argv: Sequence[str]) -> list[str]:
         return [*self.nsenter_argv(), *argv]
 
+    def wrap_with(self, argv: Sequence[str], *nsenter_options: str) -> list[str]:
+        """Like :meth:`wrap`, also joining other namespaces (e.g. ``--uts=<file>``)."""
+        return [_nsenter(), f"--net={self.path}", *nsenter_options, "--", *argv]
+
     def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)

@@ -10,6 +10,9 @@ Fixtures:
   docker_cli        (function) ``docker_cli("ps", "-a")`` against ``daemon``
   dclient           (function) docker-py ``DockerClient`` for ``daemon``
   registry          (module)   a local docker-registry on 127.0.0.1:5000 in its netns
+  cluster           (function) factory: ``cluster(3)`` brings up 3 hosts on one LAN, each
+                               with its own wharfd (tests/harness/cluster.py), torn down
+                               after the test; ``module_cluster`` the same per module
   against_dockerd   (session)  True under ``--against-dockerd``
 
 When a test fails, the tail of the log of every daemon still running is attached to its
@@ -24,7 +27,7 @@ import inspect
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ import pytest
 
 from tests.harness.busybox import BusyboxArtifacts, BusyboxUnavailable
 from tests.harness.cli import DockerCLI, docker_py_client, import_busybox
+from tests.harness.cluster import Cluster
 from tests.harness.daemon import (
     LIVE,
     BaseDaemon,
@@ -211,6 +215,44 @@ def dclient(daemon: BaseDaemon) -> Iterator[Any]:
         yield client
     finally:
         client.close()
+
+
+# -- several hosts --------------------------------------------------------------------------
+
+ClusterFactory = Callable[..., Cluster]
+
+
+def _cluster_factory(config: pytest.Config) -> Iterator[ClusterFactory]:
+    """Yields ``make(n, up=True, **Cluster keywords)``; tears every cluster made down afterwards.
+    Under ``--against-dockerd`` the hosts run the reference dockerd instead of wharfd."""
+    made: list[Cluster] = []
+    cls = _daemon_class(config)
+    _skip_unless_runnable(cls)
+
+    def make(n: int, *, up: bool = True, **kwargs: Any) -> Cluster:
+        kwargs.setdefault("daemon_factory", cls)
+        c = Cluster(n, **kwargs)
+        made.append(c)
+        return c.up() if up else c
+
+    try:
+        yield make
+    finally:
+        for c in reversed(made):
+            if left := c.down():
+                warnings.warn(f"cluster left behind: {left}", stacklevel=1)
+
+
+@pytest.fixture
+def cluster(pytestconfig: pytest.Config) -> Iterator[ClusterFactory]:
+    """``cluster(3)``: three hosts h1..h3 (192.168.77.1-3) and a client, for one test."""
+    yield from _cluster_factory(pytestconfig)
+
+
+@pytest.fixture(scope="module")
+def module_cluster(pytestconfig: pytest.Config) -> Iterator[ClusterFactory]:
+    """Like ``cluster``, torn down at the end of the module."""
+    yield from _cluster_factory(pytestconfig)
 
 
 # -- no blocking calls inside the event loop -----------------------------------------------

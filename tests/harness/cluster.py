@@ -191,31 +191,33 @@ class Host:
         NO-CARRIER); ``nft``: an nft table inside the host's netns drops all traffic on
         its LAN interface (the link stays up, as in a firewall partition)."""
         if how == "link":
-            self.cluster.lan.run([_tool("ip"), "link", "set", self.lan_port, "down"],
-                                 check=True)
+            _check(self.cluster.lan.wrap([_tool("ip"), "link", "set", self.lan_port, "down"]),
+                   f"cut {self!r} off")
         elif how == "nft":
             iface = HOST_IFACE
+            # chain names avoid nft keywords ("in", "fwd", "out" are not all accepted)
             ruleset = (
                 f"table inet {CUTOFF_TABLE} {{\n"
-                f"  chain in {{ type filter hook input priority -300; "
-                f"iifname \"{iface}\" drop; }}\n"
-                f"  chain fwd {{ type filter hook forward priority -300; "
-                f"iifname \"{iface}\" drop; oifname \"{iface}\" drop; }}\n"
-                f"  chain out {{ type filter hook output priority -300; "
-                f"oifname \"{iface}\" drop; }}\n"
+                f"  chain cut_input {{\n    type filter hook input priority -300;\n"
+                f"    iifname \"{iface}\" drop\n  }}\n"
+                f"  chain cut_forward {{\n    type filter hook forward priority -300;\n"
+                f"    iifname \"{iface}\" drop\n    oifname \"{iface}\" drop\n  }}\n"
+                f"  chain cut_output {{\n    type filter hook output priority -300;\n"
+                f"    oifname \"{iface}\" drop\n  }}\n"
                 f"}}\n"
             )
-            self.netns.run([_tool("nft"), "-f", "-"], input=ruleset, check=True)
+            _check(self.netns.wrap([_tool("nft"), "-f", "-"]), f"cut {self!r} off", input=ruleset)
         else:
             raise ValueError(f"unknown way to disconnect: {how!r}")
 
     def reconnect(self) -> None:
         """Undo :meth:`disconnect`, whichever way it was done."""
-        self.cluster.lan.run([_tool("ip"), "link", "set", self.lan_port, "up"], check=True)
+        _check(self.cluster.lan.wrap([_tool("ip"), "link", "set", self.lan_port, "up"]),
+               f"reconnect {self!r}")
         listed = self.netns.run([_tool("nft"), "list", "table", "inet", CUTOFF_TABLE])
         if listed.returncode == 0:
-            self.netns.run([_tool("nft"), "delete", "table", "inet", CUTOFF_TABLE],
-                           check=True)
+            _check(self.netns.wrap([_tool("nft"), "delete", "table", "inet", CUTOFF_TABLE]),
+                   f"reconnect {self!r}")
 
 
 class ClientNS:

@@ -104,8 +104,13 @@ def _container_state(host: Host, name: str) -> dict[str, object]:
 
 
 def test_killed_daemon_restarts_in_the_same_namespaces_with_its_container(
-    three: Cluster,
+    three: Cluster, against_dockerd: bool,
 ) -> None:
+    if against_dockerd:
+        # wharfd-only: dockerd 20.10 has live-restore off by default, and the reference
+        # harness' dockerd does not come back after a kill -9 even standalone (its managed
+        # containerd is left unreachable: "timeout waiting for containerd to start")
+        pytest.skip("wharfd-only: kill -9 + restart with live-restore")
     h1 = three.hosts[0]
     r = h1.docker("run", "-d", "--name", "survivor", "busybox", "sleep", "300", check=True)
     cid = r.stdout.strip()

@@ -157,10 +157,11 @@ class Host:
 
     def docker(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         """The docker CLI against this host's daemon (``run_docker`` keywords apply)."""
-        return run_docker(self._daemon(), *args, **kwargs)
+        return run_docker(self.require_daemon(), *args, **kwargs)
 
     # -- the daemon ----------------------------------------------------------------------
-    def _daemon(self) -> BaseDaemon:
+    def require_daemon(self) -> BaseDaemon:
+        """This host's daemon (wharfd, or dockerd under --against-dockerd)."""
         if self.daemon is None:
             raise ClusterError(f"{self!r} has no daemon")
         return self.daemon
@@ -171,15 +172,15 @@ class Host:
 
     def start(self) -> Host:
         """Start (or start again) this host's wharfd on the same roots and namespaces."""
-        self._daemon().start()
+        self.require_daemon().start()
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         """Signal the daemon by PID and wait (its containers keep running: live-restore)."""
-        return self._daemon().stop(sig, timeout)
+        return self.require_daemon().stop(sig, timeout)
 
     def kill9(self) -> int | None:
-        return self._daemon().kill9()
+        return self.require_daemon().kill9()
 
     def restart(self) -> Host:
         self.stop()

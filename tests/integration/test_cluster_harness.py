@@ -31,7 +31,7 @@ ClusterFactory = Callable[..., Cluster]
 @pytest.fixture(scope="module")
 def three(module_cluster: ClusterFactory, busybox_tar: Path) -> Iterator[Cluster]:
     c = module_cluster(3)
-    import_busybox(c.hosts[0]._daemon(), busybox_tar)
+    import_busybox(c.hosts[0].require_daemon(), busybox_tar)
     yield c
 
 
@@ -57,8 +57,8 @@ def test_each_host_has_its_own_hostname_and_daemon(three: Cluster) -> None:
     # the machine's own hostname was not touched
     assert socket.gethostname() == machine_hostname
     assert machine_hostname not in {"h1", "h2", "h3"}
-    sockets = {h._daemon().socket for h in three.hosts}
-    roots = {h._daemon().data_root for h in three.hosts}
+    sockets = {h.require_daemon().socket for h in three.hosts}
+    roots = {h.require_daemon().data_root for h in three.hosts}
     assert len(sockets) == len(roots) == 3
 
 
@@ -119,7 +119,7 @@ def test_killed_daemon_restarts_in_the_same_namespaces_with_its_container(
         assert before["Running"] is True
         old_pid = h1.pid
         h1.kill9()
-        assert not rawhttp.ping(h1._daemon().socket, timeout=1.0)
+        assert not rawhttp.ping(h1.require_daemon().socket, timeout=1.0)
         # the container's process outlived its daemon
         os.kill(int(str(before["Pid"])), 0)
         h1.start()
@@ -153,7 +153,7 @@ def test_teardown_leaves_nothing_behind(cluster: ClusterFactory) -> None:
     assert all((NETNS_DIR / n).exists() for n in names)
     assert str(c.uts.dir) in _mountinfo()
     daemon_pids = [h.pid for h in c.hosts]
-    tmps = [h._daemon().tmp for h in c.hosts]
+    tmps = [h.require_daemon().tmp for h in c.hosts]
     # a process of the test's own left in a host's namespaces goes too
     stray = subprocess.Popen(c.hosts[1].wrap(["sleep", "300"]))
     try:
@@ -172,7 +172,7 @@ def test_teardown_leaves_nothing_behind(cluster: ClusterFactory) -> None:
     assert stray.returncode is not None
     assert not any(t.exists() for t in tmps)
     for h in c.hosts:
-        assert h._daemon().leftovers() == {}
+        assert h.require_daemon().leftovers() == {}
 
 
 def test_failed_bring_up_removes_what_was_made(cluster: ClusterFactory) -> None:
@@ -185,4 +185,4 @@ def test_failed_bring_up_removes_what_was_made(cluster: ClusterFactory) -> None:
     assert not [ns.name for ns in c.namespaces() if ns.exists]
     assert str(c.uts.dir) not in _mountinfo()
     assert not c.uts.dir.exists()
-    assert not any(h._daemon().tmp.exists() for h in c.hosts)
+    assert not any(h.require_daemon().tmp.exists() for h in c.hosts)

@@ -14,13 +14,14 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.harness import rawhttp
 from tests.harness.cli import import_busybox
 from tests.harness.cluster import Cluster, Host
-from tests.harness.daemon import DaemonStartError
+from tests.harness.daemon import DaemonProcess, DaemonStartError
 from tests.harness.netns import NETNS_DIR, pids_in_netns_inode
 
 pytestmark = pytest.mark.root
@@ -186,3 +187,24 @@ def test_failed_bring_up_removes_what_was_made(cluster: ClusterFactory) -> None:
     assert str(c.uts.dir) not in _mountinfo()
     assert not c.uts.dir.exists()
     assert not any(h.require_daemon().tmp.exists() for h in c.hosts)
+
+
+def test_bring_up_failing_midway_removes_what_was_made(cluster: ClusterFactory) -> None:
+    # the second host's daemon cannot even be made: host 1 is complete (netns, veth, UTS
+    # namespace, daemon temp dir), host 2 half made, host 3 not begun
+    made: list[DaemonProcess] = []
+
+    def second_fails(*args: Any, **kwargs: Any) -> DaemonProcess:
+        if made:
+            raise RuntimeError("the test's daemon factory refuses the second host")
+        made.append(DaemonProcess(*args, **kwargs))
+        return made[0]
+
+    c = cluster(3, up=False, daemon_factory=second_fails)
+    with pytest.raises(RuntimeError, match="refuses the second host"):
+        c.up()
+    assert made and not made[0].tmp.exists()
+    assert c.leftovers() == {}
+    assert not [ns.name for ns in c.namespaces() if ns.exists]
+    assert str(c.uts.dir) not in _mountinfo()
+    assert not c.uts.dir.exists()

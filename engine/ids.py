@@ -15,6 +15,9 @@ from engine.errors import InvalidParameter, NotFound
 
 T = TypeVar("T")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_BASE36_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+SWARM_ID_LENGTH = 25
+_SWARM_ID = re.compile(r"^[0-9a-z]{25}$")
 
 
 def new_id() -> str:
@@ -27,6 +30,34 @@ def new_id() -> str:
 
 def is_full_id(value: str) -> bool:
     return bool(_HEX64.match(value))
+
+
+def to_base36(value: int) -> str:
+    """``value`` in lowercase base36, no padding (``0`` for zero), as Go's ``big.Int.Text(36)``."""
+    if value < 0:
+        raise ValueError("base36 of a negative number")
+    digits = []
+    while True:
+        value, remainder = divmod(value, 36)
+        digits.append(_BASE36_DIGITS[remainder])
+        if value == 0:
+            return "".join(reversed(digits))
+
+
+def new_swarm_id() -> str:
+    """A 25-character lowercase base36 id for swarm objects (nodes, services, tasks, ...).
+
+    As swarmkit: 17 random bytes with the top bit forced on, so the base36 text always has
+    the same length (27 characters); its first character carries little randomness and is
+    dropped, and the next 25 are the id.
+    """
+    raw = bytearray(secrets.token_bytes(17))
+    raw[0] |= 0x80
+    return to_base36(int.from_bytes(raw, "big"))[1 : 1 + SWARM_ID_LENGTH]
+
+
+def is_swarm_id(value: str) -> bool:
+    return bool(_SWARM_ID.match(value))
 
 
 def resolve(

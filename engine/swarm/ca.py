@@ -34,11 +34,13 @@ from engine.errors import InvalidParameter, Unauthorized
 from engine.ids import to_base36
 
 ROOT_CN = "swarm-ca"
+# The name a manager also answers to as the cluster's certificate issuer (swarmkit's CARole).
+CA_SERVER_NAME = "swarm-ca"
 ROOT_CA_EXPIRY = timedelta(days=20 * 365)
-# The root is backdated by an hour and node certificates by five minutes (swarmkit's
-# figures) so that a host whose clock runs a little behind still accepts them.
+# Certificates start an hour in the past (swarmkit's CertBackdate) so that a host whose
+# clock runs behind still accepts them; the expiry still counts from the moment of signing.
 ROOT_CA_BACKDATE = timedelta(hours=1)
-NODE_CERT_BACKDATE = timedelta(minutes=5)
+NODE_CERT_BACKDATE = timedelta(hours=1)
 DEFAULT_NODE_CERT_EXPIRY = timedelta(days=90)
 MIN_NODE_CERT_EXPIRY = timedelta(hours=1)
 
@@ -211,10 +213,12 @@ class RootCA:
                 ),
                 critical=False,
             )
-            # Peers check a manager by the name "swarm-manager" or a node by its ID, as
-            # swarmkit's clients do, so both go in the SAN.
+            # Peers check a manager by the name "swarm-manager" (or "swarm-ca" when asking
+            # for a certificate) or a node by its ID, as swarmkit's clients do.
             .add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(role.ou), x509.DNSName(node_id)]),
+                x509.SubjectAlternativeName(
+                    [x509.DNSName(name) for name in _server_names(role, node_id)]
+                ),
                 critical=False,
             )
             .add_extension(
@@ -230,6 +234,13 @@ class RootCA:
         if not isinstance(public, ec.EllipticCurvePublicKey):
             raise InvalidParameter("root CA key is not an ECDSA key")
         return public
+
+
+def _server_names(role: NodeRole, node_id: str) -> list[str]:
+    names = [role.ou, node_id]
+    if role is NodeRole.MANAGER:
+        names.append(CA_SERVER_NAME)
+    return names
 
 
 def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -406,17 +417,21 @@ def new_join_token(root: RootCA) -> JoinToken:
 def parse_join_token(text: str) -> JoinToken:
     """Parse ``SWMTKN-1-<digest>-<secret>``; anything else is ``invalid join token``.
 
-    The FIPS variant ``SWMTKN-2-1-…`` parses with the same layout but is refused: wharfd's
-    clusters are never FIPS clusters, and a FIPS node would refuse to join one anyway.
+    As swarmkit, ``SWMTKN-2-0-<digest>-<secret>`` is the same token in the version-2 layout.
+    The FIPS variant ``SWMTKN-2-1-…`` is refused with its own message: wharfd's clusters are
+    never FIPS clusters, and a FIPS node would refuse to join one anyway.
     """
     parts = text.split("-")
     if len(parts) < 4 or parts[0] != JOIN_TOKEN_PREFIX:
         raise InvalidParameter(INVALID_JOIN_TOKEN)
-    if parts[1] == "2" and len(parts) == 5 and parts[2] == "1":
+    if parts[1] == JOIN_TOKEN_VERSION and len(parts) == 4:
+        digest, secret = parts[2], parts[3]
+    elif parts[1] == "2" and len(parts) == 5 and parts[2] == "0":
+        digest, secret = parts[3], parts[4]
+    elif parts[1] == "2" and len(parts) == 5 and parts[2] == "1":
         raise InvalidParameter("FIPS swarm join tokens are not supported")
-    if parts[1] != JOIN_TOKEN_VERSION or len(parts) != 4:
+    else:
         raise InvalidParameter(INVALID_JOIN_TOKEN)
-    digest, secret = parts[2], parts[3]
     if len(digest) != DIGEST_LENGTH or len(secret) != SECRET_LENGTH:
         raise InvalidParameter(INVALID_JOIN_TOKEN)
     if not set(digest) <= _BASE36 or not set(secret) <= _BASE36:

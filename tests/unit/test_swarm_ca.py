@@ -208,6 +208,11 @@ def test_malformed_tokens_are_invalid_join_token(root: RootCA, text: str) -> Non
 
 def test_fips_tokens_are_refused_clearly(root: RootCA) -> None:
     good = new_join_token(root)
+    # The non-FIPS version-2 layout is the same token.
+    assert parse_join_token(f"SWMTKN-2-0-{good.ca_digest}-{good.secret}") == good
+    for bad in ["SWMTKN-2-0-{d}", "SWMTKN-2-2-{d}-{s}", "SWMTKN-2-0-{d}-{s}-x"]:
+        with pytest.raises(InvalidParameter, match="^invalid join token$"):
+            parse_join_token(bad.format(d=good.ca_digest, s=good.secret))
     with pytest.raises(InvalidParameter, match="FIPS"):
         parse_join_token(f"SWMTKN-2-1-{good.ca_digest}-{good.secret}")
 
@@ -245,10 +250,14 @@ def test_signed_cert_carries_identity_and_usages(root: RootCA) -> None:
     assert key_usage.digital_signature and not key_usage.key_cert_sign
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert set(sans.get_values_for_type(x509.DNSName)) == {"swarm-manager", node_id}
+    assert set(sans.get_values_for_type(x509.DNSName)) == {"swarm-manager", node_id, "swarm-ca"}
 
-    _, worker_pem = issue(root, NodeRole.WORKER)
-    assert identity_of(load_certificate(worker_pem)).role is NodeRole.WORKER
+    worker_id = new_swarm_id()
+    _, worker_pem = issue(root, NodeRole.WORKER, worker_id)
+    worker = load_certificate(worker_pem)
+    assert identity_of(worker).role is NodeRole.WORKER
+    sans = worker.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(sans.get_values_for_type(x509.DNSName)) == {"swarm-worker", worker_id}
 
 
 def test_cert_from_another_ca_does_not_verify(root: RootCA) -> None:
@@ -267,7 +276,8 @@ def test_expiry_is_honoured(root: RootCA) -> None:
     _, cert_pem = issue(root, expiry=timedelta(hours=2), now=now)
     cert = load_certificate(cert_pem)
     assert cert.not_valid_after_utc == now + timedelta(hours=2)
-    assert cert.not_valid_before_utc <= now
+    assert cert.not_valid_before_utc == now - timedelta(hours=1)  # swarmkit's backdate
+    verify_node_certificate(cert_pem, root, now=now - timedelta(minutes=59))  # slow clock
     verify_node_certificate(cert_pem, root, now=now + timedelta(hours=1))
     with pytest.raises(Unauthorized, match="not valid at"):
         verify_node_certificate(cert_pem, root, now=now + timedelta(hours=2, seconds=1))

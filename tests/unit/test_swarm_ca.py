@@ -211,7 +211,7 @@ def test_fips_tokens_are_refused_clearly(root: RootCA) -> None:
     # The non-FIPS version-2 layout is the same token.
     assert parse_join_token(f"SWMTKN-2-0-{good.ca_digest}-{good.secret}") == good
     for bad in ["SWMTKN-2-0-{d}", "SWMTKN-2-2-{d}-{s}", "SWMTKN-2-0-{d}-{s}-x"]:
-        with pytest.raises(InvalidParameter, match="^invalid join token$"):
+        with pytest.raises(InvalidParameter, match=r"^invalid join token$"):
             parse_join_token(bad.format(d=good.ca_digest, s=good.secret))
     with pytest.raises(InvalidParameter, match="FIPS"):
         parse_join_token(f"SWMTKN-2-1-{good.ca_digest}-{good.secret}")

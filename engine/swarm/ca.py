@@ -414,6 +414,29 @@ def new_join_token(root: RootCA) -> JoinToken:
     return JoinToken(root.digest, new_token_secret())
 
 
+INVALID_JOIN_SECRET = "A valid join token is necessary to join this cluster"
+
+
+def role_for_join_token(presented: str, worker: JoinToken, manager: JoinToken) -> NodeRole:
+    """The role a join request's token grants, or ``InvalidParameter`` with dockerd's text.
+
+    Both secrets are always compared (in constant time), so the answer's timing does not
+    tell which token, if any, came close. A token for another CA grants nothing.
+    """
+    try:
+        token = parse_join_token(presented)
+    except InvalidParameter:
+        raise InvalidParameter(INVALID_JOIN_SECRET) from None
+    same_ca = hmac.compare_digest(token.ca_digest, worker.ca_digest)
+    is_worker = token.matches_secret(worker)
+    is_manager = token.matches_secret(manager)
+    if same_ca and is_manager:
+        return NodeRole.MANAGER
+    if same_ca and is_worker:
+        return NodeRole.WORKER
+    raise InvalidParameter(INVALID_JOIN_SECRET)
+
+
 def parse_join_token(text: str) -> JoinToken:
     """Parse ``SWMTKN-1-<digest>-<secret>``; anything else is ``invalid join token``.
 

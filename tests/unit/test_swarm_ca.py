@@ -39,6 +39,7 @@ from engine.swarm.ca import (
     new_node_key_and_csr,
     parse_join_token,
     renewal_time,
+    role_for_join_token,
     verify_node_certificate,
 )
 
@@ -227,6 +228,21 @@ def test_token_for_another_ca_is_refused(root: RootCA) -> None:
     # Even one changed byte of the bundle (e.g. a re-serialised PEM) is a different CA.
     with pytest.raises(CAMismatch):
         token.check_ca(root.bundle_pem + b"\n")
+
+
+def test_join_token_grants_the_role_of_its_secret(root: RootCA) -> None:
+    worker, manager = new_join_token(root), new_join_token(root)
+    assert role_for_join_token(str(worker), worker, manager) is NodeRole.WORKER
+    assert role_for_join_token(str(manager), worker, manager) is NodeRole.MANAGER
+    # After rotation the old secret is worthless; the other role's token still works.
+    rotated = worker.rotated()
+    other_ca = JoinToken(RootCA.create().digest, worker.secret)
+    refused = [str(worker), str(other_ca), "SWMTKN-1-nonsense", "", str(rotated) + "0"]
+    for text in refused:
+        with pytest.raises(InvalidParameter) as caught:
+            role_for_join_token(text, rotated, manager)
+        assert str(caught.value) == "A valid join token is necessary to join this cluster"
+    assert role_for_join_token(str(rotated), rotated, manager) is NodeRole.WORKER
 
 
 # --------------------------------------------------------------------------- node certs

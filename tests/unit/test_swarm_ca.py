@@ -236,7 +236,7 @@ def test_join_token_grants_the_role_of_its_secret(root: RootCA) -> None:
     assert role_for_join_token(str(manager), worker, manager) is NodeRole.MANAGER
     # After rotation the old secret is worthless; the other role's token still works.
     rotated = worker.rotated()
-    other_ca = JoinToken(RootCA.create().digest, worker.secret)
+    other_ca = JoinToken(RootCA.create().digest, rotated.secret)  # right secret, wrong CA
     refused = [str(worker), str(other_ca), "SWMTKN-1-nonsense", "", str(rotated) + "0"]
     for text in refused:
         with pytest.raises(InvalidParameter) as caught:

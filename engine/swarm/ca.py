@@ -84,11 +84,20 @@ class CAMismatch(InvalidParameter):
 
 @dataclass(frozen=True)
 class RootCA:
-    """A trust root: the bundle PEM exactly as served, and (on managers) its signing key."""
+    """A trust root: the bundle PEM exactly as served, and (on managers) its signing key.
+
+    ``cert`` is the bundle's first certificate, the one that signs. A bundle may hold more
+    roots (while the CA rotates, old and new are both trusted); certificates issued by any
+    of them verify.
+    """
 
     bundle_pem: bytes
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey | None = None
+
+    @property
+    def trusted(self) -> list[x509.Certificate]:
+        return x509.load_pem_x509_certificates(self.bundle_pem)
 
     @classmethod
     def create(cls, now: datetime | None = None) -> RootCA:
@@ -326,10 +335,8 @@ def verify_node_certificate(
     for certificates met outside a handshake (a saved certificate at start-up, a renewal).
     """
     cert = load_certificate(cert_pem)
-    try:
-        cert.verify_directly_issued_by(root.cert)
-    except (ValueError, TypeError, InvalidSignature) as err:
-        raise Unauthorized("certificate is not signed by the swarm's root CA") from err
+    if not any(_issued_by(cert, trusted) for trusted in root.trusted):
+        raise Unauthorized("certificate is not signed by the swarm's root CA")
     now = now or datetime.now(UTC)
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise Unauthorized(
@@ -338,6 +345,14 @@ def verify_node_certificate(
             f"to {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})"
         )
     return identity_of(cert)
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def renewal_time(cert: x509.Certificate, rng: random.Random | None = None) -> datetime:

@@ -287,6 +287,25 @@ def test_cert_from_another_ca_does_not_verify(root: RootCA) -> None:
         verify_node_certificate(other_pem, root)
 
 
+def test_a_bundle_of_two_roots_trusts_both(root: RootCA, tmp_path: Path) -> None:
+    """While the CA rotates, the bundle carries the new root first and the old one after."""
+    new_root = RootCA.create()
+    both = RootCA.from_pem(new_root.bundle_pem + root.bundle_pem, new_root.key_pem)
+    assert both.cert == new_root.cert
+    assert both.digest != new_root.digest  # the token pins the whole bundle
+    old_key, old_cert = issue(root, NodeRole.MANAGER)
+    new_key, new_cert = issue(both, NodeRole.WORKER)
+    verify_node_certificate(old_cert, both)
+    verify_node_certificate(new_cert, both)
+    with pytest.raises(Unauthorized):
+        verify_node_certificate(new_cert, root)
+    # And TLS agrees: a node with an old certificate and one with a new one talk.
+    server_ctx = mutual_tls_context(True, *write_node(tmp_path, "old", old_key, old_cert), both)
+    client_ctx = mutual_tls_context(False, *write_node(tmp_path, "new", new_key, new_cert), both)
+    seen_by_server, _ = handshake(server_ctx, client_ctx, "swarm-manager")
+    assert seen_by_server.role is NodeRole.WORKER
+
+
 def test_expiry_is_honoured(root: RootCA) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     _, cert_pem = issue(root, expiry=timedelta(hours=2), now=now)

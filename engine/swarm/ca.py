@@ -17,9 +17,11 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import ipaddress
 import random
 import secrets
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -171,8 +173,13 @@ class RootCA:
         cluster_id: str,
         expiry: timedelta = DEFAULT_NODE_CERT_EXPIRY,
         now: datetime | None = None,
+        addresses: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
     ) -> bytes:
-        """Issue a node certificate for a CSR; only the CSR's public key is taken from it."""
+        """Issue a node certificate for a CSR; only the CSR's public key is taken from it.
+
+        ``addresses`` become IP SANs: Go TLS clients that dial an address without a server
+        name (etcd's peers and clients dialling ``https://<ip>:2380``) check the IP there.
+        """
         if self.key is None:
             raise InvalidParameter("this root CA has no signing key")
         if expiry < MIN_NODE_CERT_EXPIRY:
@@ -227,6 +234,7 @@ class RootCA:
             .add_extension(
                 x509.SubjectAlternativeName(
                     [x509.DNSName(name) for name in _server_names(role, node_id)]
+                    + [x509.IPAddress(address) for address in addresses]
                 ),
                 critical=False,
             )

@@ -7,6 +7,7 @@ ParseJoinToken); the mutual-TLS test runs a real handshake with Python's ssl.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import random
 import socket
 import ssl
@@ -417,6 +418,25 @@ def test_mutual_tls_between_two_node_certificates(root: RootCA, tmp_path: Path) 
     assert (seen_by_client.node_id, seen_by_client.role) == (manager_id, NodeRole.MANAGER)
     # The node ID is a valid server name too.
     handshake(server_ctx, client_ctx, manager_id)
+
+
+def test_ip_sans_let_a_client_dial_an_address(root: RootCA, tmp_path: Path) -> None:
+    """etcd's Go clients dial https://<ip>:port and check the IP against the SANs."""
+    loopback = ipaddress.ip_address("127.0.0.1")
+    key_pem, csr_pem = new_node_key_and_csr()
+    cert_pem = root.sign_node_csr(
+        csr_pem, new_swarm_id(), NodeRole.MANAGER, CLUSTER, addresses=[loopback]
+    )
+    sans = load_certificate(cert_pem).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert sans.value.get_values_for_type(x509.IPAddress) == [loopback]
+    client_ctx = mutual_tls_context(False, *write_node(tmp_path, "w", *issue(root)), root)
+    with_ip = mutual_tls_context(True, *write_node(tmp_path, "m", key_pem, cert_pem), root)
+    handshake(with_ip, client_ctx, "127.0.0.1")
+    without_ip = write_node(tmp_path, "m2", *issue(root, NodeRole.MANAGER))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(mutual_tls_context(True, *without_ip, root), client_ctx, "127.0.0.1")
 
 
 def test_mutual_tls_refuses_other_ca_and_wrong_role(root: RootCA, tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Swarm mode: the cluster of wharfd hosts (see docs)."""

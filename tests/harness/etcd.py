@@ -14,11 +14,13 @@ import ctypes
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.harness.netns import NetNS
@@ -46,14 +48,95 @@ def thread_in_netns(netns: NetNS) -> Iterator[None]:
             _setns(home.fileno())
 
 
+@dataclass(frozen=True)
+class ThrowawayPKI:
+    """A throwaway CA, a server pair for 127.0.0.1 and a client pair, made with openssl."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_test_pki(directory: Path) -> ThrowawayPKI:
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    ca_key, ca = directory / "ca.key", directory / "ca.pem"
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+    )
+    pairs = {}
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        key, csr, cert = (directory / f"{name}.{s}" for s in ("key", "csr", "pem"))
+        openssl(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+            "-subj",
+            f"/CN={name}",
+        )
+        extfile = directory / f"{name}.ext"
+        extfile.write_text(ext + "\n")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca),
+            "-CAkey",
+            str(ca_key),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            str(extfile),
+            "-out",
+            str(cert),
+        )
+        pairs[name] = (cert, key)
+    return ThrowawayPKI(ca, *pairs["server"], *pairs["client"])
+
+
 class EtcdMember:
     """``etcd`` on 127.0.0.1:<client_port> inside ``netns``; :meth:`start` / :meth:`stop`."""
 
-    def __init__(self, netns: NetNS, client_port: int = 2379, peer_port: int = 2380) -> None:
+    def __init__(
+        self, netns: NetNS, client_port: int = 2379, peer_port: int = 2380, tls: bool = False
+    ) -> None:
         self.netns = netns
-        self.client_url = f"http://127.0.0.1:{client_port}"
-        self.peer_url = f"http://127.0.0.1:{peer_port}"
         self.data_dir = Path(tempfile.mkdtemp(prefix="wharfd-etcd-"))
+        # With tls, clients need a certificate from pki.ca (etcd's --client-cert-auth).
+        self.pki = make_test_pki(self.data_dir) if tls else None
+        scheme = "https" if tls else "http"
+        self.client_url = f"{scheme}://127.0.0.1:{client_port}"
+        self.peer_url = f"http://127.0.0.1:{peer_port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = open(self.data_dir / "etcd.log", "wb")  # closed in stop()
 
@@ -70,6 +153,13 @@ class EtcdMember:
             "--initial-cluster-state=new",
             "--log-outputs=stderr",
         ]
+        if self.pki is not None:
+            argv += [
+                f"--cert-file={self.pki.server_cert}",
+                f"--key-file={self.pki.server_key}",
+                f"--trusted-ca-file={self.pki.ca}",
+                "--client-cert-auth",
+            ]
         self.proc = self.netns.popen(argv, stdout=self._log, stderr=self._log)
         self._wait_healthy(ready_timeout)
         return self
@@ -86,9 +176,15 @@ class EtcdMember:
         raise RuntimeError(f"etcd not healthy after {timeout}s: {self.log_tail()}")
 
     def _healthy(self) -> bool:
+        context = None
+        if self.pki is not None:
+            context = ssl.create_default_context(cafile=str(self.pki.ca))
+            context.load_cert_chain(str(self.pki.client_cert), str(self.pki.client_key))
         with thread_in_netns(self.netns):
             try:
-                with urllib.request.urlopen(self.client_url + "/health", timeout=1) as resp:
+                with urllib.request.urlopen(
+                    self.client_url + "/health", timeout=1, context=context
+                ) as resp:
                     return b'"true"' in resp.read()
             except OSError:
                 return False

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from engine.errors import Unavailable
-from engine.swarm.etcd import EtcdClient, OutOfSequence, WatchEvent
+from engine.swarm.etcd import EtcdClient, EtcdTLS, OutOfSequence, WatchEvent
 from tests.harness.etcd import EtcdMember, thread_in_netns
 from tests.harness.netns import NetNS
 
@@ -239,3 +239,28 @@ async def test_fails_over_to_the_next_endpoint(
         kv = await client.get(key)
         assert kv is not None and kv.mod_revision == revision
         await client.delete(key)
+
+
+@pytest.fixture
+def tls_member() -> Iterator[EtcdMember]:
+    with NetNS() as netns, EtcdMember(netns, tls=True) as member, thread_in_netns(netns):
+        yield member
+
+
+@pytest.mark.asyncio
+async def test_tls_with_client_certificates(
+    tls_member: EtcdMember, request: pytest.FixtureRequest
+) -> None:
+    """A member that requires client certificates (as swarm's will): with the CA and our
+    pair the client works; without a certificate it is refused, as Unavailable."""
+    key = _prefix(request) + "k"
+    pki, url = tls_member.pki, tls_member.client_url
+    assert pki is not None
+    tls = EtcdTLS(str(pki.ca), str(pki.client_cert), str(pki.client_key))
+    async with EtcdClient([url], tls=tls) as client:
+        revision = await client.put(key, b"secret")
+        kv = await client.get(key)
+        assert kv is not None and kv.value == b"secret" and kv.mod_revision == revision
+    async with EtcdClient([url], tls=EtcdTLS(str(pki.ca))) as anonymous:
+        with pytest.raises(Unavailable, match="certificate"):
+            await anonymous.get(key)

@@ -120,6 +120,15 @@ async def test_lease_expiry_and_keepalive(etcd: EtcdClient, request: pytest.Fixt
     await etcd.revoke_lease(lapsing)  # already gone: not an error
 
 
+@pytest.mark.asyncio
+async def test_keeper_reports_a_lost_lease(etcd: EtcdClient) -> None:
+    lease = await etcd.grant_lease(2)
+    keeper = etcd.keep_alive(lease, 2)
+    await etcd.revoke_lease(lease)  # as if it had lapsed while we could not renew
+    await asyncio.wait_for(keeper.lost.wait(), 3)
+    await keeper.close()
+
+
 async def _collect(stream: AsyncIterator[WatchEvent], n: int) -> list[WatchEvent]:
     events: list[WatchEvent] = []
     async for event in stream:

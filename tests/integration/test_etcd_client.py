@@ -11,11 +11,12 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
 from engine.errors import Unavailable
-from engine.swarm.etcd import EtcdClient, EtcdTLS, OutOfSequence, WatchEvent
+from engine.swarm.etcd import EtcdClient, EtcdTLS, OutOfSequence, WatchCompacted, WatchEvent
 from tests.harness.etcd import EtcdMember, thread_in_netns
 from tests.harness.netns import NetNS
 
@@ -161,6 +162,21 @@ async def test_watch_in_order_and_from_revision(
     # Watching again from the middle replays the history from there.
     replay = await asyncio.wait_for(_collect(etcd.watch_prefix(p, r2), 3), 5)
     assert [e.revision for e in replay] == [r2, r3, r4]
+
+
+@pytest.mark.asyncio
+async def test_watch_from_a_compacted_revision_says_so(
+    etcd: EtcdClient, inside: EtcdMember, request: pytest.FixtureRequest
+) -> None:
+    p = _prefix(request)
+    old = await etcd.put(p + "k", b"1")
+    now = await etcd.put(p + "k", b"2")
+    async with aiohttp.ClientSession() as raw:  # compaction is the member's job, not ours
+        answer = await raw.post(inside.client_url + "/v3/kv/compaction", json={"revision": now})
+        assert answer.status == 200
+    with pytest.raises(WatchCompacted) as compacted:
+        await asyncio.wait_for(_collect(etcd.watch_prefix(p, old), 1), 5)
+    assert compacted.value.compact_revision == now
 
 
 class _DroppableProxy:

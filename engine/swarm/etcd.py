@@ -1,0 +1,442 @@
+"""The one etcd client of the engine: key/value, compare-and-swap, leases and watches.
+
+It talks to etcd 3.4's JSON gateway (``/v3/...``, keys and values base64) over aiohttp,
+which the import contract in pyproject allows here; docs/decisions.md says why this and
+not a gRPC client. Every call tries the endpoints in turn on a connection failure and
+sticks to the one that answered; when none answers the caller gets
+:class:`engine.errors.Unavailable`. Nothing here blocks the event loop (the TLS files are
+read in a thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+
+from engine.errors import EngineError, InvalidParameter, NotFound, SystemError_, Unavailable
+
+log = logging.getLogger(__name__)
+
+# gRPC status codes the gateway puts in its error bodies.
+_GRPC_NOT_FOUND = 5
+_GRPC_UNAVAILABLE = 14
+
+
+class OutOfSequence(EngineError):
+    """A compare-and-swap lost: the key changed since the caller read ``expected``.
+
+    dockerd answers a stale ``?version=`` with a 500 ``update out of sequence``; the
+    caller maps this error to exactly that.
+    """
+
+    def __init__(self, key: str, expected: int) -> None:
+        super().__init__("update out of sequence")
+        self.key = key
+        self.expected = expected
+
+
+class WatchCompacted(EngineError):
+    """The watch's start revision was compacted away; the caller must read afresh."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"etcd watch: revision compacted (oldest kept: {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+@dataclass(frozen=True)
+class EtcdTLS:
+    """Client TLS: the CA that signed the members' certificates and our own pair."""
+
+    ca_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+
+@dataclass(frozen=True)
+class RangeResult:
+    """The keys read, and the store revision the read saw (for a watch to start after)."""
+
+    kvs: list[KeyValue]
+    revision: int
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: Literal["PUT", "DELETE"]
+    kv: KeyValue  # for a DELETE: the key and the deleting revision, value empty
+
+    @property
+    def revision(self) -> int:
+        return self.kv.mod_revision
+
+
+def _b64(data: str | bytes) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _unb64(text: str | None) -> bytes:
+    return base64.b64decode(text) if text else b""
+
+
+def _prefix_end(prefix: str) -> str:
+    """etcd's range_end for "every key starting with prefix" (last byte + 1)."""
+    raw = bytearray(prefix.encode())
+    while raw:
+        if raw[-1] < 0xFF:
+            raw[-1] += 1
+            return _b64(bytes(raw))
+        raw.pop()
+    return _b64(b"\0")  # empty prefix: the whole keyspace
+
+
+def _int(value: Any) -> int:
+    # The gateway writes int64 as strings and omits zero values.
+    return int(value) if value is not None else 0
+
+
+def _kv(raw: dict[str, Any]) -> KeyValue:
+    return KeyValue(
+        key=_unb64(raw.get("key")).decode(),
+        value=_unb64(raw.get("value")),
+        create_revision=_int(raw.get("create_revision")),
+        mod_revision=_int(raw.get("mod_revision")),
+        version=_int(raw.get("version")),
+        lease=_int(raw.get("lease")),
+    )
+
+
+def _revision(body: dict[str, Any]) -> int:
+    return _int(body.get("header", {}).get("revision"))
+
+
+class _EndpointDown(Exception):
+    """One endpoint failed to answer; the next one is tried."""
+
+
+class LeaseKeeper:
+    """Renews one lease in a task of its own until closed; ``lost`` is set if it expired."""
+
+    def __init__(self, client: EtcdClient, lease_id: int, ttl: int) -> None:
+        self.lease_id = lease_id
+        self.lost = asyncio.Event()
+        self._client = client
+        self._interval = max(ttl / 3, 0.2)
+        self._task = asyncio.create_task(self._run(), name=f"etcd-lease-{lease_id:x}")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self._client.keepalive_once(self.lease_id)
+            except NotFound:
+                log.warning("etcd lease %x expired before it could be renewed", self.lease_id)
+                self.lost.set()
+                return
+            except Unavailable as err:
+                # Keep trying: the lease may still be alive when the cluster answers again.
+                log.warning("etcd lease %x not renewed: %s", self.lease_id, err)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._client._keepers.discard(self)
+
+
+class EtcdClient:
+    """A client of one etcd cluster. Use ``async with EtcdClient(...)`` or open/close."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        tls: EtcdTLS | None = None,
+        timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        if not endpoints:
+            raise InvalidParameter("etcd: no endpoints given")
+        self._endpoints = [e.rstrip("/") for e in endpoints]
+        self._current = 0
+        self._tls = tls
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self._keepers: set[LeaseKeeper] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def open(self) -> None:
+        ssl_context: ssl.SSLContext | bool = False
+        if self._tls is not None:
+            ssl_context = await asyncio.to_thread(self._ssl_context, self._tls)
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context))
+
+    @staticmethod
+    def _ssl_context(tls: EtcdTLS) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+        return context
+
+    async def close(self) -> None:
+        for keeper in list(self._keepers):
+            await keeper.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> EtcdClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- transport -----------------------------------------------------------------------
+    def _order(self) -> list[str]:
+        """Endpoints starting with the one that answered last."""
+        n = len(self._endpoints)
+        return [self._endpoints[(self._current + i) % n] for i in range(n)]
+
+    def _remember(self, endpoint: str) -> None:
+        self._current = self._endpoints.index(endpoint)
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise Unavailable("etcd client is not open")
+        return self._session
+
+    async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        session = self._require_session()
+        failures: list[str] = []
+        for endpoint in self._order():
+            try:
+                answer = await self._post_once(session, endpoint + path, body)
+            except _EndpointDown as err:
+                failures.append(f"{endpoint}: {err}")
+                continue
+            self._remember(endpoint)
+            return answer
+        raise Unavailable("etcd cluster unavailable: " + "; ".join(failures))
+
+    async def _post_once(
+        self, session: aiohttp.ClientSession, url: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        try:
+            async with session.post(url, json=body, timeout=self._timeout) as resp:
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+            raise _EndpointDown(str(err) or type(err).__name__) from err
+        try:
+            answer: dict[str, Any] = json.loads(text) if text else {}
+        except ValueError as err:
+            raise _EndpointDown(f"not JSON (HTTP {resp.status})") from err
+        if resp.status != 200:
+            _raise_gateway_error(answer, resp.status)
+        # Streaming endpoints (keepalive) wrap a single answer in "result".
+        result = answer.get("result")
+        return result if isinstance(result, dict) else answer
+
+    # -- key/value -----------------------------------------------------------------------
+    async def get(self, key: str) -> KeyValue | None:
+        answer = await self._call("/v3/kv/range", {"key": _b64(key)})
+        kvs = answer.get("kvs") or []
+        return _kv(kvs[0]) if kvs else None
+
+    async def range_prefix(self, prefix: str) -> RangeResult:
+        answer = await self._call(
+            "/v3/kv/range",
+            {"key": _b64(prefix), "range_end": _prefix_end(prefix), "sort_order": "ASCEND"},
+        )
+        return RangeResult([_kv(kv) for kv in answer.get("kvs") or []], _revision(answer))
+
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        """Write unconditionally; returns the store revision of the write."""
+        return _revision(await self._call("/v3/kv/put", _put_body(key, value, lease)))
+
+    async def delete(self, key: str) -> int:
+        """Returns how many keys went (0 or 1)."""
+        answer = await self._call("/v3/kv/deleterange", {"key": _b64(key)})
+        return _int(answer.get("deleted"))
+
+    async def delete_prefix(self, prefix: str) -> int:
+        answer = await self._call(
+            "/v3/kv/deleterange", {"key": _b64(prefix), "range_end": _prefix_end(prefix)}
+        )
+        return _int(answer.get("deleted"))
+
+    async def put_if_mod_revision(
+        self, key: str, value: bytes, mod_revision: int, lease: int = 0
+    ) -> int:
+        """Write only if the key's mod_revision is still ``mod_revision`` (0: the key must
+        not exist). Returns the new revision; raises :class:`OutOfSequence` otherwise."""
+        return await self._compare_and(
+            key, mod_revision, {"request_put": _put_body(key, value, lease)}
+        )
+
+    async def delete_if_mod_revision(self, key: str, mod_revision: int) -> int:
+        """Delete only if the key's mod_revision is still ``mod_revision``."""
+        return await self._compare_and(
+            key, mod_revision, {"request_delete_range": {"key": _b64(key)}}
+        )
+
+    async def _compare_and(self, key: str, mod_revision: int, operation: dict[str, Any]) -> int:
+        answer = await self._call(
+            "/v3/kv/txn",
+            {
+                "compare": [
+                    {
+                        "key": _b64(key),
+                        "target": "MOD",
+                        "result": "EQUAL",
+                        "mod_revision": str(mod_revision),
+                    }
+                ],
+                "success": [operation],
+            },
+        )
+        if not answer.get("succeeded"):  # false is omitted by the gateway
+            raise OutOfSequence(key, mod_revision)
+        return _revision(answer)
+
+    # -- leases --------------------------------------------------------------------------
+    async def grant_lease(self, ttl: int) -> int:
+        answer = await self._call("/v3/lease/grant", {"TTL": str(ttl)})
+        if answer.get("error"):
+            raise SystemError_(f"etcd lease grant: {answer['error']}")
+        return _int(answer.get("ID"))
+
+    async def keepalive_once(self, lease_id: int) -> int:
+        """Renew once; returns the new TTL. An expired lease raises NotFound."""
+        answer = await self._call("/v3/lease/keepalive", {"ID": str(lease_id)})
+        ttl = _int(answer.get("TTL"))
+        if ttl <= 0:
+            raise NotFound(f"etcd lease {lease_id:x} not found")
+        return ttl
+
+    def keep_alive(self, lease_id: int, ttl: int) -> LeaseKeeper:
+        """Start renewing; the keeper is closed by :meth:`LeaseKeeper.close` or ours."""
+        keeper = LeaseKeeper(self, lease_id, ttl)
+        self._keepers.add(keeper)
+        return keeper
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        """Revoke (its keys go at once). An already expired lease is not an error."""
+        with contextlib.suppress(NotFound):
+            await self._call("/v3/lease/revoke", {"ID": str(lease_id)})
+
+    # -- watch ---------------------------------------------------------------------------
+    async def watch_prefix(
+        self,
+        prefix: str,
+        start_revision: int,
+        retry_delay: float = 0.2,
+        give_up_after: float = 10.0,
+    ) -> AsyncIterator[WatchEvent]:
+        """Every change under ``prefix`` from ``start_revision`` on, in order.
+
+        A dropped stream is reopened (on any endpoint) from the revision after the last
+        event seen, so no event is lost or repeated. Raises Unavailable once no endpoint
+        has answered for ``give_up_after`` seconds; the caller stops by leaving the loop."""
+        loop = asyncio.get_running_loop()
+        next_revision = start_revision
+        failing_since: float | None = None
+        last_errors: dict[str, str] = {}
+        while True:
+            for endpoint in self._order():
+                request = {
+                    "create_request": {
+                        "key": _b64(prefix),
+                        "range_end": _prefix_end(prefix),
+                        "start_revision": str(next_revision),
+                    }
+                }
+                try:
+                    async for event in self._watch_stream(endpoint, request):
+                        self._remember(endpoint)
+                        failing_since = None
+                        next_revision = event.revision + 1
+                        yield event
+                except _EndpointDown as err:
+                    last_errors[endpoint] = str(err)
+                    if failing_since is None:
+                        failing_since = loop.time()
+                    continue
+                break  # the stream ended without an error: reopen it
+            if failing_since is not None and loop.time() - failing_since > give_up_after:
+                detail = "; ".join(f"{e}: {m}" for e, m in last_errors.items())
+                raise Unavailable("etcd cluster unavailable: " + detail)
+            await asyncio.sleep(retry_delay)
+
+    async def _watch_stream(
+        self, endpoint: str, request: dict[str, Any]
+    ) -> AsyncIterator[WatchEvent]:
+        session = self._require_session()
+        try:
+            async with session.post(
+                endpoint + "/v3/watch", json=request, timeout=self._stream_timeout
+            ) as resp:
+                if resp.status != 200:
+                    raise _EndpointDown(f"watch: HTTP {resp.status}")
+                buffer = b""
+                async for chunk in resp.content.iter_any():
+                    buffer += chunk
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        for event in _watch_events(line):
+                            yield event
+        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+            raise _EndpointDown(str(err) or type(err).__name__) from err
+
+
+def _watch_events(line: bytes) -> list[WatchEvent]:
+    if not line.strip():
+        return []
+    message = json.loads(line)
+    if "error" in message:
+        raise _EndpointDown(f"watch: {message['error'].get('message', message['error'])}")
+    result = message.get("result", {})
+    compact = _int(result.get("compact_revision"))
+    if compact:
+        raise WatchCompacted(compact)
+    events = []
+    for raw in result.get("events") or []:
+        kind: Literal["PUT", "DELETE"] = "DELETE" if raw.get("type") == "DELETE" else "PUT"
+        events.append(WatchEvent(kind, _kv(raw.get("kv", {}))))
+    return events
+
+
+def _put_body(key: str, value: bytes, lease: int) -> dict[str, Any]:
+    body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+    if lease:
+        body["lease"] = str(lease)
+    return body
+
+
+def _raise_gateway_error(answer: dict[str, Any], status: int) -> None:
+    code = _int(answer.get("code"))
+    message = answer.get("message") or answer.get("error") or f"HTTP {status}"
+    if code == _GRPC_UNAVAILABLE or status in (502, 503):
+        raise _EndpointDown(str(message))
+    if code == _GRPC_NOT_FOUND:
+        raise NotFound(f"etcd: {message}")
+    raise SystemError_(f"etcd: {message}")

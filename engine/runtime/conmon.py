@@ -469,7 +469,9 @@ class ConmonMonitor:
 
     # --- exit -----------------------------------------------------------------------------
     async def wait_exit(self, handle: MonitorHandle) -> int:
-        """The container's exit status, once conmon has exited (pidfd, no polling)."""
+        """The container's exit status: from the exit file when conmon has written it
+        (conmon itself exits a moment later), else once conmon has exited (pidfd, no
+        polling)."""
         cid = handle.container_id
         code = await asyncio.to_thread(self.exit_code, cid)
         if code is not None:

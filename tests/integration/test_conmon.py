@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -304,6 +305,19 @@ async def test_conmon_argv_error_is_reported(env: Env) -> None:
 
 
 # --- restart of the daemon ---------------------------------------------------------------------
+def _exits_within(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` is gone within ``timeout`` seconds (blocking; pidfd)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([pidfd], [], [], timeout)
+        return bool(readable)
+    finally:
+        os.close(pidfd)
+
+
 @pytest.mark.asyncio
 async def test_load_after_restart_then_exit_code(env: Env, runs: list[Run]) -> None:
     script = "echo ready; read x; echo got $x; exit 5"
@@ -324,6 +338,9 @@ async def test_load_after_restart_then_exit_code(env: Env, runs: list[Run]) -> N
     out = await read_all(conn)
     assert joined(out, 1) == b"got hi\n"
     assert await fresh.wait_exit(handle) == 5
+    # conmon writes the exit file a moment before it exits (conmon-notes.md): give it that
+    # moment, then it must be gone for good.
+    assert await asyncio.to_thread(_exits_within, handle.conmon_pid, 5.0)
     assert await asyncio.to_thread(fresh.load, cid, bundle) is None  # conmon gone
     assert await asyncio.to_thread(fresh.exit_code, cid) == 5
     # the log has everything, including what was printed while nobody was attached

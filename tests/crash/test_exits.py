@@ -21,7 +21,7 @@ import pytest
 
 from tests.harness.cli import DockerCLI
 from tests.harness.crash import armed_with, own_wharfd
-from tests.harness.daemon import DaemonProcess
+from tests.harness.daemon import DaemonProcess, pid_alive
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -98,9 +98,7 @@ def test_exit_recorded_while_data_root_is_full(small_wharfd: DaemonProcess) -> N
     state = _state(cli, "victim")
     assert state["Running"] is False and state["Status"] == "exited", state
     assert state["ExitCode"] == 3
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, 0)
-        pytest.fail("the container's process is still alive")
+    assert not pid_alive(pid), "the container's process is still alive"
 
     # A request that must write says why it cannot, and nothing is wedged.
     created = cli("create", "--name", "later", "busybox", "true", timeout=30)

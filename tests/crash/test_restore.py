@@ -15,7 +15,7 @@ import pytest
 
 from tests.harness.cli import DockerCLI
 from tests.harness.crash import own_wharfd
-from tests.harness.daemon import DaemonProcess
+from tests.harness.daemon import DaemonProcess, pid_alive
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -34,14 +34,6 @@ def _state(cli: DockerCLI, name: str) -> dict[str, object]:
     return state
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _start_set(cli: DockerCLI) -> None:
     cli.ok("run", "-d", "--name", "ticker", "busybox", "sh", "-c",
            'trap "exit 0" TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done')
@@ -58,7 +50,7 @@ def test_containers_survive_daemon_restart(wharfd: DaemonProcess, how: int) -> N
     if how == signal.SIGTERM:
         assert not Path(wharfd.socket).exists(), "socket left behind after a clean stop"
     time.sleep(3)  # "short" exits while the daemon is down
-    assert _alive(pids["ticker"]) and _alive(pids["auto"])
+    assert pid_alive(pids["ticker"]) and pid_alive(pids["auto"])
     wharfd.start()  # immediately after a kill -9: the pid file lock is free (F9)
 
     ticker = _state(cli, "ticker")
@@ -78,7 +70,7 @@ def test_containers_survive_daemon_restart(wharfd: DaemonProcess, how: int) -> N
     out, _ = attach.communicate(timeout=20)
     assert b"tick" in out
     assert _state(cli, "ticker")["ExitCode"] == 0
-    assert not _alive(pids["ticker"])
+    assert not pid_alive(pids["ticker"])
 
     # An AutoRemove container that survived is removed once it exits (F2, upstream rule).
     cli.ok("kill", "auto")
@@ -131,7 +123,7 @@ def test_no_live_restore_stops_containers(no_live_restore_wharfd: DaemonProcess)
            'trap "exit 0" TERM; while true; do sleep 0.1; done')
     pid = int(_state(cli, "c1")["Pid"])  # type: ignore[call-overload]
     daemon.stop(signal.SIGTERM)
-    assert not _alive(pid)
+    assert not pid_alive(pid)
     daemon.start()
     assert _state(cli, "c1")["Status"] == "exited"
 
@@ -183,6 +175,6 @@ def test_f1_kill9_without_live_restore(no_live_restore_wharfd: DaemonProcess) ->
     while time.time() < deadline and not settled():
         time.sleep(0.2)
     assert settled()
-    assert not _alive(pids["nopolicy"])
+    assert not pid_alive(pids["nopolicy"])
     for name in ("us1", "al1"):
         assert cli.ok("inspect", "-f", "{{.RestartCount}}", name).strip() == "0"

@@ -65,6 +65,15 @@ def wharfd_binary() -> Path:
 
 # -- /proc helpers -------------------------------------------------------------------------
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _unescape_mount_path(s: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
 

@@ -21,7 +21,7 @@ import pytest
 from tests.harness import rawhttp
 from tests.harness.cli import import_busybox
 from tests.harness.cluster import Cluster, Host
-from tests.harness.daemon import DaemonProcess, DaemonStartError
+from tests.harness.daemon import DaemonProcess, DaemonStartError, pid_alive
 from tests.harness.netns import NETNS_DIR, pids_in_netns_inode
 
 pytestmark = pytest.mark.root
@@ -138,14 +138,6 @@ def _mountinfo() -> str:
     return Path("/proc/self/mountinfo").read_text()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_teardown_leaves_nothing_behind(cluster: ClusterFactory) -> None:
     c = cluster(2)
     names = [ns.name for ns in c.namespaces()]
@@ -169,7 +161,7 @@ def test_teardown_leaves_nothing_behind(cluster: ClusterFactory) -> None:
     assert not c.uts.dir.exists()
     # the LAN namespace (and so its bridge and veths) is held by nothing any more
     assert not pids_in_netns_inode(lan_inode)
-    assert all(p is not None and not _alive(p) for p in daemon_pids)
+    assert all(p is not None and not pid_alive(p) for p in daemon_pids)
     assert stray.returncode is not None
     assert not any(t.exists() for t in tmps)
     for h in c.hosts:

@@ -75,6 +75,10 @@ class OverlaySnapshotter:
         self._loaded = False
         self._lock = asyncio.Lock()  # guards metadata changes, never held across file work
         self._reaping = asyncio.Lock()  # one finish_removals at a time
+        # Directories whose files are being deleted right now: a marked row is seen by
+        # its own remove() and by a background finish_removals(); one deletes, the other
+        # leaves it (two rmtrees of one tree fail on what the other already took).
+        self._deleting: set[str] = set()
         self._index_off: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ loading
@@ -195,6 +199,8 @@ class OverlaySnapshotter:
         done: list[str] = []
         async with self._reaping:
             for row in [r for r in self._rows.values() if r.removing]:
+                if row.dir in self._deleting:
+                    continue  # its remove() is deleting it
                 crash_point("snapshot_reap_before_files")
                 await self._finish_remove(row)
                 done.append(row.key)
@@ -208,11 +214,14 @@ class OverlaySnapshotter:
             )
 
     async def _finish_remove(self, row: _Row) -> None:
+        self._deleting.add(row.dir)
         try:
             await asyncio.to_thread(_rmtree, self._dir(row))
         except OSError as exc:
             # The row stays marked: the next cleanup() tries again.
             raise SystemError_(f"removing snapshot {row.key}: {exc}") from exc
+        finally:
+            self._deleting.discard(row.dir)
         async with self._lock:
             await self._db.execute("DELETE FROM snapshots WHERE key = ?", (row.key,))
             self._rows.pop(row.key, None)

@@ -295,3 +295,38 @@ async def test_mount_errors_carry_strerror(env: Env, tmp_path: Path) -> None:
     await asyncio.to_thread(mounting.unmount, env.target)  # not mounted: fine
     await asyncio.to_thread(mounting.unmount, tmp_path / "does-not-exist")
     await asyncio.to_thread(shutil.rmtree, tmp_path / "data" / "tmp", True)
+
+
+def _many_files(root: Path, count: int) -> None:
+    for i in range(count):
+        _write(root / f"d{i % 40}" / f"f{i}", b"x")
+
+
+async def _still_there(sn: Snapshotter, key: str) -> bool:
+    try:
+        await sn.stat(key)
+    except NotFound:
+        return False
+    return True
+
+
+@pytest.mark.asyncio
+async def test_remove_beside_finish_removals_of_the_same_snapshot(env: Env) -> None:
+    """A container's ``rm`` (remove) while an ``rmi`` reaps in the background
+    (finish_removals): both see the marked row; neither may fail because the other
+    deleted part of the tree first (CI caught ``[Errno 2]`` from ``docker rm -f``)."""
+    sn = env.sn
+    for round_ in range(3):
+        key = f"ctr-{round_}"
+        await sn.prepare(key, None)
+        await asyncio.to_thread(_many_files, sn.writable_path(key), 3000)
+        remove = asyncio.create_task(sn.remove(key))
+        for _ in range(100_000):  # until the row is marked and the files are going
+            if remove.done() or not await _still_there(sn, key):
+                break
+            await asyncio.sleep(0)
+        await asyncio.gather(remove, sn.finish_removals())
+        with pytest.raises(NotFound):
+            await sn.stat(key)
+    assert await asyncio.to_thread(os.listdir, env.layout.snapshots_dir) == []
+    assert await env.db.query("SELECT key FROM snapshots") == []

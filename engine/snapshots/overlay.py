@@ -351,15 +351,24 @@ def _row_of(r: sqlite3.Row) -> _Row:
 
 def _rmtree(path: Path) -> None:
     """Remove a tree that may hold read-only dirs or overlay's mode-000 work dirs (root
-    ignores modes) without following symlinks; a missing path is fine."""
+    ignores modes) without following symlinks; a missing path, or entries someone else
+    removed meanwhile, are fine."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
+        shutil.rmtree(path, onerror=_gone_is_fine)
     else:
-        path.unlink()
+        path.unlink(missing_ok=True)
+
+
+def _gone_is_fine(
+    _function: object, _path: str, exc_info: tuple[type[BaseException], BaseException, object]
+) -> None:
+    """rmtree's error hook: an entry that vanished under us is what we wanted."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
 
 
 _libc: ctypes.CDLL | None = None

@@ -107,7 +107,7 @@ def create_error_message(runtime_message: str) -> str:
 
 @dataclass
 class _Launched:
-    process: asyncio.subprocess.Process
+    process: subprocess.Popen[bytes]
     sync: socket.socket
     stderr_fd: int
 
@@ -331,6 +331,8 @@ class ConmonMonitor:
             os.close(launched.stderr_fd)
             if not ok:
                 await asyncio.shield(self._abort_create(cid, launch.bundle, runtime))
+                if launched.process.returncode is None:  # no zombie launcher either
+                    await asyncio.shield(_reap(launched.process))
 
     def _prepare(self, cid: str, launch: MonitorLaunch) -> None:
         """Fresh per-container directories: a restarted container reuses its id, and a
@@ -351,13 +353,17 @@ class ConmonMonitor:
         env["_OCI_SYNCPIPE"] = str(sync_theirs.fileno())
         env["_OCI_STARTPIPE"] = str(start_theirs.fileno())
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
+            # subprocess.Popen in a thread, as for exec: it closes every fd but the ones
+            # passed (uvloop's spawn leaves conmon holding some of the daemon's sockets
+            # and pipes for the container's whole life) and spawns with vfork.
+            proc = await asyncio.to_thread(
+                subprocess.Popen,
+                argv,
                 cwd=cwd,  # conmon writes an "oom" file into its working directory
                 env=env,
                 pass_fds=(sync_theirs.fileno(), start_theirs.fileno()),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
                 stderr=err_w,
                 start_new_session=True,
             )
@@ -385,7 +391,7 @@ class ConmonMonitor:
     async def _await_sync(self, launched: _Launched, cid: str) -> dict[str, Any]:
         try:
             async with asyncio.timeout(self.create_timeout):
-                rc = await launched.process.wait()
+                rc = await _wait_child(launched.process)
                 if rc != 0:
                     err = await _read_until_eof(launched.stderr_fd, 1.0)
                     raise SystemError_(f"conmon failed (exit status {rc}): {err or '(no output)'}")

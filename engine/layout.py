@@ -10,6 +10,9 @@ Persistent state lives under ``data_root``; state that must not survive a reboot
       snapshots/<id>/{fs,work}      overlay layers and container rw layers
       containers/<id>/              bundle: config.json, hostname, hosts, resolv.conf, ctr.log
       volumes/<name>/_data
+      swarm/                        this node's swarm membership (docs/swarm.md)
+        state.json                  its presence = "this node is in a swarm"
+        certificates/               root CA bundle (and key on managers), node cert + key
       tmp/                          same filesystem, temp + rename; wiped at start
     <exec-root>
       wharfd.pid, boot_id
@@ -85,6 +88,18 @@ class Layout:
     @property
     def tmp_dir(self) -> Path:
         return self.data_root / "tmp"
+
+    @property
+    def swarm_dir(self) -> Path:
+        return self.data_root / "swarm"
+
+    @property
+    def swarm_state_file(self) -> Path:
+        return self.swarm_dir / "state.json"
+
+    @property
+    def swarm_certificates_dir(self) -> Path:
+        return self.swarm_dir / "certificates"
 
     # --- volatile ---------------------------------------------------------------
     @property

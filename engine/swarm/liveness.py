@@ -1,6 +1,6 @@
 """Node liveness and leadership, all on etcd leases.
 
-- :class:`Heartbeat` (every node): ``alive/<node id>`` on a lease of 3 × the swarm's
+- :class:`Heartbeat` (every node): ``alive/<node id>`` on a lease of 3 times the swarm's
   ``Dispatcher.HeartbeatPeriod``, renewed every period. A node whose daemon dies stops
   renewing, etcd drops the key when the lease lapses.
 - :class:`Election` (every manager): create-if-absent of ``leader`` on a short lease of

@@ -13,6 +13,7 @@ Persistent state lives under ``data_root``; state that must not survive a reboot
       swarm/                        this node's swarm membership (docs/swarm.md)
         state.json                  its presence = "this node is in a swarm"
         certificates/               root CA bundle (and key on managers), node cert + key
+        etcd/, etcd.log             the local etcd member of a swarm manager
       tmp/                          same filesystem, temp + rename; wiped at start
     <exec-root>
       wharfd.pid, boot_id
@@ -20,6 +21,7 @@ Persistent state lives under ``data_root``; state that must not survive a reboot
       conmon/<id>/                  conmon pid files, exit dir, persist dir
       sock/                         short symlinks to attach sockets
       netns/<id>                    bind-mounted network namespaces
+      swarm/etcd.pid                the local etcd member's pid
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class Layout:
     def tmp_dir(self) -> Path:
         return self.data_root / "tmp"
 
+    # swarm (made when the node joins a swarm, not at every start)
     @property
     def swarm_dir(self) -> Path:
         return self.data_root / "swarm"
@@ -100,6 +103,15 @@ class Layout:
     @property
     def swarm_certificates_dir(self) -> Path:
         return self.swarm_dir / "certificates"
+
+    @property
+    def swarm_etcd_data_dir(self) -> Path:
+        """The local etcd member's --data-dir (managers only)."""
+        return self.swarm_dir / "etcd"
+
+    @property
+    def swarm_etcd_log(self) -> Path:
+        return self.swarm_dir / "etcd.log"
 
     # --- volatile ---------------------------------------------------------------
     @property
@@ -131,6 +143,14 @@ class Layout:
 
     def netns_path(self, container_id: str) -> Path:
         return self.netns_dir / container_id
+
+    @property
+    def swarm_exec_dir(self) -> Path:
+        return self.exec_root / "swarm"
+
+    @property
+    def swarm_etcd_pidfile(self) -> Path:
+        return self.swarm_exec_dir / "etcd.pid"
 
     def subpath_mounts_dir(self, container_id: str) -> Path:
         """Where a container's volume subpaths are bound before the runtime binds them."""

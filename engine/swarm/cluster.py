@@ -565,7 +565,8 @@ class SwarmManager:
         try:
             address = _ip(request.advertise_addr)
         except ValueError:
-            raise InvalidParameter(f"invalid advertise address {request.advertise_addr!r}") from None
+            raise InvalidParameter(
+                f"invalid advertise address {request.advertise_addr!r}") from None
         ca_key = secrets.doc.ca_key.encode()
         root = RootCA.from_pem(membership.root.bundle_pem, ca_key)
         node_id = new_swarm_id()
@@ -863,8 +864,7 @@ class SwarmManager:
     async def local_info(self) -> LocalSwarmInfo:
         membership = self._m
         if membership is None:
-            state = "pending" if self._pending else "inactive"
-            return LocalSwarmInfo(LocalNodeState=state)
+            return LocalSwarmInfo(LocalNodeState="pending" if self._pending else "inactive")
         state = membership.state
         info = LocalSwarmInfo(
             NodeID=state.node_id, NodeAddr=state.advertise_addr,

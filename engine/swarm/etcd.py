@@ -89,6 +89,49 @@ class WatchEvent:
         return self.kv.mod_revision
 
 
+@dataclass(frozen=True)
+class ClusterMember:
+    """One member as etcd's member list shows it. ``id`` is etcd's uint64 member ID.
+
+    A member that was added but has not started yet has an empty ``name`` and no client
+    URLs: it takes its name from its own ``--name`` when it first talks to the cluster.
+    """
+
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    is_learner: bool
+
+    @property
+    def started(self) -> bool:
+        return bool(self.name)
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    """What one member says about itself (``/v3/maintenance/status``); a local answer,
+    given even when the member has no leader."""
+
+    endpoint: str
+    member_id: int
+    leader: int  # 0: the member knows no leader now
+    raft_term: int
+    raft_index: int
+    db_size: int
+    version: str
+    is_learner: bool
+    errors: tuple[str, ...]  # active alarms, e.g. "NOSPACE"
+
+    @property
+    def has_leader(self) -> bool:
+        return self.leader != 0
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leader != 0 and self.leader == self.member_id
+
+
 def _b64(data: str | bytes) -> str:
     raw = data.encode() if isinstance(data, str) else data
     return base64.b64encode(raw).decode("ascii")
@@ -125,12 +168,59 @@ def _kv(raw: dict[str, Any]) -> KeyValue:
     )
 
 
+def _member(raw: dict[str, Any]) -> ClusterMember:
+    return ClusterMember(
+        id=_int(raw.get("ID")),
+        name=raw.get("name") or "",
+        peer_urls=tuple(raw.get("peerURLs") or ()),
+        client_urls=tuple(raw.get("clientURLs") or ()),
+        is_learner=bool(raw.get("isLearner")),
+    )
+
+
+def _members(answer: dict[str, Any]) -> list[ClusterMember]:
+    return [_member(raw) for raw in answer.get("members") or []]
+
+
+def initial_cluster(members: Sequence[ClusterMember], new_member_id: int, new_name: str) -> str:
+    """``--initial-cluster`` for a member joining after ``member_add``: ``name=peerURL,...``.
+
+    etcd checks a joining member's initial cluster against the live member list: same
+    number of members, every peer URL matched (it takes the member IDs from that match,
+    not the names). So every member is listed. The new member appears unnamed in the list
+    until it starts: it is listed under ``new_name`` (the name it will start with). Any
+    other unnamed member (another join still under way) gets a placeholder name, its ID
+    in hex, because names must be unique in the flag and an empty one would merge them.
+    """
+    if not any(m.id == new_member_id for m in members):
+        raise InvalidParameter(f"etcd member {new_member_id:x} is not in the member list")
+    entries = []
+    for member in members:
+        if member.id == new_member_id:
+            name = new_name
+        else:
+            name = member.name or f"{member.id:x}"
+        entries += [f"{name}={url}" for url in member.peer_urls]
+    return ",".join(entries)
+
+
 def _revision(body: dict[str, Any]) -> int:
     return _int(body.get("header", {}).get("revision"))
 
 
 class _EndpointDown(Exception):
-    """One endpoint failed to answer; the next one is tried."""
+    """One endpoint failed to answer (the request may have reached it)."""
+
+
+class _NotSent(_EndpointDown):
+    """The request surely did not take effect there: no connection, or no leader."""
+
+
+# gRPC metadata through the gateway: a member that knows no leader refuses at once
+# ("etcdserver: no leader") instead of holding the request until etcd's own request
+# timeout (several seconds) while an election is under way or the quorum is lost.
+_REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
+_NO_LEADER = "etcdserver: no leader"
 
 
 class LeaseKeeper:
@@ -164,7 +254,17 @@ class LeaseKeeper:
 
 
 class EtcdClient:
-    """A client of one etcd cluster. Use ``async with EtcdClient(...)`` or open/close."""
+    """A client of one etcd cluster. Use ``async with EtcdClient(...)`` or open/close.
+
+    Time bounds: one request to one endpoint takes at most ``timeout`` seconds (its
+    connection at most ``connect_timeout``); a call tries each endpoint at most once, so
+    it raises Unavailable after at most ``len(endpoints) * timeout`` seconds, usually much
+    sooner: a stopped member refuses the connection at once, and a member without a leader
+    (election under way, quorum lost) refuses at once because every request asks for a
+    leader (gRPC metadata ``hasleader``). Nothing waits for etcd's own request timeout.
+    Watches have no total timeout (they are long-lived streams); they end when their
+    member loses its leader or connection and are reopened elsewhere (``watch_prefix``).
+    """
 
     def __init__(
         self,
@@ -178,6 +278,7 @@ class EtcdClient:
         self._endpoints = [e.rstrip("/") for e in endpoints]
         self._current = 0
         self._tls = tls
+        self._connect = connect_timeout
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -225,25 +326,61 @@ class EtcdClient:
             raise Unavailable("etcd client is not open")
         return self._session
 
-    async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _call(
+        self, path: str, body: dict[str, Any], retry_after_send: bool = True
+    ) -> dict[str, Any]:
+        """Post to the sticky endpoint, failing over to the next ones.
+
+        A request that surely did not take effect (no connection, or the member answered
+        that it has no leader) is tried on the next endpoint. One that may have been
+        applied (sent, then no answer in time) is tried again elsewhere only when
+        ``retry_after_send``: a compare-and-swap or a member change repeated after it was
+        applied would fail or act twice, so those raise Unavailable at once and the next
+        call starts on the next endpoint.
+        """
         session = self._require_session()
         failures: list[str] = []
         for endpoint in self._order():
             try:
-                answer = await self._post_once(session, endpoint + path, body)
-            except _EndpointDown as err:
+                answer = await self._post_once(session, endpoint + path, body, self._timeout)
+            except _NotSent as err:
                 failures.append(f"{endpoint}: {err}")
                 continue
+            except _EndpointDown as err:
+                failures.append(f"{endpoint}: {err}")
+                if retry_after_send:
+                    continue
+                self._current = (self._endpoints.index(endpoint) + 1) % len(self._endpoints)
+                break
             self._remember(endpoint)
             return answer
         raise Unavailable("etcd cluster unavailable: " + "; ".join(failures))
 
+    async def _post_to(
+        self, endpoint: str, path: str, body: dict[str, Any], patience: float
+    ) -> dict[str, Any]:
+        """One request to one endpoint (no failover); Unavailable if it does not answer."""
+        session = self._require_session()
+        budget = aiohttp.ClientTimeout(total=patience, sock_connect=min(patience, self._connect))
+        try:
+            return await self._post_once(session, endpoint + path, body, budget)
+        except _EndpointDown as err:
+            raise Unavailable(f"etcd member {endpoint} unavailable: {err}") from err
+
     async def _post_once(
-        self, session: aiohttp.ClientSession, url: str, body: dict[str, Any]
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        body: dict[str, Any],
+        budget: aiohttp.ClientTimeout,
     ) -> dict[str, Any]:
         try:
-            async with session.post(url, json=body, timeout=self._timeout) as resp:
+            async with session.post(
+                url, json=body, timeout=budget, headers=_REQUIRE_LEADER
+            ) as resp:
                 text = await resp.text()
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
+            raise _NotSent(str(err) or type(err).__name__) from err
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
             raise _EndpointDown(str(err) or type(err).__name__) from err
         try:
@@ -313,6 +450,7 @@ class EtcdClient:
                 ],
                 "success": [operation],
             },
+            retry_after_send=False,
         )
         if not answer.get("succeeded"):  # false is omitted by the gateway
             raise OutOfSequence(key, mod_revision)
@@ -343,6 +481,83 @@ class EtcdClient:
         """Revoke (its keys go at once). An already expired lease is not an error."""
         with contextlib.suppress(NotFound):
             await self._call("/v3/lease/revoke", {"ID": str(lease_id)})
+
+    # -- membership ----------------------------------------------------------------------
+    async def member_list(self) -> list[ClusterMember]:
+        """The cluster's members, as the answering member knows them (linearizable)."""
+        return _members(await self._call("/v3/cluster/member/list", {"linearizable": True}))
+
+    async def member_add(
+        self, peer_urls: Sequence[str], learner: bool = False
+    ) -> tuple[int, list[ClusterMember]]:
+        """Add a member (it starts unnamed); returns its ID and the new member list, from
+        which :func:`initial_cluster` builds the joiner's ``--initial-cluster``.
+
+        A voting member counts towards the quorum at once: a 1-member cluster that adds one
+        is unavailable until the new member runs. ``learner=True`` adds a non-voting member
+        instead, promoted with :meth:`member_promote` once it has caught up.
+        """
+        body: dict[str, Any] = {"peerURLs": list(peer_urls)}
+        if learner:
+            body["isLearner"] = True
+        answer = await self._call("/v3/cluster/member/add", body, retry_after_send=False)
+        new_id = _int(answer.get("member", {}).get("ID"))
+        if not new_id:
+            raise SystemError_("etcd member add: no member ID in the answer")
+        return new_id, _members(answer)
+
+    async def member_remove(self, member_id: int) -> list[ClusterMember]:
+        """Remove a member; returns the members left. An unknown ID raises NotFound."""
+        answer = await self._call(
+            "/v3/cluster/member/remove", {"ID": str(member_id)}, retry_after_send=False
+        )
+        return _members(answer)
+
+    async def member_promote(self, member_id: int) -> list[ClusterMember]:
+        """Make a learner a voting member; etcd refuses while it has not caught up."""
+        answer = await self._call(
+            "/v3/cluster/member/promote", {"ID": str(member_id)}, retry_after_send=False
+        )
+        return _members(answer)
+
+    # -- per-endpoint probes -----------------------------------------------------------------
+    async def endpoint_status(self, endpoint: str, patience: float = 2.0) -> EndpointStatus:
+        """Ask one member (any client URL, not only this client's endpoints) for its status.
+
+        Unavailable when it does not answer within ``patience`` seconds: that member is
+        unreachable.
+        """
+        endpoint = endpoint.rstrip("/")
+        answer = await self._post_to(endpoint, "/v3/maintenance/status", {}, patience)
+        header = answer.get("header", {})
+        return EndpointStatus(
+            endpoint=endpoint,
+            member_id=_int(header.get("member_id")),
+            leader=_int(answer.get("leader")),
+            raft_term=_int(answer.get("raftTerm")),
+            raft_index=_int(answer.get("raftIndex")),
+            db_size=_int(answer.get("dbSize")),
+            version=str(answer.get("version") or ""),
+            is_learner=bool(answer.get("isLearner")),
+            errors=tuple(str(e) for e in answer.get("errors") or ()),
+        )
+
+    async def endpoint_healthy(self, endpoint: str, patience: float = 2.0) -> bool:
+        """True when that member answers, knows a leader, has no alarm, and serves a
+        linearizable read (which goes through the leader: the member is in the quorum)."""
+        try:
+            status = await self.endpoint_status(endpoint, patience)
+            if not status.has_leader or status.errors:
+                return False
+            await self._post_to(
+                endpoint.rstrip("/"),
+                "/v3/kv/range",
+                {"key": _b64("/wharfd/health"), "keys_only": True, "limit": 1},
+                patience,
+            )
+        except (Unavailable, SystemError_, NotFound):
+            return False
+        return True
 
     # -- watch ---------------------------------------------------------------------------
     async def watch_prefix(
@@ -393,7 +608,12 @@ class EtcdClient:
         session = self._require_session()
         try:
             async with session.post(
-                endpoint + "/v3/watch", json=request, timeout=self._stream_timeout
+                endpoint + "/v3/watch",
+                json=request,
+                timeout=self._stream_timeout,
+                # A member cut off from the quorum ends the stream (no leader) instead of
+                # keeping it open with no events: the loop then moves to another endpoint.
+                headers=_REQUIRE_LEADER,
             ) as resp:
                 if resp.status != 200:
                     raise _EndpointDown(f"watch: HTTP {resp.status}")
@@ -435,6 +655,8 @@ def _put_body(key: str, value: bytes, lease: int) -> dict[str, Any]:
 def _raise_gateway_error(answer: dict[str, Any], status: int) -> None:
     code = _int(answer.get("code"))
     message = answer.get("message") or answer.get("error") or f"HTTP {status}"
+    if code == _GRPC_UNAVAILABLE and message == _NO_LEADER:
+        raise _NotSent(str(message))
     if code == _GRPC_UNAVAILABLE or status in (502, 503):
         raise _EndpointDown(str(message))
     if code == _GRPC_NOT_FOUND:

@@ -17,7 +17,8 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from engine.errors import NotFound, Unavailable
 from engine.swarm.etcd import EtcdClient, OutOfSequence, WatchCompacted
@@ -97,7 +98,7 @@ class Election:
         self,
         client: EtcdClient,
         node_id: str,
-        work: Callable[[], Awaitable[None]],
+        work: Callable[[], Coroutine[Any, Any, None]],
     ) -> None:
         self._client, self._node_id, self._work = client, node_id, work
         self.is_leader = False

@@ -34,7 +34,7 @@ from pydantic import (
     model_serializer,
 )
 
-from engine.errors import InvalidParameter
+from engine.errors import InvalidParameter, Unavailable
 from engine.images.timefmt import rfc3339_nano
 
 SECOND = 1_000_000_000
@@ -569,17 +569,16 @@ def checked_addr_pool(pool: list[str], subnet_size: int) -> tuple[list[str], int
 
 def prepare_init(request: InitRequest) -> InitRequest:
     """``request`` checked and completed as dockerd does before it starts a swarm: the
-    listen address with its port, the spec named ``default``, the address pool, subnet
-    size and data path port with their defaults. Idempotent."""
+    listen address with its port; Spec the swarm's initial spec (``spec_for_init``, so
+    AutoLockManagers agrees with it); the address pool, subnet size and data path port
+    with their defaults. Idempotent."""
     listen = listen_address(request.ListenAddr)
-    name = checked_spec_name(request.Spec.Name)
+    spec = spec_for_init(request.Spec, request.AutoLockManagers)
     pool, size = checked_addr_pool(list(request.DefaultAddrPool), request.SubnetSize)
     port = checked_data_path_port(request.DataPathPort)
-    spec = request.Spec.model_copy(deep=True)
-    spec.Name = name
     return request.model_copy(update={
         "ListenAddr": listen, "Spec": spec, "DefaultAddrPool": pool, "SubnetSize": size,
-        "DataPathPort": port,
+        "DataPathPort": port, "AutoLockManagers": spec.EncryptionConfig.AutoLockManagers,
     })
 
 
@@ -629,3 +628,17 @@ class LocalSwarmInfo(GoModel):
         if isinstance(cluster, dict):
             cluster.pop("JoinTokens", None)
         return data
+
+
+def no_manager_error(info: LocalSwarmInfo) -> Unavailable:
+    """dockerd's 503 for a cluster call on a node that cannot serve it, by its state:
+    not in a swarm (or failed to start), locked, a manager not ready yet (it lists
+    itself among the managers), or a worker."""
+    state = info.LocalNodeState
+    if state == "locked":
+        return Unavailable(SWARM_LOCKED)
+    if state in ("inactive", "error") or not info.NodeID:
+        return Unavailable(NOT_IN_SWARM_MANAGER)
+    if any(peer.NodeID == info.NodeID for peer in info.RemoteManagers or ()):
+        return Unavailable(MANAGER_NOT_READY)
+    return Unavailable(WORKER_NOT_MANAGER)

@@ -198,9 +198,19 @@ def test_empty_listen_address_is_refused() -> None:
 def test_prepare_init_fills_defaults_and_is_idempotent() -> None:
     request = o.prepare_init(o.InitRequest(ListenAddr="0.0.0.0"))
     assert request.ListenAddr == "0.0.0.0:2377"
-    assert request.Spec.Name == "default"
+    assert o.wire(request.Spec) == LAB_SPEC
     assert (request.DefaultAddrPool, request.SubnetSize, request.DataPathPort) == (
         ["10.0.0.0/8"], 24, 4789)
+    assert o.prepare_init(request) == request
+
+
+def test_prepare_init_merges_the_spec_and_autolock() -> None:
+    request = o.prepare_init(o.InitRequest(
+        ListenAddr="0.0.0.0", AutoLockManagers=True,
+        Spec=o.SwarmSpec(Dispatcher=o.DispatcherConfig(HeartbeatPeriod=2 * o.SECOND))))
+    assert request.Spec.Dispatcher.HeartbeatPeriod == 2 * o.SECOND
+    assert request.Spec.Raft.ElectionTick == 10
+    assert request.Spec.EncryptionConfig.AutoLockManagers and request.AutoLockManagers
     assert o.prepare_init(request) == request
 
 

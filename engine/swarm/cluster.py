@@ -583,6 +583,9 @@ class SwarmManager:
             "ManagerStatus": {"Addr": manager_addr} if role is NodeRole.MANAGER else None,
         })
         async with _quorum():
+            # Read before the member is added: a two-member cluster whose new member has
+            # not started yet has no quorum.
+            endpoints, manager_addrs = await self._manager_endpoints(membership)
             await store.create(node_key(node_id), node)
             initial: str | None = None
             if role is NodeRole.MANAGER:
@@ -592,7 +595,6 @@ class SwarmManager:
                 except BaseException:
                     await store.delete(node_key(node_id))
                     raise
-            endpoints, manager_addrs = await self._manager_endpoints(membership)
         if role is NodeRole.MANAGER:
             endpoints.append(client_url_for(address, request.listen_port))
             manager_addrs.append(manager_addr)

@@ -318,14 +318,19 @@ class EtcdMember:
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            # Under uvloop the launcher's pipes stay open in etcd after sh exits, so
+            # reading them to EOF (communicate) would wait for etcd's exit: read the one
+            # line sh prints and wait for sh alone. sh has nothing else to say.
+            stderr=asyncio.subprocess.DEVNULL,
             env=_ETCD_ENV,
             cwd="/",
             start_new_session=True,
         )
+        assert launcher.stdout is not None
         try:
             async with asyncio.timeout(LAUNCH_PATIENCE):
-                out, err = await launcher.communicate()
+                out = await launcher.stdout.readline()
+                await launcher.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 launcher.kill()
@@ -334,9 +339,7 @@ class EtcdMember:
         try:
             pid = int(out.strip())
         except ValueError:
-            raise SystemError_(
-                f"etcd launcher failed ({launcher.returncode}): {err.decode(errors='replace')}"
-            ) from None
+            raise SystemError_(f"etcd launcher failed ({launcher.returncode})") from None
         await asyncio.to_thread(self._write_pid_file, pid)
         self._pid = pid
         log.info("started etcd member %s (%s) as pid %d", self.config.name, mode.value, pid)

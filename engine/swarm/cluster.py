@@ -122,6 +122,7 @@ INVALID_ARGUMENT = "rpc error: code = InvalidArgument desc = "
 ETCD_TIMEOUT = 3.0  # one etcd request on one endpoint
 HEALTH_TIMEOUT = 1.0  # a member's health probe when a node list is read
 MEMBER_PATIENCE = 30.0
+MEMBER_ADD_PATIENCE = 12.0
 _LEAVE_PREFIX = ("You are attempting to leave the swarm on a node that is participating as "
                  "a manager. ")
 _LEAVE_SUFFIX = ("The only way to restore a swarm that has lost consensus is to reinitialize "
@@ -614,9 +615,18 @@ class SwarmManager:
         address: ipaddress.IPv4Address | ipaddress.IPv6Address,
         cluster_port: int,
     ) -> str:
-        member_id, members = await membership.client.member_add(
-            [peer_url_for(address, cluster_port)])
-        return initial_cluster(members, member_id, node_id)
+        # etcd refuses a new voting member until every member has been connected for
+        # its health interval (5 s): a manager joining right after another waits here.
+        deadline = time.monotonic() + MEMBER_ADD_PATIENCE
+        while True:
+            try:
+                member_id, members = await membership.client.member_add(
+                    [peer_url_for(address, cluster_port)])
+                return initial_cluster(members, member_id, node_id)
+            except Unavailable as err:
+                if "unhealthy cluster" not in str(err) or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
 
     async def _manager_endpoints(self, membership: _Membership) -> tuple[list[str], list[str]]:
         members = await membership.client.member_list()

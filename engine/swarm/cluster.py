@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from secrets import token_bytes
+from typing import TypeVar
 
 from pydantic import BaseModel
 
@@ -112,6 +113,8 @@ from engine.swarm.store import (
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 JOIN_TIMEOUT = 20.0
 JOIN_TIMEOUT_TEXT = (
     "Timeout was reached before node joined. The attempt to join the swarm will continue "
@@ -122,11 +125,24 @@ INVALID_ARGUMENT = "rpc error: code = InvalidArgument desc = "
 ETCD_TIMEOUT = 3.0  # one etcd request on one endpoint
 HEALTH_TIMEOUT = 1.0  # a member's health probe when a node list is read
 MEMBER_PATIENCE = 30.0
-MEMBER_ADD_PATIENCE = 12.0
+MEMBER_CHANGE_PATIENCE = 12.0
 _LEAVE_PREFIX = ("You are attempting to leave the swarm on a node that is participating as "
                  "a manager. ")
 _LEAVE_SUFFIX = ("The only way to restore a swarm that has lost consensus is to reinitialize "
                  "it with `--force-new-cluster`. Use `--force` to suppress this message.")
+
+
+async def _while_unhealthy(call: Callable[[], Awaitable[T]]) -> T:
+    """etcd refuses a membership change until every member has been connected for its
+    health interval (5 s): a change right after another waits here."""
+    deadline = time.monotonic() + MEMBER_CHANGE_PATIENCE
+    while True:
+        try:
+            return await call()
+        except Unavailable as err:
+            if "unhealthy cluster" not in str(err) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 class ClusterSecrets(BaseModel):
@@ -615,18 +631,9 @@ class SwarmManager:
         address: ipaddress.IPv4Address | ipaddress.IPv6Address,
         cluster_port: int,
     ) -> str:
-        # etcd refuses a new voting member until every member has been connected for
-        # its health interval (5 s): a manager joining right after another waits here.
-        deadline = time.monotonic() + MEMBER_ADD_PATIENCE
-        while True:
-            try:
-                member_id, members = await membership.client.member_add(
-                    [peer_url_for(address, cluster_port)])
-                return initial_cluster(members, member_id, node_id)
-            except Unavailable as err:
-                if "unhealthy cluster" not in str(err) or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
+        member_id, members = await _while_unhealthy(
+            lambda: membership.client.member_add([peer_url_for(address, cluster_port)]))
+        return initial_cluster(members, member_id, node_id)
 
     async def _manager_endpoints(self, membership: _Membership) -> tuple[list[str], list[str]]:
         members = await membership.client.member_list()
@@ -722,6 +729,14 @@ class SwarmManager:
                                          state.cluster_port)
         await member.start_joining(initial)
         await member.wait_healthy(MEMBER_PATIENCE)
+        def with_manager_status(node: Node) -> Node | None:
+            if node.ManagerStatus is not None:
+                return None
+            return node.model_copy(update={
+                "ManagerStatus": NodeManagerStatus(Addr=state.manager_addr),
+                "UpdatedAt": timestamp_now()})
+
+        await membership.store.modify(node_key(state.node_id), Node, with_manager_status)
         endpoints, manager_addrs = await self._manager_endpoints(membership)
         state = state.model_copy(update={"etcd_endpoints": endpoints,
                                          "manager_addrs": manager_addrs})
@@ -740,6 +755,10 @@ class SwarmManager:
         if membership.server is not None:
             await membership.server.close()
             membership.server = None
+        try:
+            await self._remove_member_of(membership, membership.state.node_id)
+        except EngineError as err:
+            log.warning("demoted: our etcd member was not removed: %s", err)
         member = membership.member or self._member_for(membership.state)
         with contextlib.suppress(EngineError):
             await member.remove()
@@ -805,11 +824,10 @@ class SwarmManager:
         if membership.election is not None:
             await membership.election.resign()
         if state.is_manager:
-            with contextlib.suppress(EngineError):
-                members = await membership.client.member_list()
-                for m in members:
-                    if m.name == state.node_id and len(members) > 1:
-                        await membership.client.member_remove(m.id)
+            try:
+                await self._remove_member_of(membership, state.node_id)
+            except EngineError as err:
+                log.warning("leaving: our etcd member was not removed: %s", err)
         with contextlib.suppress(EngineError):
             await membership.heartbeat.stop(revoke=True)
         await membership.close()
@@ -957,15 +975,21 @@ class SwarmManager:
             if demoted:
                 doc.ManagerStatus = None
             await membership.store.replace(node_key(node.ID), doc, version)
-            if demoted:
+        if demoted:
+            try:
                 await self._remove_member_of(membership, node.ID)
+            except EngineError as err:
+                # The node removes its own member when it sees its demotion.
+                log.warning("etcd member of demoted node %s not removed: %s", node.ID, err)
 
     async def _remove_member_of(self, membership: _Membership, node_id: str) -> None:
-        """A demoted manager's etcd member goes at once, so the quorum is counted
-        without it even if that node is down and never notices its demotion."""
-        for m in await membership.client.member_list():
-            if m.name == node_id:
-                await membership.client.member_remove(m.id)
+        """A demoted or leaving manager's etcd member goes at once, so the quorum is
+        counted without it even if that node is down and never notices. The last member
+        is never removed (that would leave no cluster)."""
+        members = await membership.client.member_list()
+        ids = [m.id for m in members if m.name == node_id]
+        if ids and len(members) > 1:
+            await _while_unhealthy(lambda: membership.client.member_remove(ids[0]))
 
     async def remove_node(self, ref: str, force: bool) -> None:
         membership = self._manager()

@@ -126,6 +126,8 @@ ETCD_TIMEOUT = 3.0  # one etcd request on one endpoint
 HEALTH_TIMEOUT = 1.0  # a member's health probe when a node list is read
 MEMBER_PATIENCE = 30.0
 MEMBER_CHANGE_PATIENCE = 12.0
+MANAGERS_REFRESH = 3.0
+INFO_PATIENCE = 2.0  # /info answers without the cluster's counts rather than wait longer
 _LEAVE_PREFIX = ("You are attempting to leave the swarm on a node that is participating as "
                  "a manager. ")
 _LEAVE_SUFFIX = ("The only way to restore a swarm that has lost consensus is to reinitialize "
@@ -290,11 +292,7 @@ class SwarmManager:
         return EtcdMember(self._layout, config)
 
     async def _open(self, state: LocalState, root: RootCA) -> _Membership:
-        endpoints = list(state.etcd_endpoints)
-        if state.is_manager:
-            own = client_url_for(_ip(state.advertise_addr), state.cluster_port)
-            endpoints = [own] + [e for e in endpoints if e != own]
-        client = EtcdClient(endpoints, tls=self._member_tls().client_tls(),
+        client = EtcdClient(_own_endpoint_first(state), tls=self._member_tls().client_tls(),
                             timeout=ETCD_TIMEOUT, connect_timeout=1.0)
         await client.open()
         return _Membership(state, root, client)
@@ -316,6 +314,7 @@ class SwarmManager:
         self._m = membership
         membership.spawn(membership.heartbeat.run(), "swarm-heartbeat")
         membership.spawn(self._follow_own_node(membership), "swarm-self-watch")
+        membership.spawn(self._follow_managers(membership), "swarm-managers")
         if membership.state.is_manager:
             self._start_manager_work(membership)
 
@@ -670,6 +669,31 @@ class SwarmManager:
             ca_key=secrets.doc.ca_key if role is NodeRole.MANAGER else None,
         )
 
+    # ------------------------------------------------------------------ the managers
+    async def _follow_managers(self, membership: _Membership) -> None:
+        """Keep the managers' addresses (RemoteManagers, where certificates are asked
+        for) and etcd endpoints current, so a worker that joined through one manager
+        fails over to managers that came later."""
+        while True:
+            await asyncio.sleep(MANAGERS_REFRESH)
+            try:
+                nodes = await membership.store.read_prefix(NODES_PREFIX, Node)
+            except Unavailable:
+                continue
+            addrs = sorted(n.doc.ManagerStatus.Addr for n in nodes
+                           if n.doc.ManagerStatus is not None and n.doc.ManagerStatus.Addr)
+            if not addrs or addrs == sorted(membership.state.manager_addrs):
+                continue
+            endpoints = [client_url_for(_ip(host), port)
+                         for host, port in map(split_host_port, addrs)]
+            state = membership.state.model_copy(update={
+                "manager_addrs": addrs, "etcd_endpoints": endpoints})
+            if self._m is not membership:
+                return
+            await asyncio.to_thread(self._files.save_state, state)
+            membership.state = state
+            membership.client.set_endpoints(_own_endpoint_first(state))
+
     # ------------------------------------------------------------------ own role changes
     async def _follow_own_node(self, membership: _Membership) -> None:
         """Watch this node's document: a role that differs from our certificate's is a
@@ -902,21 +926,25 @@ class SwarmManager:
             ControlAvailable=state.is_manager,
         )
         remote = [RemoteManager(NodeID="", Addr=a) for a in state.manager_addrs]
-        if state.is_manager and membership.member_ready.is_set():
+        nodes: list[Node] = []
+        cluster = None
+        if membership.member_ready.is_set():
             try:
-                async with asyncio.timeout(2.0):
+                async with asyncio.timeout(INFO_PATIENCE):
                     nodes = [n.doc for n in await membership.store.read_prefix(
                         NODES_PREFIX, Node)]
-                    cluster = await membership.store.read(CLUSTER_KEY, Cluster)
+                    if state.is_manager:
+                        cluster = await membership.store.read(CLUSTER_KEY, Cluster)
             except (Unavailable, TimeoutError):
-                nodes, cluster = [], None
-            managers = [n for n in nodes if n.ManagerStatus is not None]
-            if nodes:
-                remote = [RemoteManager(NodeID=n.ID, Addr=n.ManagerStatus.Addr)
-                          for n in managers if n.ManagerStatus is not None]
-                info.Nodes, info.Managers = len(nodes), len(managers)
-            if cluster is not None:
-                info.Cluster = cluster.doc
+                pass
+        managers = [n for n in nodes if n.ManagerStatus is not None]
+        if managers:
+            remote = [RemoteManager(NodeID=n.ID, Addr=n.ManagerStatus.Addr)
+                      for n in managers if n.ManagerStatus is not None]
+        if state.is_manager and nodes:
+            info.Nodes, info.Managers = len(nodes), len(managers)
+        if cluster is not None:
+            info.Cluster = cluster.doc
         info.RemoteManagers = sorted(remote, key=lambda r: r.Addr)
         return info
 
@@ -1026,6 +1054,16 @@ class _PeerHandlers:
     async def _ready(self) -> None:
         if not self._membership.member_ready.is_set():
             raise Unavailable(MANAGER_NOT_READY)
+
+
+def _own_endpoint_first(state: LocalState) -> list[str]:
+    """A manager talks to its own member first (no network hop, and it is up whenever
+    this node is)."""
+    endpoints = list(state.etcd_endpoints)
+    if state.is_manager:
+        own = client_url_for(_ip(state.advertise_addr), state.cluster_port)
+        endpoints = [own] + [e for e in endpoints if e != own]
+    return endpoints
 
 
 def _expiry(spec: SwarmSpec) -> timedelta:

@@ -312,6 +312,14 @@ class EtcdClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def set_endpoints(self, endpoints: Sequence[str]) -> None:
+        """Replace the endpoints (managers joined or left); the next call starts with the
+        first. Streams already open stay on their endpoint until they end."""
+        if not endpoints:
+            raise InvalidParameter("etcd: no endpoints given")
+        self._endpoints = [e.rstrip("/") for e in endpoints]
+        self._current = 0
+
     # -- transport -----------------------------------------------------------------------
     def _order(self) -> list[str]:
         """Endpoints starting with the one that answered last."""

@@ -213,3 +213,34 @@ def test_manager_restart_answers_at_once(cluster: ClusterFactory) -> None:
     info = json.loads(_ok(h2, "info", "--format", "{{json .Swarm}}"))
     assert info["LocalNodeState"] == "active" and info["ControlAvailable"] is True
     assert time.monotonic() - started < 5
+
+
+def test_quorum_lost_answers_503_and_force_new_cluster_recovers(
+    cluster: ClusterFactory,
+) -> None:
+    c = cluster(3)
+    h1, h2, h3 = c.hosts
+    _init(h1, "--dispatcher-heartbeat", "1s")
+    _join(h2, h1, "manager")
+    _join(h3, h1, "manager")
+    h2.disconnect("link")
+    h3.disconnect("link")
+
+    def refused_without_quorum() -> bool:
+        answer = h1.docker("node", "ls", timeout=30)
+        return answer.returncode != 0 and (
+            "The swarm does not have a leader. It's possible that too few managers are "
+            "online. Make sure more than half of the managers are online." in answer.stderr)
+
+    _eventually(refused_without_quorum, within=20, step=0.5)
+    refused = h1.docker("node", "update", "--label-add", "x=y", "h1", timeout=30)
+    assert refused.returncode != 0 and "does not have a leader" in refused.stderr
+
+    started = time.monotonic()
+    _ok(h1, "swarm", "init", "--force-new-cluster", "--advertise-addr", h1.address)
+    nodes = _by_hostname(h1)
+    assert nodes["h1"]["ManagerStatus"] == "Leader"
+    assert nodes["h2"]["ManagerStatus"] == "Unreachable"
+    _ok(h1, "node", "update", "--label-add", "recovered=yes", "h1")
+    assert _inspect(h1, "h1")["Spec"]["Labels"] == {"recovered": "yes"}
+    assert time.monotonic() - started < 30

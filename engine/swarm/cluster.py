@@ -59,6 +59,7 @@ from engine.swarm.localstate import (
     advertise_address,
     host_description,
     split_host_port,
+    unlock_key_fingerprint,
 )
 from engine.swarm.member import (
     EtcdMember,
@@ -81,6 +82,7 @@ from engine.swarm.objects import (
     NO_LEADER,
     NOT_IN_SWARM_MANAGER,
     NOT_PART_OF_SWARM,
+    SWARM_LOCKED,
     WORKER_NOT_MANAGER,
     Cluster,
     InitRequest,
@@ -128,6 +130,8 @@ MEMBER_PATIENCE = 30.0
 MEMBER_CHANGE_PATIENCE = 12.0
 MANAGERS_REFRESH = 3.0
 INFO_PATIENCE = 2.0  # /info answers without the cluster's counts rather than wait longer
+LOCKED_LEAVE = ("Swarm is encrypted and locked. Please unlock it first or use `--force` to "
+                "ignore this message.")
 _LEAVE_PREFIX = ("You are attempting to leave the swarm on a node that is participating as "
                  "a manager. ")
 _LEAVE_SUFFIX = ("The only way to restore a swarm that has lost consensus is to reinitialize "
@@ -242,6 +246,7 @@ class SwarmManager:
         self._lock = asyncio.Lock()
         self._m: _Membership | None = None
         self._pending = False  # a join is under way
+        self._locked: LocalState | None = None  # autolock: restarted, key still sealed
         self._error = ""
 
     # ------------------------------------------------------------------ daemon lifecycle
@@ -254,6 +259,17 @@ class SwarmManager:
             if await asyncio.to_thread(self._layout.swarm_dir.exists):
                 await self._remove_leftovers()
             return
+        if state.is_manager and await asyncio.to_thread(self._files.key_is_sealed):
+            # Autolock: this daemon answers for the swarm only once unlocked. A member
+            # still running from before (same boot) keeps serving the others with the
+            # key copy under the exec root; after a reboot there is none until unlock.
+            self._locked = state
+            log.info("swarm: this manager is locked (autolock); waiting for its unlock key")
+            return
+        await asyncio.to_thread(self._files.unseal, "")
+        await self._restore(state)
+
+    async def _restore(self, state: LocalState) -> None:
         root = await asyncio.to_thread(self._files.load_root)
         membership = await self._open(state, root)
         if state.is_manager:
@@ -284,7 +300,7 @@ class SwarmManager:
 
     # ------------------------------------------------------------------ building blocks
     def _member_tls(self) -> MemberTLS:
-        return MemberTLS(self._files.ca_cert, self._files.node_cert, self._files.node_key)
+        return MemberTLS(self._files.ca_cert, self._files.node_cert, self._files.live_node_key)
 
     def _member_for(self, state: LocalState) -> EtcdMember:
         config = MemberConfig(state.node_id, _ip(state.advertise_addr), self._member_tls(),
@@ -337,13 +353,15 @@ class SwarmManager:
         state = membership.state
         host, port = split_host_port(state.listen_addr)
         tls = await asyncio.to_thread(peers.server_tls_context, self._files.node_cert,
-                                      self._files.node_key, membership.root)
+                                      self._files.live_node_key, membership.root)
         server = peers.PeerServer(_PeerHandlers(self, membership), host, port, tls)
         await server.start()
         membership.server = server
 
     # ------------------------------------------------------------------ guards
     def _membership(self) -> _Membership:
+        if self._locked is not None:
+            raise Unavailable(SWARM_LOCKED)
         if self._m is None:
             raise Unavailable(NOT_IN_SWARM_MANAGER)
         return self._m
@@ -361,6 +379,8 @@ class SwarmManager:
     # ------------------------------------------------------------------ init
     async def init(self, request: InitRequest) -> str:
         async with self._lock:
+            if self._locked is not None:
+                raise Unavailable(ALREADY_IN_SWARM)
             if self._m is not None:
                 if request.ForceNewCluster and self._m.state.is_manager:
                     return await self._force_new_cluster(self._m)
@@ -380,15 +400,17 @@ class SwarmManager:
         cert = await asyncio.to_thread(
             root.sign_node_csr, csr, node_id, NodeRole.MANAGER, cluster_id,
             _expiry(spec), None, [_ip(address)])
+        unlock_key = _new_unlock_key() if spec.EncryptionConfig.AutoLockManagers else ""
         state = LocalState(
             node_id=node_id, cluster_id=cluster_id, role="manager",
             listen_addr=request.ListenAddr, advertise_addr=address, cluster_port=cluster_port,
             data_path_addr=request.DataPathAddr,
             etcd_endpoints=[client_url_for(_ip(address), cluster_port)],
             manager_addrs=[f"{address}:{cluster_port}"],
+            sealed_with=unlock_key_fingerprint(unlock_key),
         )
         await asyncio.to_thread(self._files.save_certificates, root.bundle_pem, cert, key,
-                                root.key_pem)
+                                unlock_key)
         member = self._member_for(state)
         membership: _Membership | None = None
         try:
@@ -407,7 +429,7 @@ class SwarmManager:
                 worker_token=str(new_join_token(root)),
                 manager_token=str(new_join_token(root)),
                 ca_key=root.key_pem.decode(),
-                unlock_key=_new_unlock_key() if spec.EncryptionConfig.AutoLockManagers else "",
+                unlock_key=unlock_key,
             )
             node = Node(
                 ID=node_id, CreatedAt=now, UpdatedAt=now,
@@ -463,7 +485,7 @@ class SwarmManager:
     async def join(self, request: JoinRequest) -> None:
         started = time.monotonic()
         async with self._lock:
-            if self._m is not None or self._pending:
+            if self._m is not None or self._pending or self._locked is not None:
                 raise Unavailable(ALREADY_IN_SWARM)
             self._pending = True
             try:
@@ -519,10 +541,9 @@ class SwarmManager:
             ))
         except InvalidParameter as err:
             raise InvalidParameter(INVALID_ARGUMENT + str(err)) from None
-        ca_key = answer.ca_key.encode() if answer.ca_key else None
         await asyncio.to_thread(self._files.save_certificates, answer.ca_bundle.encode(),
-                                answer.certificate.encode(), key, ca_key)
-        root = RootCA.from_pem(answer.ca_bundle.encode(), ca_key)
+                                answer.certificate.encode(), key)
+        root = RootCA.from_pem(answer.ca_bundle.encode())
         state = LocalState(
             node_id=answer.node_id, cluster_id=answer.cluster_id, role=answer.role,
             listen_addr=request.ListenAddr, advertise_addr=address, cluster_port=cluster_port,
@@ -678,6 +699,8 @@ class SwarmManager:
             await asyncio.sleep(MANAGERS_REFRESH)
             try:
                 nodes = await membership.store.read_prefix(NODES_PREFIX, Node)
+                if membership.state.is_manager and self._m is membership:
+                    await self._seal_as_the_cluster_says(membership)
             except Unavailable:
                 continue
             addrs = sorted(n.doc.ManagerStatus.Addr for n in nodes
@@ -694,6 +717,21 @@ class SwarmManager:
             membership.state = state
             membership.client.set_endpoints(_own_endpoint_first(state))
 
+    async def _seal_as_the_cluster_says(self, membership: _Membership) -> None:
+        """Autolock on a manager: the node key on disk sealed with the current unlock key
+        (plain when autolock is off); done again after a rotation."""
+        secrets = await membership.store.read(SECRETS_KEY, ClusterSecrets)
+        if secrets is None:
+            return
+        unlock_key = secrets.doc.unlock_key
+        fingerprint = unlock_key_fingerprint(unlock_key)
+        if fingerprint == membership.state.sealed_with:
+            return
+        await asyncio.to_thread(self._files.reseal, unlock_key)
+        state = membership.state.model_copy(update={"sealed_with": fingerprint})
+        await asyncio.to_thread(self._files.save_state, state)
+        membership.state = state
+
     # ------------------------------------------------------------------ own role changes
     async def _follow_own_node(self, membership: _Membership) -> None:
         """Watch this node's document: a role that differs from our certificate's is a
@@ -709,8 +747,9 @@ class SwarmManager:
                 async for event in membership.client.watch_prefix(key, current.revision + 1):
                     if event.kv.key == key and event.type == "PUT":
                         await self._on_own_node(membership, event.kv.value)
-            except (Unavailable, NotFound) as err:
-                log.info("swarm: watching our node: %s", err)
+            except EngineError as err:
+                # A role change that failed half way is tried again from a fresh read.
+                log.warning("swarm: following our node: %s", err)
                 await asyncio.sleep(1.0)
 
     async def _on_own_node(self, membership: _Membership, value: bytes) -> None:
@@ -731,28 +770,28 @@ class SwarmManager:
         state = membership.state
         answer = await peers.request_certificate(
             state.manager_addrs, membership.root.bundle_pem, self._files.node_cert,
-            self._files.node_key, peers.CertificateRequest(csr=csr.decode()))
+            self._files.live_node_key, peers.CertificateRequest(csr=csr.decode()))
         await asyncio.to_thread(verify_node_certificate, answer.certificate.encode(),
                                 membership.root)
-        ca_key = answer.ca_key.encode() if answer.ca_key else None
+        # Sealed again (with the current unlock key) by the managers loop if autolock is on.
         await asyncio.to_thread(self._files.save_certificates, answer.ca_bundle.encode(),
-                                answer.certificate.encode(), key, ca_key)
+                                answer.certificate.encode(), key)
+        membership.state = membership.state.model_copy(update={"sealed_with": ""})
         return answer
 
     async def _become_manager(self, membership: _Membership) -> None:
-        state = membership.state
         answer = await self._new_certificate(membership)
         if answer.role != "manager":
             return
-        membership.root = RootCA.from_pem(answer.ca_bundle.encode(),
-                                          (answer.ca_key or "").encode() or None)
+        membership.root = RootCA.from_pem(answer.ca_bundle.encode())
         membership.member_ready.clear()
-        state = state.model_copy(update={"role": "manager"})
+        state = membership.state.model_copy(update={"role": "manager"})
         member = self._member_for(state)
         initial = await self._add_member(membership, state.node_id, _ip(state.advertise_addr),
                                          state.cluster_port)
         await member.start_joining(initial)
         await member.wait_healthy(MEMBER_PATIENCE)
+
         def with_manager_status(node: Node) -> Node | None:
             if node.ManagerStatus is not None:
                 return None
@@ -772,7 +811,7 @@ class SwarmManager:
         answer = await self._new_certificate(membership)
         if answer.role != "worker":
             return
-        await asyncio.to_thread(self._files.drop_ca_key)
+        await asyncio.to_thread(self._files.reseal, "")  # autolock is for managers only
         await membership.stop_manager_tasks()
         if membership.election is not None:
             await membership.election.resign()
@@ -789,6 +828,7 @@ class SwarmManager:
         own = member.client_url
         state = membership.state.model_copy(update={
             "role": "worker",
+            "sealed_with": "",
             "etcd_endpoints": [e for e in membership.state.etcd_endpoints if e != own],
             "manager_addrs": [a for a in membership.state.manager_addrs
                               if a != membership.state.manager_addr],
@@ -813,6 +853,11 @@ class SwarmManager:
     # ------------------------------------------------------------------ leave
     async def leave(self, force: bool) -> None:
         async with self._lock:
+            if self._locked is not None:
+                if not force:
+                    raise Unavailable(LOCKED_LEAVE)
+                await self._leave_locked(self._locked)
+                return
             membership = self._m
             if membership is None:
                 raise Unavailable(NOT_PART_OF_SWARM)
@@ -820,6 +865,15 @@ class SwarmManager:
                 raise Unavailable(await self._leave_refusal(membership))
             self._m = None
             await self._leave(membership)
+
+    async def _leave_locked(self, state: LocalState) -> None:
+        """Forced leave of a locked manager: its member and files go (the others still
+        count it until it is removed there, as with dockerd)."""
+        with contextlib.suppress(EngineError):
+            await self._member_for(state).remove()
+        await asyncio.to_thread(self._files.remove_all)
+        self._locked = None
+        log.info("left the swarm (it was locked)")
 
     async def _leave_refusal(self, membership: _Membership) -> str:
         message = _LEAVE_PREFIX
@@ -901,6 +955,7 @@ class SwarmManager:
                 return None if changed == secrets else changed
 
             await store.modify(SECRETS_KEY, ClusterSecrets, rotated)
+        await self._seal_as_the_cluster_says(membership)
 
     async def unlock_key(self) -> str:
         membership = self._manager()
@@ -910,13 +965,23 @@ class SwarmManager:
         return secrets.doc.unlock_key
 
     async def unlock(self, key: str) -> None:
-        self._membership()
-        # Autolock's encryption at rest is not implemented: a manager never starts locked.
-        raise Conflict("swarm is not locked")
+        async with self._lock:
+            state = self._locked
+            if state is None:
+                if self._m is None:
+                    raise Unavailable(NOT_IN_SWARM_MANAGER)
+                raise Conflict("swarm is not locked")
+            await asyncio.to_thread(self._files.unseal, key)
+            self._locked = None
+            await self._restore(state)
+            log.info("swarm unlocked")
 
     # ------------------------------------------------------------------ /info
     async def local_info(self) -> LocalSwarmInfo:
         membership = self._m
+        if self._locked is not None:
+            return LocalSwarmInfo(NodeID=self._locked.node_id,
+                                  NodeAddr=self._locked.advertise_addr, LocalNodeState="locked")
         if membership is None:
             return LocalSwarmInfo(LocalNodeState="pending" if self._pending else "inactive")
         state = membership.state

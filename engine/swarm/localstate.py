@@ -8,7 +8,9 @@ platform, resources) and the choice of the address it advertises.
 
 from __future__ import annotations
 
+import base64
 import fcntl
+import hashlib
 import ipaddress
 import os
 import shutil
@@ -17,9 +19,11 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, Field
 
-from engine.errors import InvalidParameter
+from engine.errors import InvalidParameter, Unauthorized
 from engine.layout import Layout
 from engine.store.atomic import atomic_write, ensure_dir
 from engine.swarm.ca import RootCA
@@ -33,7 +37,6 @@ from engine.swarm.objects import (
 )
 
 CA_CERT = "swarm-root-ca.crt"
-CA_KEY = "swarm-root-ca.key"
 NODE_CERT = "swarm-node.crt"
 NODE_KEY = "swarm-node.key"
 
@@ -54,6 +57,7 @@ class LocalState(BaseModel):
     data_path_addr: str = ""
     etcd_endpoints: list[str] = Field(default_factory=list)  # managers' etcd client URLs
     manager_addrs: list[str] = Field(default_factory=list)  # managers' ip:port
+    sealed_with: str = ""  # fingerprint of the unlock key the node key is sealed with
 
     @property
     def manager_addr(self) -> str:
@@ -77,10 +81,6 @@ class SwarmFiles:
         return self.certs / CA_CERT
 
     @property
-    def ca_key(self) -> Path:
-        return self.certs / CA_KEY
-
-    @property
     def node_cert(self) -> Path:
         return self.certs / NODE_CERT
 
@@ -99,34 +99,95 @@ class SwarmFiles:
         ensure_dir(self.layout.swarm_dir, 0o700)
         atomic_write(self.layout.swarm_state_file, state.model_dump_json(indent=1).encode())
 
+    @property
+    def live_node_key(self) -> Path:
+        """The node key as TLS (ours and the etcd member's) reads it: a plain copy under
+        the exec root, so that with autolock the key on the data disk stays sealed."""
+        return self.layout.swarm_exec_dir / NODE_KEY
+
     def save_certificates(
         self,
         ca_bundle: bytes,
         node_cert: bytes,
         node_key: bytes | None = None,
-        ca_key: bytes | None = None,
+        unlock_key: str = "",
     ) -> None:
-        """Write what is given; the node key first so the pair never mismatches for long."""
+        """Write what is given; the node key first so the pair never mismatches for long.
+        ``unlock_key`` (autolock) seals the key kept on the data disk."""
         ensure_dir(self.layout.swarm_dir, 0o700)
         ensure_dir(self.certs, 0o700)
         if node_key is not None:
-            atomic_write(self.node_key, node_key)
+            ensure_dir(self.layout.swarm_exec_dir, 0o700)
+            atomic_write(self.live_node_key, node_key)
+            atomic_write(self.node_key, seal(node_key, unlock_key) if unlock_key else node_key)
         atomic_write(self.node_cert, node_cert, mode=0o644)
         atomic_write(self.ca_cert, ca_bundle, mode=0o644)
-        if ca_key is not None:
-            atomic_write(self.ca_key, ca_key)
 
-    def drop_ca_key(self) -> None:
-        self.ca_key.unlink(missing_ok=True)
+    def key_is_sealed(self) -> bool:
+        return self.node_key.read_bytes().startswith(_SEALED)
+
+    def reseal(self, unlock_key: str) -> None:
+        """Store the (live) node key sealed with ``unlock_key``, or plain when it is ""."""
+        plain = self.live_node_key.read_bytes()
+        atomic_write(self.node_key, seal(plain, unlock_key) if unlock_key else plain)
+
+    def unseal(self, unlock_key: str) -> None:
+        """Make the live key from the one on disk (sealed or not); a wrong key is 401."""
+        stored = self.node_key.read_bytes()
+        plain = unseal(stored, unlock_key) if stored.startswith(_SEALED) else stored
+        ensure_dir(self.layout.swarm_exec_dir, 0o700)
+        atomic_write(self.live_node_key, plain)
+
+    def drop_live_key(self) -> None:
+        self.live_node_key.unlink(missing_ok=True)
 
     def load_root(self) -> RootCA:
-        key = self.ca_key.read_bytes() if self.ca_key.exists() else None
-        return RootCA.from_pem(self.ca_cert.read_bytes(), key)
+        return RootCA.from_pem(self.ca_cert.read_bytes())
 
     def remove_all(self) -> None:
         """Forget the swarm: state first (so a crash half way leaves no swarm)."""
         self.layout.swarm_state_file.unlink(missing_ok=True)
         shutil.rmtree(self.layout.swarm_dir, ignore_errors=True)
+        self.live_node_key.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- autolock
+
+_SEALED = b"WHARFD-SEALED-KEY-1\n"
+UNLOCK_KEY_PREFIX = "SWMKEY-1-"
+INVALID_UNLOCK_KEY = "swarm could not be unlocked: invalid key provided"
+
+
+def unlock_key_bytes(text: str) -> bytes:
+    """The 32 bytes of ``SWMKEY-1-<unpadded base64>``; anything else is 401."""
+    if not text.startswith(UNLOCK_KEY_PREFIX):
+        raise Unauthorized(INVALID_UNLOCK_KEY)
+    body = text[len(UNLOCK_KEY_PREFIX):]
+    try:
+        raw = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except ValueError:
+        raise Unauthorized(INVALID_UNLOCK_KEY) from None
+    if len(raw) != 32:
+        raise Unauthorized(INVALID_UNLOCK_KEY)
+    return raw
+
+
+def unlock_key_fingerprint(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest() if text else ""
+
+
+def seal(plain: bytes, unlock_key: str) -> bytes:
+    """AES-256-GCM with the unlock key; a random nonce in front."""
+    nonce = os.urandom(12)
+    return _SEALED + nonce + AESGCM(unlock_key_bytes(unlock_key)).encrypt(nonce, plain, _SEALED)
+
+
+def unseal(blob: bytes, unlock_key: str) -> bytes:
+    body = blob[len(_SEALED):]
+    try:
+        return AESGCM(unlock_key_bytes(unlock_key)).decrypt(body[:12], body[12:], _SEALED)
+    except InvalidTag:
+        raise Unauthorized(INVALID_UNLOCK_KEY) from None
 
 
 # --------------------------------------------------------------------------- addresses

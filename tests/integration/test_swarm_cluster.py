@@ -244,3 +244,35 @@ def test_quorum_lost_answers_503_and_force_new_cluster_recovers(
     _ok(h1, "node", "update", "--label-add", "recovered=yes", "h1")
     assert _inspect(h1, "h1")["Spec"]["Labels"] == {"recovered": "yes"}
     assert time.monotonic() - started < 30
+
+
+def test_autolock_a_restarted_manager_stays_locked_until_unlocked(
+    cluster: ClusterFactory,
+) -> None:
+    c = cluster(1, client=False)
+    (h1,) = c.hosts
+    _init(h1, "--autolock")
+    key = _ok(h1, "swarm", "unlock-key", "-q").strip()
+    assert key.startswith("SWMKEY-1-")
+    h1.stop()
+    h1.start()
+    info = json.loads(_ok(h1, "info", "--format", "{{json .Swarm}}"))
+    assert info["LocalNodeState"] == "locked"
+    refused = h1.docker("node", "ls")
+    assert "Swarm is encrypted and needs to be unlocked" in refused.stderr
+    wrong = h1.docker("swarm", "unlock", input="SWMKEY-1-" + "A" * 43 + "\n")
+    assert "invalid key provided" in wrong.stderr
+    _ok_input = h1.docker("swarm", "unlock", input=key + "\n")
+    assert _ok_input.returncode == 0, _ok_input.stderr
+    _eventually(lambda: len(_nodes(h1)) == 1, within=15)
+    again = h1.docker("swarm", "unlock", input=key + "\n")
+    assert "swarm is not locked" in again.stderr
+
+    # a rotated key seals the node key anew: the old one no longer unlocks
+    _ok(h1, "swarm", "unlock-key", "--rotate")
+    new_key = _ok(h1, "swarm", "unlock-key", "-q").strip()
+    assert new_key != key
+    h1.stop()
+    h1.start()
+    assert "invalid key provided" in h1.docker("swarm", "unlock", input=key + "\n").stderr
+    assert h1.docker("swarm", "unlock", input=new_key + "\n").returncode == 0

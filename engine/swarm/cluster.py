@@ -273,8 +273,13 @@ class SwarmManager:
         root = await asyncio.to_thread(self._files.load_root)
         membership = await self._open(state, root)
         if state.is_manager:
-            membership.member = self._member_for(state)
-            membership.spawn(self._bring_up_member(membership), "swarm-member")
+            member = self._member_for(state)
+            membership.member = member
+            if await member.adopt() is not None:
+                # Our member kept running (live-restore): answer for the cluster at once.
+                membership.member_ready.set()
+            else:
+                membership.spawn(self._bring_up_member(membership), "swarm-member")
         else:
             membership.member_ready.set()
         self._activate(membership)

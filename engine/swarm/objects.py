@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -567,29 +568,43 @@ def checked_addr_pool(pool: list[str], subnet_size: int) -> tuple[list[str], int
     return cleaned, size
 
 
+def checked_availability(availability: str) -> str:
+    """A new node's availability: "" means ``active``; any case of active, pause or
+    drain is accepted (dockerd's node runner), anything else is refused."""
+    value = availability.lower() or "active"
+    if value not in AVAILABILITIES:
+        raise InvalidParameter(f"invalid Availability: {json.dumps(availability)}")
+    return value
+
+
 def prepare_init(request: InitRequest) -> InitRequest:
     """``request`` checked and completed as dockerd does before it starts a swarm: the
     listen address with its port; Spec the swarm's initial spec (``spec_for_init``, so
     AutoLockManagers agrees with it); the address pool, subnet size and data path port
-    with their defaults. Idempotent."""
+    with their defaults; Availability ``active`` unless given. Idempotent."""
     listen = listen_address(request.ListenAddr)
     spec = spec_for_init(request.Spec, request.AutoLockManagers)
     pool, size = checked_addr_pool(list(request.DefaultAddrPool), request.SubnetSize)
     port = checked_data_path_port(request.DataPathPort)
+    availability = checked_availability(request.Availability)
     return request.model_copy(update={
         "ListenAddr": listen, "Spec": spec, "DefaultAddrPool": pool, "SubnetSize": size,
         "DataPathPort": port, "AutoLockManagers": spec.EncryptionConfig.AutoLockManagers,
+        "Availability": availability,
     })
 
 
 def prepare_join(request: JoinRequest) -> JoinRequest:
-    """``request`` checked as dockerd does: a listen address (port 2377 by default) and
-    at least one remote manager address. Idempotent."""
+    """``request`` checked as dockerd does: a listen address (port 2377 by default), at
+    least one remote manager address (``host:port`` each), the availability (default
+    ``active``). Idempotent."""
     listen = listen_address(request.ListenAddr)
     if not request.RemoteAddrs:
         raise InvalidParameter(NO_REMOTE_ADDR)
     remotes = [listen_address(addr, "remoteAddr") for addr in request.RemoteAddrs]
-    return request.model_copy(update={"ListenAddr": listen, "RemoteAddrs": remotes})
+    availability = checked_availability(request.Availability)
+    return request.model_copy(update={"ListenAddr": listen, "RemoteAddrs": remotes,
+                                      "Availability": availability})
 
 
 # --- /info ------------------------------------------------------------------------------

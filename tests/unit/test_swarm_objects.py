@@ -285,3 +285,15 @@ def test_tls_info_for_root() -> None:
     assert info.TrustRoot == root.bundle_pem.decode()
     assert base64.b64decode(info.CertIssuerSubject) == root.cert.subject.public_bytes()
     assert base64.b64decode(info.CertIssuerPublicKey)[:2] == b"\x30\x59"  # P-256 SPKI
+
+
+def test_availability_of_a_new_node() -> None:
+    request = o.prepare_init(o.InitRequest(ListenAddr="0.0.0.0"))
+    assert request.Availability == "active"
+    assert o.prepare_join(o.JoinRequest(ListenAddr="0.0.0.0", RemoteAddrs=["m"],
+                                        Availability="Drain")).Availability == "drain"
+    with refused('invalid Availability: "off"'):
+        o.prepare_init(o.InitRequest(ListenAddr="0.0.0.0", Availability="off"))
+    with refused('invalid Availability: "off"'):
+        o.prepare_join(o.JoinRequest(ListenAddr="0.0.0.0", RemoteAddrs=["m"],
+                                     Availability="off"))

@@ -41,6 +41,7 @@ from engine.swarm.objects import (
     SwarmSpec,
     prepare_init,
     prepare_join,
+    redacted_cluster,
     spec_for_update,
     wire,
 )
@@ -96,7 +97,7 @@ async def post_swarm_leave(request: web.Request) -> web.Response:
 
 @routes.get("/swarm")
 async def get_swarm(request: web.Request) -> web.Response:
-    return json_response(wire(await _backend(request).inspect()))
+    return json_response(wire(redacted_cluster(await _backend(request).inspect())))
 
 
 @routes.post("/swarm/update")

@@ -64,6 +64,9 @@ NO_REMOTE_ADDR = "at least 1 RemoteAddr is required to join"
 MIN_CERT_EXPIRY = ("rpc error: code = InvalidArgument desc = minimum certificate expiry "
                    "time is: 1h0m0s")
 
+NEGATIVE_HEARTBEAT = ("rpc error: code = InvalidArgument desc = heartbeat time period "
+                      "cannot be a negative duration")
+
 # --- defaults (notes §3) ---------------------------------------------------------------
 
 DEFAULT_SPEC_NAME = "default"
@@ -305,23 +308,12 @@ def spec_for_update(given: SwarmSpec) -> SwarmSpec:
 
 
 def _check_spec_values(spec: SwarmSpec) -> None:
-    """Values no swarm can run with (swarmkit's validateClusterSpec and raft's checks)."""
+    """What swarmkit's validateClusterSpec refuses in a spec (the name is checked
+    before, by dockerd)."""
     if spec.CAConfig.NodeCertExpiry < MIN_NODE_CERT_EXPIRY:
         raise InvalidParameter(MIN_CERT_EXPIRY)
     if spec.Dispatcher.HeartbeatPeriod < 0:
-        raise InvalidParameter("rpc error: code = InvalidArgument desc = "
-                               "heartbeat period must be >= 0")
-    if (spec.Orchestration.TaskHistoryRetentionLimit or 0) < 0:
-        raise InvalidParameter("rpc error: code = InvalidArgument desc = "
-                               "task history retention limit must be >= 0")
-    raft = spec.Raft
-    if raft.ElectionTick <= raft.HeartbeatTick or raft.HeartbeatTick < 0:
-        raise InvalidParameter("rpc error: code = InvalidArgument desc = "
-                               "election tick must be greater than heartbeat tick")
-    if raft.SnapshotInterval < 0 or raft.LogEntriesForSlowFollowers < 0 or (
-            raft.KeepOldSnapshots or 0) < 0:
-        raise InvalidParameter("rpc error: code = InvalidArgument desc = "
-                               "raft values must be >= 0")
+        raise InvalidParameter(NEGATIVE_HEARTBEAT)
 
 
 # --- cluster ----------------------------------------------------------------------------
@@ -383,6 +375,16 @@ class Cluster(Meta):
             return DEFAULT_SUBNET_SIZE if info.field_name == "SubnetSize" else (
                 DEFAULT_DATA_PATH_PORT)
         return value
+
+
+def redacted_cluster(cluster: Cluster) -> Cluster:
+    """The cluster as clients may read it: swarmkit never returns the spec's signing CA
+    certificate and key (a client that sent the certificate back in an update without
+    the key would ask the swarm to forget its key)."""
+    public = cluster.model_copy(deep=True)
+    public.Spec.CAConfig.SigningCACert = ""
+    public.Spec.CAConfig.SigningCAKey = ""
+    return public
 
 
 _Cluster = Cluster
@@ -636,8 +638,10 @@ class LocalSwarmInfo(GoModel):
 
     def info_wire(self) -> dict[str, Any]:
         """The section as /info sends it: RemoteManagers is null when there are none
-        (Go's nil slice), Cluster without JoinTokens."""
-        data = wire(self)
+        (Go's nil slice), Cluster redacted and without JoinTokens."""
+        public = self if self.Cluster is None else self.model_copy(
+            update={"Cluster": redacted_cluster(self.Cluster)})
+        data = wire(public)
         data["RemoteManagers"] = data.get("RemoteManagers") or None
         cluster = data.get("Cluster")
         if isinstance(cluster, dict):

@@ -311,6 +311,8 @@ async def test_inspect(client: TestClient[Any, Any], fake: FakeSwarm) -> None:
     fake.state = "locked"
     assert await error_of(await client.get("/swarm")) == (503, o.SWARM_LOCKED)
     fake.state = "manager"
+    fake.spec.CAConfig.SigningCACert = "-----BEGIN CERTIFICATE-----"
+    fake.spec.CAConfig.SigningCAKey = "-----BEGIN EC PRIVATE KEY-----"
     r = await client.get("/v1.41/swarm")
     assert r.status == 200
     body = await r.json()

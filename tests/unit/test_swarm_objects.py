@@ -297,3 +297,22 @@ def test_availability_of_a_new_node() -> None:
     with refused('invalid Availability: "off"'):
         o.prepare_join(o.JoinRequest(ListenAddr="0.0.0.0", RemoteAddrs=["m"],
                                      Availability="off"))
+
+
+def test_signing_ca_is_never_shown() -> None:
+    spec = o.spec_for_init(o.SwarmSpec(CAConfig=o.CAConfiguration(
+        SigningCACert="-----BEGIN CERTIFICATE-----", SigningCAKey="-----BEGIN EC KEY-----")))
+    cluster = o.Cluster(ID="c", Spec=spec)
+    assert o.wire(o.redacted_cluster(cluster))["Spec"]["CAConfig"] == {
+        "NodeCertExpiry": 7776000000000000}
+    assert cluster.Spec.CAConfig.SigningCAKey  # the original is left alone
+    info = o.LocalSwarmInfo(NodeID="n", LocalNodeState="active", Cluster=cluster).info_wire()
+    assert info["Cluster"]["Spec"]["CAConfig"] == {"NodeCertExpiry": 7776000000000000}
+
+
+def test_negative_heartbeat_is_refused() -> None:
+    with refused(o.NEGATIVE_HEARTBEAT):
+        o.spec_for_init(o.SwarmSpec(Dispatcher=o.DispatcherConfig(HeartbeatPeriod=-1)))
+    with refused(o.NEGATIVE_HEARTBEAT):
+        o.spec_for_update(o.SwarmSpec(Dispatcher=o.DispatcherConfig(HeartbeatPeriod=-1),
+                                      CAConfig=o.CAConfiguration(NodeCertExpiry=o.HOUR)))

@@ -219,6 +219,24 @@ async def test_init_fills_the_default_port(client: TestClient[Any, Any],
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(("version", "pool", "size", "port"), [
+    ("1.38", ["10.0.0.0/8"], 24, 4789),
+    ("1.39", ["2.0.0.0/16"], 28, 4789),
+    ("1.40", ["2.0.0.0/16"], 28, 4242),
+])
+async def test_init_ignores_fields_newer_than_the_api_version(
+        client: TestClient[Any, Any], fake: FakeSwarm, version: str, pool: list[str],
+        size: int, port: int) -> None:
+    r = await client.post(f"/v{version}/swarm/init", json={
+        "ListenAddr": "0.0.0.0", "DefaultAddrPool": ["2.0.0.0/16"], "SubnetSize": 28,
+        "DataPathPort": 4242})
+    assert r.status == 200
+    request = fake.calls[-1][1]
+    assert (request.DefaultAddrPool, request.SubnetSize, request.DataPathPort) == (
+        pool, size, port)
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize(("body", "message"), [
     (None, 'invalid ListenAddr "": invalid empty address'),
     ({}, 'invalid ListenAddr "": invalid empty address'),

@@ -130,7 +130,7 @@ class Meta(GoModel):
     """ID, Version, CreatedAt and UpdatedAt, common to every swarm object."""
 
     ID: str = ""
-    Version: ObjectVersion = Field(default_factory=lambda: ObjectVersion())
+    Version: ObjectVersion = Field(default_factory=ObjectVersion)
     CreatedAt: str = ""
     UpdatedAt: str = ""
 
@@ -368,13 +368,15 @@ class Cluster(Meta):
         # An unset pool (absent, null or []) is reported as the pool in use (notes §3).
         return list(DEFAULT_ADDR_POOL) if not value else value
 
-    @field_validator("SubnetSize", "DataPathPort", mode="before")
+    @field_validator("SubnetSize", mode="before")
     @classmethod
-    def _zero_is_default(cls, value: Any, info: Any) -> Any:
-        if value in (None, 0):
-            return DEFAULT_SUBNET_SIZE if info.field_name == "SubnetSize" else (
-                DEFAULT_DATA_PATH_PORT)
-        return value
+    def _default_subnet_size(cls, value: Any) -> Any:
+        return DEFAULT_SUBNET_SIZE if value in (None, 0) else value
+
+    @field_validator("DataPathPort", mode="before")
+    @classmethod
+    def _default_data_path_port(cls, value: Any) -> Any:
+        return DEFAULT_DATA_PATH_PORT if value in (None, 0) else value
 
 
 def redacted_cluster(cluster: Cluster) -> Cluster:

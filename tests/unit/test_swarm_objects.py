@@ -316,3 +316,9 @@ def test_negative_heartbeat_is_refused() -> None:
     with refused(o.NEGATIVE_HEARTBEAT):
         o.spec_for_update(o.SwarmSpec(Dispatcher=o.DispatcherConfig(HeartbeatPeriod=-1),
                                       CAConfig=o.CAConfiguration(NodeCertExpiry=o.HOUR)))
+
+
+def test_unset_sizes_read_as_the_defaults() -> None:
+    cluster = o.Cluster.model_validate({"SubnetSize": 0, "DataPathPort": None})
+    assert (cluster.SubnetSize, cluster.DataPathPort) == (24, 4789)
+    assert o.Cluster.model_validate({"SubnetSize": 28, "DataPathPort": 4242}).DataPathPort == 4242

@@ -30,6 +30,7 @@ from api.models.swarm import (
     parse_swarm_spec,
     parse_unlock_key,
 )
+from api.versioning import request_version
 from engine.swarm.objects import (
     Cluster,
     InitRequest,
@@ -41,6 +42,7 @@ from engine.swarm.objects import (
     SwarmSpec,
     prepare_init,
     prepare_join,
+    redacted_cluster,
     spec_for_update,
     wire,
 )
@@ -76,7 +78,13 @@ def _ok() -> web.Response:
 
 @routes.post("/swarm/init")
 async def post_swarm_init(request: web.Request) -> web.Response:
-    init = prepare_init(parse_init_request(await params.read_json(request)))
+    given = parse_init_request(await params.read_json(request))
+    # Older clients cannot have meant these fields (dockerd ignores them there too).
+    if request_version(request) < (1, 39):
+        given = given.model_copy(update={"DefaultAddrPool": [], "SubnetSize": 0})
+    if request_version(request) < (1, 40):
+        given = given.model_copy(update={"DataPathPort": 0})
+    init = prepare_init(given)
     node_id = await _backend(request).init(init)
     return json_response(node_id)
 
@@ -96,7 +104,7 @@ async def post_swarm_leave(request: web.Request) -> web.Response:
 
 @routes.get("/swarm")
 async def get_swarm(request: web.Request) -> web.Response:
-    return json_response(wire(await _backend(request).inspect()))
+    return json_response(wire(redacted_cluster(await _backend(request).inspect())))
 
 
 @routes.post("/swarm/update")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -62,6 +63,9 @@ NO_REMOTE_ADDR = "at least 1 RemoteAddr is required to join"
 # swarmkit's controlapi refuses it with InvalidArgument; dockerd passes gRPC's text on.
 MIN_CERT_EXPIRY = ("rpc error: code = InvalidArgument desc = minimum certificate expiry "
                    "time is: 1h0m0s")
+
+NEGATIVE_HEARTBEAT = ("rpc error: code = InvalidArgument desc = heartbeat time period "
+                      "cannot be a negative duration")
 
 # --- defaults (notes §3) ---------------------------------------------------------------
 
@@ -126,7 +130,7 @@ class Meta(GoModel):
     """ID, Version, CreatedAt and UpdatedAt, common to every swarm object."""
 
     ID: str = ""
-    Version: ObjectVersion = Field(default_factory=lambda: ObjectVersion())
+    Version: ObjectVersion = Field(default_factory=ObjectVersion)
     CreatedAt: str = ""
     UpdatedAt: str = ""
 
@@ -304,23 +308,12 @@ def spec_for_update(given: SwarmSpec) -> SwarmSpec:
 
 
 def _check_spec_values(spec: SwarmSpec) -> None:
-    """Values no swarm can run with (swarmkit's validateClusterSpec and raft's checks)."""
+    """What swarmkit's validateClusterSpec refuses in a spec (the name is checked
+    before, by dockerd)."""
     if spec.CAConfig.NodeCertExpiry < MIN_NODE_CERT_EXPIRY:
         raise InvalidParameter(MIN_CERT_EXPIRY)
     if spec.Dispatcher.HeartbeatPeriod < 0:
-        raise InvalidParameter("rpc error: code = InvalidArgument desc = "
-                               "heartbeat period must be >= 0")
-    if (spec.Orchestration.TaskHistoryRetentionLimit or 0) < 0:
-        raise InvalidParameter("rpc error: code = InvalidArgument desc = "
-                               "task history retention limit must be >= 0")
-    raft = spec.Raft
-    if raft.ElectionTick <= raft.HeartbeatTick or raft.HeartbeatTick < 0:
-        raise InvalidParameter("rpc error: code = InvalidArgument desc = "
-                               "election tick must be greater than heartbeat tick")
-    if raft.SnapshotInterval < 0 or raft.LogEntriesForSlowFollowers < 0 or (
-            raft.KeepOldSnapshots or 0) < 0:
-        raise InvalidParameter("rpc error: code = InvalidArgument desc = "
-                               "raft values must be >= 0")
+        raise InvalidParameter(NEGATIVE_HEARTBEAT)
 
 
 # --- cluster ----------------------------------------------------------------------------
@@ -375,13 +368,25 @@ class Cluster(Meta):
         # An unset pool (absent, null or []) is reported as the pool in use (notes §3).
         return list(DEFAULT_ADDR_POOL) if not value else value
 
-    @field_validator("SubnetSize", "DataPathPort", mode="before")
+    @field_validator("SubnetSize", mode="before")
     @classmethod
-    def _zero_is_default(cls, value: Any, info: Any) -> Any:
-        if value in (None, 0):
-            return DEFAULT_SUBNET_SIZE if info.field_name == "SubnetSize" else (
-                DEFAULT_DATA_PATH_PORT)
-        return value
+    def _default_subnet_size(cls, value: Any) -> Any:
+        return DEFAULT_SUBNET_SIZE if value in (None, 0) else value
+
+    @field_validator("DataPathPort", mode="before")
+    @classmethod
+    def _default_data_path_port(cls, value: Any) -> Any:
+        return DEFAULT_DATA_PATH_PORT if value in (None, 0) else value
+
+
+def redacted_cluster(cluster: Cluster) -> Cluster:
+    """The cluster as clients may read it: swarmkit never returns the spec's signing CA
+    certificate and key (a client that sent the certificate back in an update without
+    the key would ask the swarm to forget its key)."""
+    public = cluster.model_copy(deep=True)
+    public.Spec.CAConfig.SigningCACert = ""
+    public.Spec.CAConfig.SigningCAKey = ""
+    return public
 
 
 _Cluster = Cluster
@@ -567,29 +572,43 @@ def checked_addr_pool(pool: list[str], subnet_size: int) -> tuple[list[str], int
     return cleaned, size
 
 
+def checked_availability(availability: str) -> str:
+    """A new node's availability: "" means ``active``; any case of active, pause or
+    drain is accepted (dockerd's node runner), anything else is refused."""
+    value = availability.lower() or "active"
+    if value not in AVAILABILITIES:
+        raise InvalidParameter(f"invalid Availability: {json.dumps(availability)}")
+    return value
+
+
 def prepare_init(request: InitRequest) -> InitRequest:
     """``request`` checked and completed as dockerd does before it starts a swarm: the
     listen address with its port; Spec the swarm's initial spec (``spec_for_init``, so
     AutoLockManagers agrees with it); the address pool, subnet size and data path port
-    with their defaults. Idempotent."""
+    with their defaults; Availability ``active`` unless given. Idempotent."""
     listen = listen_address(request.ListenAddr)
     spec = spec_for_init(request.Spec, request.AutoLockManagers)
     pool, size = checked_addr_pool(list(request.DefaultAddrPool), request.SubnetSize)
     port = checked_data_path_port(request.DataPathPort)
+    availability = checked_availability(request.Availability)
     return request.model_copy(update={
         "ListenAddr": listen, "Spec": spec, "DefaultAddrPool": pool, "SubnetSize": size,
         "DataPathPort": port, "AutoLockManagers": spec.EncryptionConfig.AutoLockManagers,
+        "Availability": availability,
     })
 
 
 def prepare_join(request: JoinRequest) -> JoinRequest:
-    """``request`` checked as dockerd does: a listen address (port 2377 by default) and
-    at least one remote manager address. Idempotent."""
+    """``request`` checked as dockerd does: a listen address (port 2377 by default), at
+    least one remote manager address (``host:port`` each), the availability (default
+    ``active``). Idempotent."""
     listen = listen_address(request.ListenAddr)
     if not request.RemoteAddrs:
         raise InvalidParameter(NO_REMOTE_ADDR)
     remotes = [listen_address(addr, "remoteAddr") for addr in request.RemoteAddrs]
-    return request.model_copy(update={"ListenAddr": listen, "RemoteAddrs": remotes})
+    availability = checked_availability(request.Availability)
+    return request.model_copy(update={"ListenAddr": listen, "RemoteAddrs": remotes,
+                                      "Availability": availability})
 
 
 # --- /info ------------------------------------------------------------------------------
@@ -621,8 +640,10 @@ class LocalSwarmInfo(GoModel):
 
     def info_wire(self) -> dict[str, Any]:
         """The section as /info sends it: RemoteManagers is null when there are none
-        (Go's nil slice), Cluster without JoinTokens."""
-        data = wire(self)
+        (Go's nil slice), Cluster redacted and without JoinTokens."""
+        public = self if self.Cluster is None else self.model_copy(
+            update={"Cluster": redacted_cluster(self.Cluster)})
+        data = wire(public)
         data["RemoteManagers"] = data.get("RemoteManagers") or None
         cluster = data.get("Cluster")
         if isinstance(cluster, dict):

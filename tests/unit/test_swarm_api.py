@@ -9,9 +9,12 @@ and the wire JSON of the documents.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+import docker
+import docker.errors
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
@@ -219,6 +222,24 @@ async def test_init_fills_the_default_port(client: TestClient[Any, Any],
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(("version", "pool", "size", "port"), [
+    ("1.38", ["10.0.0.0/8"], 24, 4789),
+    ("1.39", ["2.0.0.0/16"], 28, 4789),
+    ("1.40", ["2.0.0.0/16"], 28, 4242),
+])
+async def test_init_ignores_fields_newer_than_the_api_version(
+        client: TestClient[Any, Any], fake: FakeSwarm, version: str, pool: list[str],
+        size: int, port: int) -> None:
+    r = await client.post(f"/v{version}/swarm/init", json={
+        "ListenAddr": "0.0.0.0", "DefaultAddrPool": ["2.0.0.0/16"], "SubnetSize": 28,
+        "DataPathPort": 4242})
+    assert r.status == 200
+    request = fake.calls[-1][1]
+    assert (request.DefaultAddrPool, request.SubnetSize, request.DataPathPort) == (
+        pool, size, port)
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize(("body", "message"), [
     (None, 'invalid ListenAddr "": invalid empty address'),
     ({}, 'invalid ListenAddr "": invalid empty address'),
@@ -311,6 +332,8 @@ async def test_inspect(client: TestClient[Any, Any], fake: FakeSwarm) -> None:
     fake.state = "locked"
     assert await error_of(await client.get("/swarm")) == (503, o.SWARM_LOCKED)
     fake.state = "manager"
+    fake.spec.CAConfig.SigningCACert = "-----BEGIN CERTIFICATE-----"
+    fake.spec.CAConfig.SigningCAKey = "-----BEGIN EC PRIVATE KEY-----"
     r = await client.get("/v1.41/swarm")
     assert r.status == 200
     body = await r.json()
@@ -530,6 +553,75 @@ async def test_info_swarm_section(client: TestClient[Any, Any], fake: FakeSwarm)
     swarm = (await (await client.get("/info")).json())["Swarm"]
     assert swarm["ControlAvailable"] is False and swarm["NodeID"] == OTHER_ID
     assert not {"Nodes", "Managers", "Cluster"} & set(swarm)
+
+
+# --- docker-py's own requests ------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_docker_py_swarm_and_node_calls(client: TestClient[Any, Any],
+                                              fake: FakeSwarm) -> None:
+    """docker-py 7.2's api and models calls of its swarm tests, against the routers: the
+    requests it builds (None dropped or nested, Python bools in the query) are accepted
+    and what it reads back is there."""
+    base_url = f"tcp://127.0.0.1:{client.port}"
+
+    def run() -> None:
+        # docker-py is synchronous (and reads its config files): all of it off the loop
+        models = docker.DockerClient(base_url=base_url, version="1.41")
+        try:
+            talk(models.api, models)
+        finally:
+            models.close()
+
+    def talk(api: Any, models: Any) -> None:
+        with pytest.raises(docker.errors.APIError) as refused:
+            api.inspect_swarm()
+        assert refused.value.status_code == 503
+        assert api.leave_swarm(force=True) is True  # docker-py swallows "not part of"
+        spec = api.create_swarm_spec(snapshot_interval=5000, log_entries_for_slow_followers=1200,
+                                     node_cert_expiry=7776000000000000,
+                                     ca_force_rotate=6000000000000)
+        node_id = api.init_swarm("127.0.0.1", listen_addr="0.0.0.0:12345",
+                                 swarm_spec=spec, default_addr_pool=["2.0.0.0/16"],
+                                 subnet_size=28, data_path_port=4242)
+        assert node_id == NODE_ID
+        init = fake.calls[-1][1]
+        assert init.Spec.Raft.SnapshotInterval == 5000
+        assert (init.DefaultAddrPool, init.SubnetSize, init.DataPathPort) == (
+            ["2.0.0.0/16"], 28, 4242)
+        with pytest.raises(docker.errors.APIError) as again:
+            api.init_swarm("127.0.0.1", listen_addr="0.0.0.0:12345")
+        assert "This node is already part of a swarm." in again.value.explanation
+        swarm = api.inspect_swarm()
+        assert swarm["Spec"]["CAConfig"]["NodeCertExpiry"] == 7776000000000000
+        api.update_swarm(version=swarm["Version"]["Index"], swarm_spec=api.create_swarm_spec(
+            node_cert_expiry=7776000000000000), rotate_worker_token=True)
+        update = fake.calls[-1][1]
+        assert update[2] == o.Rotation(worker_token=True)
+        assert api.inspect_swarm()["Version"]["Index"] > swarm["Version"]["Index"]
+        assert api.nodes(filters={"role": "worker"}) == [api.inspect_node(OTHER_ID)]
+        node = api.inspect_node(NODE_ID)
+        assert node == api.nodes()[0]
+        spec = {"Availability": "active", "Name": "node-name", "Role": "manager",
+                "Labels": {"foo": "bar"}}
+        api.update_node(NODE_ID, node["Version"]["Index"], spec)
+        assert api.inspect_node(NODE_ID)["Spec"] == spec
+        with pytest.raises(docker.errors.NotFound):
+            api.remove_node("foobar01")
+        # the models: update sends a partial spec plus the 90 d expiry
+        models.swarm.reload()
+        models.swarm.update(snapshot_interval=10000)
+        assert models.swarm.attrs["Spec"]["Raft"]["SnapshotInterval"] == 10000
+        (listed,) = models.nodes.list(filters={"name": "h1"})
+        assert listed.id == NODE_ID and listed.version > 0
+        assert models.info()["Swarm"]["ControlAvailable"] is True
+        assert models.swarm.leave(force=True) is True
+        with pytest.raises(docker.errors.APIError) as gone:
+            models.swarm.reload()
+        assert gone.value.status_code == 503
+
+    await asyncio.to_thread(run)
 
 
 # --- services, tasks, secrets, configs ---------------------------------------------------------

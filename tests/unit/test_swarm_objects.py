@@ -285,3 +285,40 @@ def test_tls_info_for_root() -> None:
     assert info.TrustRoot == root.bundle_pem.decode()
     assert base64.b64decode(info.CertIssuerSubject) == root.cert.subject.public_bytes()
     assert base64.b64decode(info.CertIssuerPublicKey)[:2] == b"\x30\x59"  # P-256 SPKI
+
+
+def test_availability_of_a_new_node() -> None:
+    request = o.prepare_init(o.InitRequest(ListenAddr="0.0.0.0"))
+    assert request.Availability == "active"
+    assert o.prepare_join(o.JoinRequest(ListenAddr="0.0.0.0", RemoteAddrs=["m"],
+                                        Availability="Drain")).Availability == "drain"
+    with refused('invalid Availability: "off"'):
+        o.prepare_init(o.InitRequest(ListenAddr="0.0.0.0", Availability="off"))
+    with refused('invalid Availability: "off"'):
+        o.prepare_join(o.JoinRequest(ListenAddr="0.0.0.0", RemoteAddrs=["m"],
+                                     Availability="off"))
+
+
+def test_signing_ca_is_never_shown() -> None:
+    spec = o.spec_for_init(o.SwarmSpec(CAConfig=o.CAConfiguration(
+        SigningCACert="-----BEGIN CERTIFICATE-----", SigningCAKey="-----BEGIN EC KEY-----")))
+    cluster = o.Cluster(ID="c", Spec=spec)
+    assert o.wire(o.redacted_cluster(cluster))["Spec"]["CAConfig"] == {
+        "NodeCertExpiry": 7776000000000000}
+    assert cluster.Spec.CAConfig.SigningCAKey  # the original is left alone
+    info = o.LocalSwarmInfo(NodeID="n", LocalNodeState="active", Cluster=cluster).info_wire()
+    assert info["Cluster"]["Spec"]["CAConfig"] == {"NodeCertExpiry": 7776000000000000}
+
+
+def test_negative_heartbeat_is_refused() -> None:
+    with refused(o.NEGATIVE_HEARTBEAT):
+        o.spec_for_init(o.SwarmSpec(Dispatcher=o.DispatcherConfig(HeartbeatPeriod=-1)))
+    with refused(o.NEGATIVE_HEARTBEAT):
+        o.spec_for_update(o.SwarmSpec(Dispatcher=o.DispatcherConfig(HeartbeatPeriod=-1),
+                                      CAConfig=o.CAConfiguration(NodeCertExpiry=o.HOUR)))
+
+
+def test_unset_sizes_read_as_the_defaults() -> None:
+    cluster = o.Cluster.model_validate({"SubnetSize": 0, "DataPathPort": None})
+    assert (cluster.SubnetSize, cluster.DataPathPort) == (24, 4789)
+    assert o.Cluster.model_validate({"SubnetSize": 28, "DataPathPort": 4242}).DataPathPort == 4242

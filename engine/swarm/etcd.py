@@ -22,12 +22,20 @@ from typing import Any, Literal
 
 import aiohttp
 
-from engine.errors import EngineError, InvalidParameter, NotFound, SystemError_, Unavailable
+from engine.errors import (
+    Conflict,
+    EngineError,
+    InvalidParameter,
+    NotFound,
+    SystemError_,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
 # gRPC status codes the gateway puts in its error bodies.
 _GRPC_NOT_FOUND = 5
+_GRPC_FAILED_PRECONDITION = 9
 _GRPC_UNAVAILABLE = 14
 
 
@@ -42,6 +50,19 @@ class OutOfSequence(EngineError):
         super().__init__("update out of sequence")
         self.key = key
         self.expected = expected
+
+
+class ClusterNotReady(Unavailable):
+    """etcd refused a member change for now ("unhealthy cluster"): with the change, the
+    members connected to the leader for at least 5 s would not make a quorum. Right after
+    a member started (or the leader did) this clears by itself within 5 s; member_add and
+    member_promote wait that long before raising it."""
+
+
+class MemberChangeRefused(Conflict):
+    """etcd refused a member change outright (gRPC FailedPrecondition): the peer URL is
+    already a member's, the removal would leave too few started members for a quorum, a
+    learner is not in sync yet, ..."""
 
 
 class WatchCompacted(EngineError):
@@ -221,6 +242,8 @@ class _NotSent(_EndpointDown):
 # timeout (several seconds) while an election is under way or the quorum is lost.
 _REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 _NO_LEADER = "etcdserver: no leader"
+_UNHEALTHY = "etcdserver: unhealthy cluster"
+_MEMBER_CHANGE_PATIENCE = 10.0  # etcd counts a member as started 5 s after it connected
 
 
 class LeaseKeeper:
@@ -357,13 +380,18 @@ class EtcdClient:
         raise Unavailable("etcd cluster unavailable: " + "; ".join(failures))
 
     async def _post_to(
-        self, endpoint: str, path: str, body: dict[str, Any], patience: float
+        self,
+        endpoint: str,
+        path: str,
+        body: dict[str, Any],
+        patience: float,
+        require_leader: bool = True,
     ) -> dict[str, Any]:
         """One request to one endpoint (no failover); Unavailable if it does not answer."""
         session = self._require_session()
         budget = aiohttp.ClientTimeout(total=patience, sock_connect=min(patience, self._connect))
         try:
-            return await self._post_once(session, endpoint + path, body, budget)
+            return await self._post_once(session, endpoint + path, body, budget, require_leader)
         except _EndpointDown as err:
             raise Unavailable(f"etcd member {endpoint} unavailable: {err}") from err
 
@@ -373,11 +401,11 @@ class EtcdClient:
         url: str,
         body: dict[str, Any],
         budget: aiohttp.ClientTimeout,
+        require_leader: bool = True,
     ) -> dict[str, Any]:
+        headers = _REQUIRE_LEADER if require_leader else None
         try:
-            async with session.post(
-                url, json=body, timeout=budget, headers=_REQUIRE_LEADER
-            ) as resp:
+            async with session.post(url, json=body, timeout=budget, headers=headers) as resp:
                 text = await resp.text()
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
             raise _NotSent(str(err) or type(err).__name__) from err
@@ -495,29 +523,43 @@ class EtcdClient:
 
         A voting member counts towards the quorum at once: a 1-member cluster that adds one
         is unavailable until the new member runs. ``learner=True`` adds a non-voting member
-        instead, promoted with :meth:`member_promote` once it has caught up.
+        instead, promoted with :meth:`member_promote` once it has caught up. Waits up to
+        10 s while etcd answers ClusterNotReady (a member started less than 5 s ago);
+        MemberChangeRefused when the peer URL is already a member's.
         """
         body: dict[str, Any] = {"peerURLs": list(peer_urls)}
         if learner:
             body["isLearner"] = True
-        answer = await self._call("/v3/cluster/member/add", body, retry_after_send=False)
+        answer = await self._member_change("/v3/cluster/member/add", body)
         new_id = _int(answer.get("member", {}).get("ID"))
         if not new_id:
             raise SystemError_("etcd member add: no member ID in the answer")
         return new_id, _members(answer)
 
+    async def _member_change(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _MEMBER_CHANGE_PATIENCE
+        while True:
+            try:
+                # A refusal is never applied, so asking again is safe; a lost answer is
+                # not retried (the change may have happened).
+                return await self._call(path, body, retry_after_send=False)
+            except ClusterNotReady:
+                if loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(0.5)
+
     async def member_remove(self, member_id: int) -> list[ClusterMember]:
-        """Remove a member; returns the members left. An unknown ID raises NotFound."""
-        answer = await self._call(
-            "/v3/cluster/member/remove", {"ID": str(member_id)}, retry_after_send=False
-        )
+        """Remove a member; returns the members left. An unknown ID raises NotFound;
+        MemberChangeRefused when the members left would have too few started ones for a
+        quorum (etcd's strict reconfiguration check)."""
+        answer = await self._member_change("/v3/cluster/member/remove", {"ID": str(member_id)})
         return _members(answer)
 
     async def member_promote(self, member_id: int) -> list[ClusterMember]:
-        """Make a learner a voting member; etcd refuses while it has not caught up."""
-        answer = await self._call(
-            "/v3/cluster/member/promote", {"ID": str(member_id)}, retry_after_send=False
-        )
+        """Make a learner a voting member; MemberChangeRefused while it has not caught up
+        with the leader (ask again a moment later)."""
+        answer = await self._member_change("/v3/cluster/member/promote", {"ID": str(member_id)})
         return _members(answer)
 
     # -- per-endpoint probes -----------------------------------------------------------------
@@ -528,7 +570,10 @@ class EtcdClient:
         unreachable.
         """
         endpoint = endpoint.rstrip("/")
-        answer = await self._post_to(endpoint, "/v3/maintenance/status", {}, patience)
+        # Answered from the member's own state, with or without a leader.
+        answer = await self._post_to(
+            endpoint, "/v3/maintenance/status", {}, patience, require_leader=False
+        )
         header = answer.get("header", {})
         return EndpointStatus(
             endpoint=endpoint,
@@ -657,6 +702,10 @@ def _raise_gateway_error(answer: dict[str, Any], status: int) -> None:
     message = answer.get("message") or answer.get("error") or f"HTTP {status}"
     if code == _GRPC_UNAVAILABLE and message == _NO_LEADER:
         raise _NotSent(str(message))
+    if code == _GRPC_UNAVAILABLE and message == _UNHEALTHY:
+        raise ClusterNotReady(f"etcd: {message}")
+    if code == _GRPC_FAILED_PRECONDITION:
+        raise MemberChangeRefused(f"etcd: {message}")
     if code == _GRPC_UNAVAILABLE or status in (502, 503):
         raise _EndpointDown(str(message))
     if code == _GRPC_NOT_FOUND:

@@ -306,9 +306,7 @@ class EtcdMember:
         self, mode: StartMode, initial_cluster: str | None = None, cluster_token: str | None = None
     ) -> None:
         binary = await asyncio.to_thread(self._prepare)
-        argv = member_argv(
-            binary, self.config, self.data_dir, mode, initial_cluster, cluster_token
-        )
+        argv = member_argv(binary, self.config, self.data_dir, mode, initial_cluster, cluster_token)
         launcher = await asyncio.create_subprocess_exec(
             "/bin/sh",
             "-c",

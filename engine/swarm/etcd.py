@@ -589,18 +589,21 @@ class EtcdClient:
 
     async def endpoint_healthy(self, endpoint: str, patience: float = 2.0) -> bool:
         """True when that member answers, knows a leader, has no alarm, and serves a
-        linearizable read (which goes through the leader: the member is in the quorum)."""
+        linearizable read (which goes through the leader: the member is in the quorum).
+        A learner serves no such reads: it is healthy once it knows the leader."""
         try:
             status = await self.endpoint_status(endpoint, patience)
             if not status.has_leader or status.errors:
                 return False
+            if status.is_learner:
+                return True
             await self._post_to(
                 endpoint.rstrip("/"),
                 "/v3/kv/range",
                 {"key": _b64("/wharfd/health"), "keys_only": True, "limit": 1},
                 patience,
             )
-        except (Unavailable, SystemError_, NotFound):
+        except EngineError:
             return False
         return True
 

@@ -215,6 +215,8 @@ class EtcdMember:
         self.pid_file = layout.swarm_etcd_pidfile
         self._binary = binary
         self._pid: int | None = None
+        # One start, stop or recovery at a time: two starts would launch two processes.
+        self._lock = asyncio.Lock()
 
     # -- facts -----------------------------------------------------------------------------
     @property
@@ -262,36 +264,40 @@ class EtcdMember:
     # -- starting ----------------------------------------------------------------------------
     async def start_new(self, cluster_token: str) -> None:
         """Start a new one-member cluster (swarm init). The data dir must be empty."""
-        await self._start_fresh(StartMode.NEW, cluster_token=cluster_token)
+        async with self._lock:
+            await self._start_fresh(StartMode.NEW, cluster_token=cluster_token)
 
     async def start_joining(self, initial_cluster: str) -> None:
         """Start as the member the cluster just added (``EtcdClient.member_add``);
         ``initial_cluster`` from :func:`engine.swarm.etcd.initial_cluster`."""
-        await self._start_fresh(StartMode.JOIN, initial_cluster=initial_cluster)
+        async with self._lock:
+            await self._start_fresh(StartMode.JOIN, initial_cluster=initial_cluster)
 
     async def start_or_adopt(self) -> bool:
         """After a wharfd (or machine) restart: adopt the running member, else start it
         again from its data dir. Returns True when a running member was adopted."""
-        if await self.adopt() is not None:
-            return True
-        if not await self.has_data():
-            raise NotFound(f"no etcd member data in {self.data_dir}")
-        await self._spawn(StartMode.RESTART)
-        return False
+        async with self._lock:
+            if await self.adopt() is not None:
+                return True
+            if not await self.has_data():
+                raise NotFound(f"no etcd member data in {self.data_dir}")
+            await self._spawn(StartMode.RESTART)
+            return False
 
     async def force_new_cluster(self, patience: float = 30.0) -> None:
         """Recover from a lost quorum: this member becomes the only member, keeping the
         data. etcd rewrites the membership at a start with ``--force-new-cluster``; the
         member is then restarted without the flag (etcd's advice), so the flag is never
         on the command line a later adoption finds. Returns once it is healthy."""
-        await self.stop()
-        if not await self.has_data():
-            raise NotFound(f"no etcd member data in {self.data_dir}")
-        await self._spawn(StartMode.FORCE_NEW_CLUSTER)
-        await self.wait_healthy(patience)
-        await self.stop()
-        await self._spawn(StartMode.RESTART)
-        await self.wait_healthy(patience)
+        async with self._lock:
+            await self._stop()
+            if not await self.has_data():
+                raise NotFound(f"no etcd member data in {self.data_dir}")
+            await self._spawn(StartMode.FORCE_NEW_CLUSTER)
+            await self.wait_healthy(patience)
+            await self._stop()
+            await self._spawn(StartMode.RESTART)
+            await self.wait_healthy(patience)
 
     async def _start_fresh(
         self, mode: StartMode, initial_cluster: str | None = None, cluster_token: str | None = None
@@ -385,6 +391,10 @@ class EtcdMember:
     async def stop(self, patience: float = 10.0) -> None:
         """SIGTERM, up to ``patience`` seconds for it to go, then SIGKILL; by pid only.
         Not running is not an error. The pid file goes."""
+        async with self._lock:
+            await self._stop(patience)
+
+    async def _stop(self, patience: float = 10.0) -> None:
         pid = self._pid if self._pid is not None else await self.adopt()
         if pid is not None:
             await self._terminate(pid, patience)
@@ -419,8 +429,9 @@ class EtcdMember:
 
     async def remove(self) -> None:
         """Stop the member and delete its data, log and pid file (leave, demotion)."""
-        await self.stop()
-        await asyncio.to_thread(self._remove_files)
+        async with self._lock:
+            await self._stop()
+            await asyncio.to_thread(self._remove_files)
 
     def _remove_files(self) -> None:
         shutil.rmtree(self.data_dir, ignore_errors=True)

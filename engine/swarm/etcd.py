@@ -237,12 +237,17 @@ class _NotSent(_EndpointDown):
     """The request surely did not take effect there: no connection, or no leader."""
 
 
+class _NoLeader(_NotSent):
+    """The member refused the request because it knows no leader now."""
+
+
 # gRPC metadata through the gateway: a member that knows no leader refuses at once
 # ("etcdserver: no leader") instead of holding the request until etcd's own request
 # timeout (several seconds) while an election is under way or the quorum is lost.
 _REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 _NO_LEADER = "etcdserver: no leader"
 _UNHEALTHY = "etcdserver: unhealthy cluster"
+_LEADER_POLL = 0.2  # seconds between rounds while the members know no leader
 _MEMBER_CHANGE_PATIENCE = 10.0  # etcd counts a member as started 5 s after it connected
 
 
@@ -280,11 +285,14 @@ class EtcdClient:
     """A client of one etcd cluster. Use ``async with EtcdClient(...)`` or open/close.
 
     Time bounds: one request to one endpoint takes at most ``timeout`` seconds (its
-    connection at most ``connect_timeout``); a call tries each endpoint at most once, so
-    it raises Unavailable after at most ``len(endpoints) * timeout`` seconds, usually much
-    sooner: a stopped member refuses the connection at once, and a member without a leader
-    (election under way, quorum lost) refuses at once because every request asks for a
-    leader (gRPC metadata ``hasleader``). Nothing waits for etcd's own request timeout.
+    connection at most ``connect_timeout``); a round tries each endpoint at most once. A
+    member without a leader (election under way, quorum lost) refuses at once, because
+    every request asks for a leader (gRPC metadata ``hasleader``); while that is the only
+    answer, rounds are repeated for ``leader_patience`` seconds, which rides through an
+    election (about 1-2 s with the member's settings) and gives up on a lost quorum. So a
+    call raises Unavailable within ``leader_patience + len(endpoints) * timeout``, in
+    practice much sooner: a stopped member refuses the connection at once. Nothing waits
+    for etcd's own request timeout (5 s + 2 election timeouts).
     Watches have no total timeout (they are long-lived streams); they end when their
     member loses its leader or connection and are reopened elsewhere (``watch_prefix``).
     """
@@ -295,6 +303,7 @@ class EtcdClient:
         tls: EtcdTLS | None = None,
         timeout: float = 5.0,
         connect_timeout: float = 2.0,
+        leader_patience: float = 3.0,
     ) -> None:
         if not endpoints:
             raise InvalidParameter("etcd: no endpoints given")
@@ -302,6 +311,7 @@ class EtcdClient:
         self._current = 0
         self._tls = tls
         self._connect = connect_timeout
+        self._leader_patience = leader_patience
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -359,25 +369,38 @@ class EtcdClient:
         applied (sent, then no answer in time) is tried again elsewhere only when
         ``retry_after_send``: a compare-and-swap or a member change repeated after it was
         applied would fail or act twice, so those raise Unavailable at once and the next
-        call starts on the next endpoint.
+        call starts on the next endpoint. When the only answers were "no leader", the
+        round is repeated for up to ``leader_patience`` seconds: an election ends within
+        that, a lost quorum does not.
         """
         session = self._require_session()
-        failures: list[str] = []
-        for endpoint in self._order():
-            try:
-                answer = await self._post_once(session, endpoint + path, body, self._timeout)
-            except _NotSent as err:
-                failures.append(f"{endpoint}: {err}")
-                continue
-            except _EndpointDown as err:
-                failures.append(f"{endpoint}: {err}")
-                if retry_after_send:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._leader_patience
+        while True:
+            failures: list[str] = []
+            leaderless = False
+            for endpoint in self._order():
+                try:
+                    answer = await self._post_once(session, endpoint + path, body, self._timeout)
+                except _NoLeader as err:
+                    leaderless = True
+                    failures.append(f"{endpoint}: {err}")
                     continue
-                self._current = (self._endpoints.index(endpoint) + 1) % len(self._endpoints)
-                break
-            self._remember(endpoint)
-            return answer
-        raise Unavailable("etcd cluster unavailable: " + "; ".join(failures))
+                except _NotSent as err:
+                    failures.append(f"{endpoint}: {err}")
+                    continue
+                except _EndpointDown as err:
+                    failures.append(f"{endpoint}: {err}")
+                    if retry_after_send:
+                        continue
+                    self._current = (self._endpoints.index(endpoint) + 1) % len(self._endpoints)
+                    leaderless = False  # the request may be applied: no second round
+                    break
+                self._remember(endpoint)
+                return answer
+            if not leaderless or loop.time() >= deadline:
+                raise Unavailable("etcd cluster unavailable: " + "; ".join(failures))
+            await asyncio.sleep(_LEADER_POLL)
 
     async def _post_to(
         self,
@@ -704,7 +727,7 @@ def _raise_gateway_error(answer: dict[str, Any], status: int) -> None:
     code = _int(answer.get("code"))
     message = answer.get("message") or answer.get("error") or f"HTTP {status}"
     if code == _GRPC_UNAVAILABLE and message == _NO_LEADER:
-        raise _NotSent(str(message))
+        raise _NoLeader(str(message))
     if code == _GRPC_UNAVAILABLE and message == _UNHEALTHY:
         raise ClusterNotReady(f"etcd: {message}")
     if code == _GRPC_FAILED_PRECONDITION:

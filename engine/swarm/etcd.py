@@ -610,6 +610,24 @@ class EtcdClient:
             errors=tuple(str(e) for e in answer.get("errors") or ()),
         )
 
+    async def member_statuses(
+        self, members: Sequence[ClusterMember], patience: float = 1.0
+    ) -> dict[int, EndpointStatus | None]:
+        """Every member's status by member ID, asked concurrently on its first client URL;
+        None for a member that did not answer within ``patience`` or has not started (no
+        client URL): a manager's Reachability is ``reachable`` when its status is there."""
+
+        async def one(member: ClusterMember) -> EndpointStatus | None:
+            if not member.client_urls:
+                return None
+            try:
+                return await self.endpoint_status(member.client_urls[0], patience)
+            except EngineError:
+                return None
+
+        answers = await asyncio.gather(*(one(member) for member in members))
+        return {member.id: answer for member, answer in zip(members, answers, strict=True)}
+
     async def endpoint_healthy(self, endpoint: str, patience: float = 2.0) -> bool:
         """True when that member answers, knows a leader, has no alarm, and serves a
         linearizable read (which goes through the leader: the member is in the quorum).

@@ -36,7 +36,13 @@ import pytest_asyncio
 from engine.errors import NotFound, Unavailable
 from engine.layout import Layout
 from engine.swarm.ca import NodeRole, RootCA, new_node_key_and_csr
-from engine.swarm.etcd import EtcdClient, EtcdTLS, MemberChangeRefused, initial_cluster
+from engine.swarm.etcd import (
+    EtcdClient,
+    EtcdTLS,
+    MemberChangeRefused,
+    WatchEvent,
+    initial_cluster,
+)
 from engine.swarm.member import EtcdMember, MemberConfig, MemberTLS
 from tests.conftest import ClusterFactory
 from tests.harness.cluster import Cluster, Host
@@ -440,6 +446,8 @@ async def test_three_members_grow_and_shrink(stopped_after: list[Manager]) -> No
                 assert kv is not None and kv.mod_revision == revision
             leaders.add((await client.endpoint_status(m.member.client_url)).leader)
         assert len(leaders) == 1 and 0 not in leaders
+        statuses = await client.member_statuses(members)
+        assert all(status is not None and status.has_leader for status in statuses.values())
 
         third = next(x for x in members if x.name == managers[2].name)
         left = await client.member_remove(third.id)
@@ -456,6 +464,12 @@ async def test_three_members_grow_and_shrink(stopped_after: list[Manager]) -> No
 
         await client.put("/t/after-remove", b"two members")
         assert len(await client.member_list()) == 2
+
+
+async def _next_event(stream: AsyncIterator[WatchEvent]) -> WatchEvent:
+    async for event in stream:
+        return event
+    raise AssertionError("watch ended without an error")
 
 
 @pytest.mark.slow
@@ -478,11 +492,23 @@ async def test_quorum_loss_and_force_new_cluster(stopped_after: list[Manager]) -
         await client.put("/t/after-one", b"two of three")
         with pytest.raises(Unavailable):
             await client.endpoint_status(leader.member.client_url)
+        statuses = await client.member_statuses(await client.member_list())
+        reachable = {by_id[i].name for i, status in statuses.items() if status is not None}
+        assert reachable == {m.name for m in managers if m is not leader}
 
     # A second one goes: no quorum. Calls fail with Unavailable in bounded time: at most
     # leader_patience + len(endpoints) * timeout (1 + 3 * 2 s here).
     survivor, victim = [m for m in managers if m is not leader]
-    async with _all_endpoints(managers, leader_patience=1.0) as client:
+    async with (
+        _all_endpoints(managers, leader_patience=1.0) as client,
+        survivor.member.client() as on_survivor,
+    ):
+        # A watch on the survivor ends too (it asks for a leader): a watcher is told,
+        # instead of waiting for events that cannot come.
+        start = (await on_survivor.range_prefix("/t/")).revision + 1
+        stream = on_survivor.watch_prefix("/t/", start, retry_delay=0.2, give_up_after=2.0)
+        watch = asyncio.create_task(_next_event(stream))
+        await asyncio.sleep(0.3)
         assert victim.member.pid is not None
         os.kill(victim.member.pid, signal.SIGKILL)
         began = time.monotonic()
@@ -499,6 +525,10 @@ async def test_quorum_loss_and_force_new_cluster(stopped_after: list[Manager]) -
             await client.put("/t/lost", b"no quorum")
         assert time.monotonic() - began < 1.0 + 1.5
         assert not await client.endpoint_healthy(survivor.member.client_url)
+        # etcd ends leaderless watch streams after 3 election timeouts; the watch gives
+        # up once no endpoint served one for give_up_after.
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(watch, 15)
 
     # Recovery: the survivor alone, with the data (restarted on its own host).
     with on(survivor.host):

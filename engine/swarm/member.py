@@ -269,7 +269,9 @@ class EtcdMember:
 
     async def start_joining(self, initial_cluster: str) -> None:
         """Start as the member the cluster just added (``EtcdClient.member_add``);
-        ``initial_cluster`` from :func:`engine.swarm.etcd.initial_cluster`."""
+        ``initial_cluster`` from :func:`engine.swarm.etcd.initial_cluster`. If it then
+        does not become healthy, the caller removes the added member (``member_remove``)
+        and this one's files (:meth:`remove`) before trying again."""
         async with self._lock:
             await self._start_fresh(StartMode.JOIN, initial_cluster=initial_cluster)
 
@@ -306,6 +308,9 @@ class EtcdMember:
             raise Conflict(f"an etcd member is already running (pid {self._pid})")
         if await self.has_data():
             raise Conflict(f"{self.data_dir} already holds an etcd member; remove it first")
+        # Without a WAL the directory is what a start that never got going left (etcd
+        # would bootstrap over it, keeping a stale backend file): start from nothing.
+        await asyncio.to_thread(shutil.rmtree, self.data_dir, True)
         await self._spawn(mode, initial_cluster=initial_cluster, cluster_token=cluster_token)
 
     async def _spawn(

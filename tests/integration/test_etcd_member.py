@@ -583,3 +583,24 @@ async def test_learner_joins_without_risking_the_quorum(stopped_after: list[Mana
     async with second.member.client() as through_second:
         kv = await through_second.get("/t/while-learner-is-down")
         assert kv is not None and kv.value == b"still writable"
+
+
+@pytest.mark.asyncio
+async def test_a_join_the_cluster_does_not_expect_fails_clearly(
+    stopped_after: list[Manager],
+) -> None:
+    """Joining without member_add first: etcd refuses to start, wait_healthy says so with
+    the log's words, nothing keeps running, and remove() clears the way for a new try."""
+    first, second = stopped_after[0], stopped_after[1]
+    await first.member.start_new(CLUSTER_ID)
+    await first.member.wait_healthy(30)
+    unexpected = f"{first.name}={first.member.peer_url},{second.name}={second.member.peer_url}"
+    with on(second.host):
+        await second.member.start_joining(unexpected)
+    with pytest.raises(Unavailable, match=r"(?s)not running.*member count is unequal"):
+        await second.member.wait_healthy(30)
+    assert await _etcd_pids(second) == []
+    await second.member.remove()
+    assert not await second.member.has_data()
+    async with first.member.client() as client:
+        assert [m.name for m in await client.member_list()] == [first.name]

@@ -312,6 +312,7 @@ class EtcdClient:
         self._tls = tls
         self._connect = connect_timeout
         self._leader_patience = leader_patience
+        self._request_timeout = timeout
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -360,7 +361,11 @@ class EtcdClient:
         return self._session
 
     async def _call(
-        self, path: str, body: dict[str, Any], retry_after_send: bool = True
+        self,
+        path: str,
+        body: dict[str, Any],
+        retry_after_send: bool = True,
+        require_leader: bool = True,
     ) -> dict[str, Any]:
         """Post to the sticky endpoint, failing over to the next ones.
 
@@ -381,7 +386,9 @@ class EtcdClient:
             leaderless = False
             for endpoint in self._order():
                 try:
-                    answer = await self._post_once(session, endpoint + path, body, self._timeout)
+                    answer = await self._post_once(
+                        session, endpoint + path, body, self._timeout, require_leader
+                    )
                 except _NoLeader as err:
                     leaderless = True
                     failures.append(f"{endpoint}: {err}")
@@ -534,9 +541,33 @@ class EtcdClient:
             await self._call("/v3/lease/revoke", {"ID": str(lease_id)})
 
     # -- membership ----------------------------------------------------------------------
-    async def member_list(self) -> list[ClusterMember]:
-        """The cluster's members, as the answering member knows them (linearizable)."""
-        return _members(await self._call("/v3/cluster/member/list", {"linearizable": True}))
+    async def member_list(self, linearizable: bool = True) -> list[ClusterMember]:
+        """The cluster's members.
+
+        etcd 3.4 answers a member list from the answering member's own view, which is
+        stale on a member cut off from the quorum (``linearizable`` in the request came
+        with 3.5). So a linearizable read goes to the same member first: once it is
+        served, that member has applied everything committed before it, membership
+        changes included. ``linearizable=False`` skips that (and asks for no leader):
+        the local view, answered even without a quorum."""
+        if not linearizable:
+            return _members(await self._call("/v3/cluster/member/list", {}, require_leader=False))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._leader_patience
+        while True:
+            await self._call("/v3/kv/range", _barrier_read())
+            endpoint = self._endpoints[self._current]
+            try:
+                answer = await self._post_to(
+                    endpoint, "/v3/cluster/member/list", {}, self._request_timeout
+                )
+            except Unavailable:
+                # That member went between the two requests: again, on the next one.
+                if loop.time() >= deadline:
+                    raise
+                self._current = (self._current + 1) % len(self._endpoints)
+                continue
+            return _members(answer)
 
     async def member_add(
         self, peer_urls: Sequence[str], learner: bool = False
@@ -638,12 +669,7 @@ class EtcdClient:
                 return False
             if status.is_learner:
                 return True
-            await self._post_to(
-                endpoint.rstrip("/"),
-                "/v3/kv/range",
-                {"key": _b64("/wharfd/health"), "keys_only": True, "limit": 1},
-                patience,
-            )
+            await self._post_to(endpoint.rstrip("/"), "/v3/kv/range", _barrier_read(), patience)
         except EngineError:
             return False
         return True
@@ -732,6 +758,12 @@ def _watch_events(line: bytes) -> list[WatchEvent]:
         kind: Literal["PUT", "DELETE"] = "DELETE" if raw.get("type") == "DELETE" else "PUT"
         events.append(WatchEvent(kind, _kv(raw.get("kv", {}))))
     return events
+
+
+def _barrier_read() -> dict[str, Any]:
+    """A linearizable read of (at most) one key name: proof the member is in the quorum
+    and has applied everything committed before it."""
+    return {"key": _b64("/wharfd/barrier"), "keys_only": True, "limit": 1}
 
 
 def _put_body(key: str, value: bytes, lease: int) -> dict[str, Any]:

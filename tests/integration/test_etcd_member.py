@@ -525,6 +525,11 @@ async def test_quorum_loss_and_force_new_cluster(stopped_after: list[Manager]) -
             await client.put("/t/lost", b"no quorum")
         assert time.monotonic() - began < 1.0 + 1.5
         assert not await client.endpoint_healthy(survivor.member.client_url)
+        # The member list: no current one without a quorum, the survivor's own view still.
+        with pytest.raises(Unavailable):
+            await client.member_list()
+        local_view = await client.member_list(linearizable=False)
+        assert sorted(m.name for m in local_view) == sorted(m.name for m in managers)
         # etcd ends leaderless watch streams after 3 election timeouts; the watch gives
         # up once no endpoint served one for give_up_after.
         with pytest.raises(Unavailable):

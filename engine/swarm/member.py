@@ -205,7 +205,15 @@ class EtcdMember:
     Lifecycle: :meth:`start_new` (swarm init) or :meth:`start_joining` (after the cluster
     ran ``member_add`` for us), then :meth:`wait_healthy`; at a wharfd start
     :meth:`start_or_adopt`; :meth:`force_new_cluster` to recover a lost quorum;
-    :meth:`stop` and :meth:`remove` on leave or demotion.
+    :meth:`stop` and :meth:`remove` on leave or demotion. In flows::
+
+        init     await m.start_new(cluster_id); await m.wait_healthy()
+        join     (a manager) new_id, members = await client.member_add([peer_url_for(ip)])
+                 (the joiner) await m.start_joining(initial_cluster(members, new_id, node_id))
+                 await m.wait_healthy()
+        restart  await m.start_or_adopt(); then wait_healthy (the API answers meanwhile)
+        leave    await client.member_remove(await m.member_id()); await m.remove()
+        recover  await m.force_new_cluster()
     """
 
     def __init__(self, layout: Layout, config: MemberConfig, binary: str | None = None) -> None:
@@ -242,6 +250,11 @@ class EtcdMember:
 
     async def is_running(self) -> bool:
         return await self.adopt() is not None
+
+    async def member_id(self) -> int:
+        """This member's etcd ID (for member_remove), as the running member reports it."""
+        async with self.client() as client:
+            return (await client.endpoint_status(self.client_url)).member_id
 
     # -- finding a running member ----------------------------------------------------------
     async def adopt(self) -> int | None:

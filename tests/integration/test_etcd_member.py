@@ -450,6 +450,7 @@ async def test_three_members_grow_and_shrink(stopped_after: list[Manager]) -> No
         assert all(status is not None and status.has_leader for status in statuses.values())
 
         third = next(x for x in members if x.name == managers[2].name)
+        assert await managers[2].member.member_id() == third.id
         left = await client.member_remove(third.id)
         assert sorted(x.name for x in left) == sorted(m.name for m in managers[:2])
         with pytest.raises(NotFound):

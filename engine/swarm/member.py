@@ -205,7 +205,15 @@ class EtcdMember:
     Lifecycle: :meth:`start_new` (swarm init) or :meth:`start_joining` (after the cluster
     ran ``member_add`` for us), then :meth:`wait_healthy`; at a wharfd start
     :meth:`start_or_adopt`; :meth:`force_new_cluster` to recover a lost quorum;
-    :meth:`stop` and :meth:`remove` on leave or demotion.
+    :meth:`stop` and :meth:`remove` on leave or demotion. In flows::
+
+        init     await m.start_new(cluster_id); await m.wait_healthy()
+        join     (a manager) new_id, members = await client.member_add([peer_url_for(ip)])
+                 (the joiner) await m.start_joining(initial_cluster(members, new_id, node_id))
+                 await m.wait_healthy()
+        restart  await m.start_or_adopt(); then wait_healthy (the API answers meanwhile)
+        leave    await client.member_remove(await m.member_id()); await m.remove()
+        recover  await m.force_new_cluster()
     """
 
     def __init__(self, layout: Layout, config: MemberConfig, binary: str | None = None) -> None:
@@ -215,6 +223,8 @@ class EtcdMember:
         self.pid_file = layout.swarm_etcd_pidfile
         self._binary = binary
         self._pid: int | None = None
+        # One start, stop or recovery at a time: two starts would launch two processes.
+        self._lock = asyncio.Lock()
 
     # -- facts -----------------------------------------------------------------------------
     @property
@@ -241,6 +251,11 @@ class EtcdMember:
     async def is_running(self) -> bool:
         return await self.adopt() is not None
 
+    async def member_id(self) -> int:
+        """This member's etcd ID (for member_remove), as the running member reports it."""
+        async with self.client() as client:
+            return (await client.endpoint_status(self.client_url)).member_id
+
     # -- finding a running member ----------------------------------------------------------
     async def adopt(self) -> int | None:
         """The pid of our running member, adopted, or None when none runs."""
@@ -262,36 +277,42 @@ class EtcdMember:
     # -- starting ----------------------------------------------------------------------------
     async def start_new(self, cluster_token: str) -> None:
         """Start a new one-member cluster (swarm init). The data dir must be empty."""
-        await self._start_fresh(StartMode.NEW, cluster_token=cluster_token)
+        async with self._lock:
+            await self._start_fresh(StartMode.NEW, cluster_token=cluster_token)
 
     async def start_joining(self, initial_cluster: str) -> None:
         """Start as the member the cluster just added (``EtcdClient.member_add``);
-        ``initial_cluster`` from :func:`engine.swarm.etcd.initial_cluster`."""
-        await self._start_fresh(StartMode.JOIN, initial_cluster=initial_cluster)
+        ``initial_cluster`` from :func:`engine.swarm.etcd.initial_cluster`. If it then
+        does not become healthy, the caller removes the added member (``member_remove``)
+        and this one's files (:meth:`remove`) before trying again."""
+        async with self._lock:
+            await self._start_fresh(StartMode.JOIN, initial_cluster=initial_cluster)
 
     async def start_or_adopt(self) -> bool:
         """After a wharfd (or machine) restart: adopt the running member, else start it
         again from its data dir. Returns True when a running member was adopted."""
-        if await self.adopt() is not None:
-            return True
-        if not await self.has_data():
-            raise NotFound(f"no etcd member data in {self.data_dir}")
-        await self._spawn(StartMode.RESTART)
-        return False
+        async with self._lock:
+            if await self.adopt() is not None:
+                return True
+            if not await self.has_data():
+                raise NotFound(f"no etcd member data in {self.data_dir}")
+            await self._spawn(StartMode.RESTART)
+            return False
 
     async def force_new_cluster(self, patience: float = 30.0) -> None:
         """Recover from a lost quorum: this member becomes the only member, keeping the
         data. etcd rewrites the membership at a start with ``--force-new-cluster``; the
         member is then restarted without the flag (etcd's advice), so the flag is never
         on the command line a later adoption finds. Returns once it is healthy."""
-        await self.stop()
-        if not await self.has_data():
-            raise NotFound(f"no etcd member data in {self.data_dir}")
-        await self._spawn(StartMode.FORCE_NEW_CLUSTER)
-        await self.wait_healthy(patience)
-        await self.stop()
-        await self._spawn(StartMode.RESTART)
-        await self.wait_healthy(patience)
+        async with self._lock:
+            await self._stop()
+            if not await self.has_data():
+                raise NotFound(f"no etcd member data in {self.data_dir}")
+            await self._spawn(StartMode.FORCE_NEW_CLUSTER)
+            await self.wait_healthy(patience)
+            await self._stop()
+            await self._spawn(StartMode.RESTART)
+            await self.wait_healthy(patience)
 
     async def _start_fresh(
         self, mode: StartMode, initial_cluster: str | None = None, cluster_token: str | None = None
@@ -300,15 +321,16 @@ class EtcdMember:
             raise Conflict(f"an etcd member is already running (pid {self._pid})")
         if await self.has_data():
             raise Conflict(f"{self.data_dir} already holds an etcd member; remove it first")
+        # Without a WAL the directory is what a start that never got going left (etcd
+        # would bootstrap over it, keeping a stale backend file): start from nothing.
+        await asyncio.to_thread(shutil.rmtree, self.data_dir, True)
         await self._spawn(mode, initial_cluster=initial_cluster, cluster_token=cluster_token)
 
     async def _spawn(
         self, mode: StartMode, initial_cluster: str | None = None, cluster_token: str | None = None
     ) -> None:
         binary = await asyncio.to_thread(self._prepare)
-        argv = member_argv(
-            binary, self.config, self.data_dir, mode, initial_cluster, cluster_token
-        )
+        argv = member_argv(binary, self.config, self.data_dir, mode, initial_cluster, cluster_token)
         launcher = await asyncio.create_subprocess_exec(
             "/bin/sh",
             "-c",
@@ -390,6 +412,10 @@ class EtcdMember:
     async def stop(self, patience: float = 10.0) -> None:
         """SIGTERM, up to ``patience`` seconds for it to go, then SIGKILL; by pid only.
         Not running is not an error. The pid file goes."""
+        async with self._lock:
+            await self._stop(patience)
+
+    async def _stop(self, patience: float = 10.0) -> None:
         pid = self._pid if self._pid is not None else await self.adopt()
         if pid is not None:
             await self._terminate(pid, patience)
@@ -424,8 +450,9 @@ class EtcdMember:
 
     async def remove(self) -> None:
         """Stop the member and delete its data, log and pid file (leave, demotion)."""
-        await self.stop()
-        await asyncio.to_thread(self._remove_files)
+        async with self._lock:
+            await self._stop()
+            await asyncio.to_thread(self._remove_files)
 
     def _remove_files(self) -> None:
         shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -19,7 +19,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from secrets import token_bytes
 from typing import TypeVar
 
@@ -40,9 +40,11 @@ from engine.swarm.ca import (
     NodeIdentity,
     NodeRole,
     RootCA,
+    load_certificate,
     new_join_token,
     new_node_key_and_csr,
     parse_join_token,
+    renewal_time,
     role_for_join_token,
     verify_node_certificate,
 )
@@ -129,6 +131,8 @@ HEALTH_TIMEOUT = 1.0  # a member's health probe when a node list is read
 MEMBER_PATIENCE = 30.0
 MEMBER_CHANGE_PATIENCE = 12.0
 MANAGERS_REFRESH = 3.0
+RENEWAL_CHECK = 3600.0  # the clock is looked at again at least hourly (it may jump)
+RENEWAL_RETRY = 30.0
 INFO_PATIENCE = 2.0  # /info answers without the cluster's counts rather than wait longer
 LOCKED_LEAVE = ("Swarm is encrypted and locked. Please unlock it first or use `--force` to "
                 "ignore this message.")
@@ -247,6 +251,7 @@ class SwarmManager:
         self._m: _Membership | None = None
         self._pending = False  # a join is under way
         self._locked: LocalState | None = None  # autolock: restarted, key still sealed
+        self._closing: set[asyncio.Task[None]] = set()  # memberships replaced, closing
         self._error = ""
 
     # ------------------------------------------------------------------ daemon lifecycle
@@ -336,6 +341,7 @@ class SwarmManager:
         membership.spawn(membership.heartbeat.run(), "swarm-heartbeat")
         membership.spawn(self._follow_own_node(membership), "swarm-self-watch")
         membership.spawn(self._follow_managers(membership), "swarm-managers")
+        membership.spawn(self._renew_certificate(membership), "swarm-cert-renewal")
         if membership.state.is_manager:
             self._start_manager_work(membership)
 
@@ -722,6 +728,29 @@ class SwarmManager:
             membership.state = state
             membership.client.set_endpoints(_own_endpoint_first(state))
 
+    async def _renew_certificate(self, membership: _Membership) -> None:
+        """Renew the node certificate at a random point between half and 80% of its
+        lifetime (ca.renewal_time), from any manager; then reopen with it."""
+        cert = load_certificate(await asyncio.to_thread(self._files.node_cert.read_bytes))
+        due = renewal_time(cert)
+        while True:
+            wait = (due - datetime.now(UTC)).total_seconds()
+            if wait <= 0:
+                break
+            await asyncio.sleep(min(wait, RENEWAL_CHECK))
+        while True:
+            try:
+                async with self._lock:
+                    if self._m is not membership:
+                        return
+                    await self._new_certificate(membership)
+                    await self._reopen(membership, membership.state, membership.member)
+                log.info("swarm: node certificate renewed")
+                return
+            except EngineError as err:
+                log.warning("swarm: node certificate not renewed yet: %s", err)
+                await asyncio.sleep(RENEWAL_RETRY)
+
     async def _seal_as_the_cluster_says(self, membership: _Membership) -> None:
         """Autolock on a manager: the node key on disk sealed with the current unlock key
         (plain when autolock is off); done again after a rotation."""
@@ -847,13 +876,22 @@ class SwarmManager:
     ) -> None:
         """Replace the membership's client and loops for a new role (from inside a loop
         of the old one: it is closed by a task of its own after this returns)."""
+        # The old leader work and listener go first: the new ones take the same port.
+        await old.stop_manager_tasks()
+        if old.election is not None:
+            await old.election.resign()
+        if old.server is not None:
+            await old.server.close()
+            old.server = None
         root = await asyncio.to_thread(self._files.load_root)
         fresh = await self._open(state, root)
         fresh.member = member
         fresh.member_ready.set()
         self._m = fresh
         self._activate(fresh)
-        asyncio.get_running_loop().create_task(old.close())
+        closing = asyncio.get_running_loop().create_task(old.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     # ------------------------------------------------------------------ leave
     async def leave(self, force: bool) -> None:
@@ -1041,12 +1079,9 @@ class SwarmManager:
     async def _healthy_members(
         self, membership: _Membership, members: Sequence[ClusterMember]
     ) -> dict[str, bool]:
-        """Node id (the member's name) → whether its member serves reads now."""
-        async def probe(name: str, url: str) -> tuple[str, bool]:
-            return name, await membership.client.endpoint_healthy(url, HEALTH_TIMEOUT)
-
-        probes = [probe(m.name, m.client_urls[0]) for m in members if m.name and m.client_urls]
-        return dict(await asyncio.gather(*probes))
+        """Node id (the member's name) → whether its member answers now."""
+        statuses = await membership.client.member_statuses(members, HEALTH_TIMEOUT)
+        return {m.name: statuses.get(m.id) is not None for m in members if m.name}
 
     async def list_nodes(self, filters: Mapping[str, Sequence[str]]) -> list[Node]:
         membership = self._manager()

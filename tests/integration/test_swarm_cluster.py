@@ -276,3 +276,34 @@ def test_autolock_a_restarted_manager_stays_locked_until_unlocked(
     h1.start()
     assert "invalid key provided" in h1.docker("swarm", "unlock", input=key + "\n").stderr
     assert h1.docker("swarm", "unlock", input=new_key + "\n").returncode == 0
+
+
+def test_promote_and_demote(cluster: ClusterFactory) -> None:
+    c = cluster(3, client=False)
+    h1, h2, h3 = c.hosts
+    _init(h1, "--dispatcher-heartbeat", "1s")
+    _join(h2, h1, "worker")
+    _join(h3, h1, "worker")
+    _ok(h1, "node", "promote", "h2", "h3")
+
+    def managers_reachable() -> bool:
+        nodes = _by_hostname(h1)
+        return all(nodes[h]["ManagerStatus"] == "Reachable" for h in ("h2", "h3"))
+
+    _eventually(managers_reachable, within=20)
+    for host in (h2, h3):
+        info = json.loads(_ok(host, "info", "--format", "{{json .Swarm}}"))
+        assert info["ControlAvailable"] is True and info["Managers"] == 3
+    assert _by_hostname(h3)["h1"]["ManagerStatus"] == "Leader"
+
+    _ok(h1, "node", "demote", "h3")
+    _eventually(lambda: not json.loads(
+        _ok(h3, "info", "--format", "{{json .Swarm}}"))["ControlAvailable"], within=15)
+    nodes = _by_hostname(h2)
+    assert nodes["h3"]["ManagerStatus"] == "" and nodes["h3"]["Status"] == "Ready"
+    assert "Worker nodes can't be used" in h3.docker("node", "ls").stderr
+    # a demoted node can leave without --force and be removed
+    _ok(h3, "swarm", "leave")
+    _eventually(lambda: _by_hostname(h1)["h3"]["Status"] == "Down", within=5)
+    _ok(h2, "node", "rm", "h3")
+    assert set(_by_hostname(h1)) == {"h1", "h2"}

@@ -129,7 +129,8 @@ INVALID_ARGUMENT = "rpc error: code = InvalidArgument desc = "
 ETCD_TIMEOUT = 3.0  # one etcd request on one endpoint
 HEALTH_TIMEOUT = 1.0  # a member's health probe when a node list is read
 MEMBER_PATIENCE = 30.0
-MEMBER_CHANGE_PATIENCE = 12.0
+MEMBER_CHANGE_PATIENCE = 15.0
+PROMOTE_PATIENCE = 15.0
 MANAGERS_REFRESH = 3.0
 RENEWAL_CHECK = 3600.0  # the clock is looked at again at least hourly (it may jump)
 RENEWAL_RETRY = 30.0
@@ -142,15 +143,20 @@ _LEAVE_SUFFIX = ("The only way to restore a swarm that has lost consensus is to 
                  "it with `--force-new-cluster`. Use `--force` to suppress this message.")
 
 
+_PASSING_REFUSALS = ("unhealthy cluster", "too many learner members")
+
+
 async def _while_unhealthy(call: Callable[[], Awaitable[T]]) -> T:
     """etcd refuses a membership change until every member has been connected for its
-    health interval (5 s): a change right after another waits here."""
+    health interval (5 s), and takes one learner at a time: a change right after another
+    (two managers joining or promoted together) waits here."""
     deadline = time.monotonic() + MEMBER_CHANGE_PATIENCE
     while True:
         try:
             return await call()
-        except Unavailable as err:
-            if "unhealthy cluster" not in str(err) or time.monotonic() > deadline:
+        except (Unavailable, Conflict) as err:
+            passing = any(text in str(err) for text in _PASSING_REFUSALS)
+            if not passing or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.5)
 
@@ -570,6 +576,8 @@ class SwarmManager:
                     raise Unavailable("the manager sent no etcd cluster to join")
                 await member.start_joining(answer.initial_cluster)
                 await member.wait_healthy(MEMBER_PATIENCE)
+                if answer.member_id is not None:
+                    await self._promote_own_member(state, answer.member_id)
             membership = await self._open(state, root)
             membership.member = member
             await asyncio.to_thread(self._files.save_state, state)
@@ -636,9 +644,10 @@ class SwarmManager:
             endpoints, manager_addrs = await self._manager_endpoints(membership)
             await store.create(node_key(node_id), node)
             initial: str | None = None
+            member_id: int | None = None
             if role is NodeRole.MANAGER:
                 try:
-                    initial = await self._add_member(membership, node_id, address,
+                    initial, member_id = await self._add_member(membership, node_id, address,
                                                      request.listen_port)
                 except BaseException:
                     await store.delete(node_key(node_id))
@@ -653,6 +662,7 @@ class SwarmManager:
             ca_key=secrets.doc.ca_key if role is NodeRole.MANAGER else None,
             etcd_endpoints=endpoints, manager_addrs=manager_addrs,
             initial_cluster=initial, member_name=node_id if initial else None,
+            member_id=member_id,
         )
 
     async def _add_member(
@@ -661,10 +671,36 @@ class SwarmManager:
         node_id: str,
         address: ipaddress.IPv4Address | ipaddress.IPv6Address,
         cluster_port: int,
-    ) -> str:
+    ) -> tuple[str, int]:
+        """Add the node's member as a *learner* (it does not count for the quorum until
+        it has caught up and promoted itself: a joiner that never starts cannot take the
+        quorum away); returns its ``--initial-cluster`` and member ID."""
         member_id, members = await _while_unhealthy(
-            lambda: membership.client.member_add([peer_url_for(address, cluster_port)]))
-        return initial_cluster(members, member_id, node_id)
+            lambda: membership.client.member_add([peer_url_for(address, cluster_port)],
+                                                 learner=True))
+        return initial_cluster(members, member_id, node_id), member_id
+
+    async def _promote_own_member(self, state: LocalState, member_id: int) -> None:
+        """Make our freshly started learner a voting member, through the other managers'
+        members (a learner serves almost nothing itself)."""
+        own = client_url_for(_ip(state.advertise_addr), state.cluster_port)
+        others = [e for e in state.etcd_endpoints if e != own]
+        deadline = time.monotonic() + PROMOTE_PATIENCE
+        async with EtcdClient(others, tls=self._member_tls().client_tls(),
+                              timeout=ETCD_TIMEOUT, connect_timeout=1.0) as client:
+            while True:
+                try:
+                    await client.member_promote(member_id)
+                    return
+                except EngineError as err:
+                    with contextlib.suppress(EngineError):
+                        # A promotion whose answer was lost may have happened.
+                        members = await client.member_list()
+                        if any(m.id == member_id and not m.is_learner for m in members):
+                            return
+                    if time.monotonic() > deadline:
+                        raise Unavailable(f"etcd member not promoted: {err}") from err
+                await asyncio.sleep(0.3)
 
     async def _manager_endpoints(self, membership: _Membership) -> tuple[list[str], list[str]]:
         members = await membership.client.member_list()
@@ -818,13 +854,13 @@ class SwarmManager:
         if answer.role != "manager":
             return
         membership.root = RootCA.from_pem(answer.ca_bundle.encode())
-        membership.member_ready.clear()
         state = membership.state.model_copy(update={"role": "manager"})
         member = self._member_for(state)
-        initial = await self._add_member(membership, state.node_id, _ip(state.advertise_addr),
-                                         state.cluster_port)
+        initial, member_id = await self._add_member(
+            membership, state.node_id, _ip(state.advertise_addr), state.cluster_port)
         await member.start_joining(initial)
         await member.wait_healthy(MEMBER_PATIENCE)
+        await self._promote_own_member(state, member_id)
 
         def with_manager_status(node: Node) -> Node | None:
             if node.ManagerStatus is not None:

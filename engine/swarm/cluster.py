@@ -17,6 +17,7 @@ import base64
 import contextlib
 import ipaddress
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -277,8 +278,14 @@ class SwarmManager:
             self._locked = state
             log.info("swarm: this manager is locked (autolock); waiting for its unlock key")
             return
-        await asyncio.to_thread(self._files.unseal, "")
-        await self._restore(state)
+        try:
+            await asyncio.to_thread(self._files.unseal, "")
+            await self._restore(state)
+        except Exception as err:
+            # The daemon still starts (containers do not depend on the swarm); /info
+            # shows the swarm in error.
+            log.exception("swarm: could not restore this node's membership")
+            self._error = f"could not restore the swarm membership: {err}"
 
     async def _restore(self, state: LocalState) -> None:
         root = await asyncio.to_thread(self._files.load_root)
@@ -411,6 +418,7 @@ class SwarmManager:
         listen_host, listen_port = split_host_port(request.ListenAddr)
         address, cluster_port = await asyncio.to_thread(
             advertise_address, request.AdvertiseAddr, listen_host, listen_port)
+        await asyncio.to_thread(_check_can_listen, listen_host, listen_port)
         root = await asyncio.to_thread(RootCA.create)
         cluster_id, node_id = new_swarm_id(), new_swarm_id()
         key, csr = await asyncio.to_thread(new_node_key_and_csr)
@@ -1195,6 +1203,20 @@ class _PeerHandlers:
     async def _ready(self) -> None:
         if not self._membership.member_ready.is_set():
             raise Unavailable(MANAGER_NOT_READY)
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Fail init/join at once (dockerd's text) when the cluster port is taken, rather
+    than leave a node whose listener could not start."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise InvalidParameter(
+                f"failed to listen on remote API address: listen tcp {host}:{port}: "
+                f"bind: {err.strerror or err}") from None
 
 
 def _own_endpoint_first(state: LocalState) -> list[str]:

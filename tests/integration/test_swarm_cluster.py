@@ -6,6 +6,7 @@ a manager's restart. Broader scenarios and faults live in the swarm scenario tes
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -251,6 +252,18 @@ def test_autolock_a_restarted_manager_stays_locked_until_unlocked(
 ) -> None:
     c = cluster(1, client=False)
     (h1,) = c.hosts
+    # a cluster port that is taken fails the init at once, leaving no swarm behind
+    taken = subprocess.Popen(h1.wrap(["busybox", "nc", "-l", "-p", "2377"]),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _eventually(lambda: "2377" in h1.run(["ss", "-ltn"]).stdout, within=5)
+        refused = h1.docker("swarm", "init", "--advertise-addr", h1.address)
+        assert "failed to listen on remote API address" in refused.stderr
+        assert json.loads(_ok(h1, "info", "--format", "{{json .Swarm}}"))[
+            "LocalNodeState"] == "inactive"
+    finally:
+        taken.kill()
+        taken.wait()
     _init(h1, "--autolock")
     key = _ok(h1, "swarm", "unlock-key", "-q").strip()
     assert key.startswith("SWMKEY-1-")

@@ -390,9 +390,7 @@ class EtcdMember:
         deadline = loop.time() + patience
         async with self.client() as client:
             while True:
-                if self._pid is None or not await asyncio.to_thread(
-                    _is_etcd_of, self._pid, self.data_dir
-                ):
+                if not await self.is_running():
                     tail = await asyncio.to_thread(_log_tail, self.log_file)
                     raise Unavailable(f"etcd member is not running; its log ends: {tail}")
                 remaining = deadline - loop.time()
@@ -413,7 +411,7 @@ class EtcdMember:
             await self._stop(patience)
 
     async def _stop(self, patience: float = 10.0) -> None:
-        pid = self._pid if self._pid is not None else await self.adopt()
+        pid = await self.adopt()  # the pid file's process if it is ours, else a search
         if pid is not None:
             await self._terminate(pid, patience)
         self._pid = None

@@ -610,3 +610,45 @@ async def test_a_join_the_cluster_does_not_expect_fails_clearly(
     assert not await second.member.has_data()
     async with first.member.client() as client:
         assert [m.name for m in await client.member_list()] == [first.name]
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_a_partitioned_member_neither_serves_nor_disrupts(
+    stopped_after: list[Manager],
+) -> None:
+    """A follower cut off the LAN refuses requests (no leader) while the majority writes
+    on; back on the LAN it catches up without deposing the leader (pre-vote: its failed
+    elections did not raise the term)."""
+    managers = stopped_after
+    await _grow(managers)
+    async with _all_endpoints(managers) as client:
+        by_url = {m.member.client_url: m for m in managers}
+        statuses = {url: await client.endpoint_status(url) for url in by_url}
+        leader_id = next(iter(statuses.values())).leader
+        leader_url = next(u for u, st in statuses.items() if st.member_id == leader_id)
+        cut = next(m for u, m in by_url.items() if u != leader_url)
+        term_before = statuses[leader_url].raft_term
+
+        await asyncio.to_thread(cut.host.disconnect, "nft")
+        try:
+            with on(cut.host):  # as the cut-off node's own wharfd sees it
+                async with cut.member.client(timeout=2.0) as local:
+                    deadline = time.monotonic() + 10
+                    while (await local.endpoint_status(cut.member.client_url)).has_leader:
+                        assert time.monotonic() < deadline, "cut-off member keeps its leader"
+                        await asyncio.sleep(0.2)
+                    with pytest.raises(Unavailable, match="no leader"):
+                        await local.put("/t/cut-off", b"refused")
+            during = await client.put("/t/during-partition", b"majority")
+            await asyncio.sleep(3)  # several election timeouts on the cut-off side
+        finally:
+            await asyncio.to_thread(cut.host.reconnect)
+
+        await cut.member.wait_healthy(30)
+        async with cut.member.client() as through_cut:
+            kv = await through_cut.get("/t/during-partition")
+            assert kv is not None and kv.mod_revision == during
+            assert await through_cut.get("/t/cut-off") is None
+        after = await client.endpoint_status(leader_url)
+        assert (after.leader, after.raft_term) == (leader_id, term_before)

@@ -247,6 +247,7 @@ class _NoLeader(_NotSent):
 _REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 _NO_LEADER = "etcdserver: no leader"
 _UNHEALTHY = "etcdserver: unhealthy cluster"
+_LEARNER_REFUSES = "etcdserver: rpc not supported for learner"
 _LEADER_POLL = 0.2  # seconds between rounds while the members know no leader
 _MEMBER_CHANGE_PATIENCE = 10.0  # etcd counts a member as started 5 s after it connected
 
@@ -778,6 +779,8 @@ def _raise_gateway_error(answer: dict[str, Any], status: int) -> None:
     message = answer.get("message") or answer.get("error") or f"HTTP {status}"
     if code == _GRPC_UNAVAILABLE and message == _NO_LEADER:
         raise _NoLeader(str(message))
+    if message == _LEARNER_REFUSES:
+        raise _NotSent(str(message))  # a learner serves no writes nor linearizable reads
     if code == _GRPC_UNAVAILABLE and message == _UNHEALTHY:
         raise ClusterNotReady(f"etcd: {message}")
     if code == _GRPC_FAILED_PRECONDITION:

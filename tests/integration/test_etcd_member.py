@@ -575,6 +575,14 @@ async def test_learner_joins_without_risking_the_quorum(stopped_after: list[Mana
         await second.member.wait_healthy(30)
         status = await client.endpoint_status(second.member.client_url)
         assert status.is_learner and status.has_leader
+        # A learner refuses writes and linearizable reads: a client goes on to the next
+        # endpoint, even with a compare-and-swap (the refusal is not a lost answer).
+        endpoints = [second.member.client_url, first.member.client_url]
+        async with EtcdClient(endpoints, tls=first.member.config.tls.client_tls()) as both:
+            await both.put_if_mod_revision("/t/past-the-learner", b"x", 0)
+        async with second.member.client() as learner_only:
+            with pytest.raises(Unavailable, match="not supported for learner"):
+                await learner_only.get("/t/past-the-learner")
 
         deadline = time.monotonic() + 15
         while True:

@@ -545,8 +545,9 @@ def _log_tail(path: Path, size: int = 2000) -> str:
 
 def _check_certificate_names(cert_file: Path, address: IPAddress) -> None:
     """etcd's peers and clients dial ``https://<ip>:port`` and check that IP in the
-    certificate: a node certificate without it would start, then fail every handshake.
-    Say so at once instead (the CA adds it: ``sign_node_csr(addresses=[...])``)."""
+    certificate, and peers accept only managers' certificates: a node certificate without
+    either would start, then fail handshakes. Say so at once instead (the CA adds the IP:
+    ``sign_node_csr(addresses=[...])``)."""
     try:
         cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
     except (OSError, ValueError) as err:
@@ -559,4 +560,9 @@ def _check_certificate_names(cert_file: Path, address: IPAddress) -> None:
         raise InvalidParameter(
             f"node certificate has no IP SAN for the advertise address {address}: "
             "etcd peers and clients could not verify it"
+        )
+    if NodeRole.MANAGER.ou not in sans.get_values_for_type(x509.DNSName):
+        raise InvalidParameter(
+            "node certificate is not a manager's: the other members would refuse it "
+            "on their peer port (--peer-cert-allowed-hostname)"
         )

@@ -660,3 +660,51 @@ async def test_a_partitioned_member_neither_serves_nor_disrupts(
             assert await through_cut.get("/t/cut-off") is None
         after = await client.endpoint_status(leader_url)
         assert (after.leader, after.raft_term) == (leader_id, term_before)
+
+
+async def _served_certificate(url: str, tls: MemberTLS) -> bytes:
+    """The certificate (DER) the member presents on a new TLS connection."""
+    context = await asyncio.to_thread(_tls_context, tls)
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    _, writer = await asyncio.open_connection(host, int(port), ssl=context)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        assert isinstance(der, bytes)
+        return der
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_a_renewed_certificate_is_served_without_a_restart(
+    stopped_after: list[Manager], root_ca: RootCA, tmp_path: Path
+) -> None:
+    """etcd reads its certificate and key at every handshake: renewing the node
+    certificate (files replaced atomically, same paths) needs no restart of the member."""
+    m = stopped_after[0]
+    tls = m.member.config.tls
+    await m.member.start_new(CLUSTER_ID)
+    await m.member.wait_healthy(30)
+    before = await _served_certificate(m.member.client_url, tls)
+    assert before == ssl.PEM_cert_to_DER_cert(await asyncio.to_thread(tls.cert_file.read_text))
+
+    renewed = await asyncio.to_thread(
+        _write_node_files,
+        root_ca,
+        tmp_path / "renewed",
+        m.name,
+        NodeRole.MANAGER,
+        m.host.address,
+    )
+    for new, old in ((renewed.key_file, tls.key_file), (renewed.cert_file, tls.cert_file)):
+        await asyncio.to_thread(os.replace, new, old)
+    pid = m.member.pid
+    for url in (m.member.client_url, m.member.peer_url):
+        served = await _served_certificate(url, tls)
+        assert served != before
+        assert served == ssl.PEM_cert_to_DER_cert(await asyncio.to_thread(tls.cert_file.read_text))
+    assert m.member.pid == pid and await m.member.is_running()
+    async with m.member.client() as client:
+        await client.put("/t/after-renewal", b"ok")

@@ -21,6 +21,7 @@ Flags and timeouts are explained in docs/swarm.md ("The etcd member").
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import enum
 import ipaddress
@@ -28,9 +29,12 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Iterator
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cryptography import x509
 
@@ -43,6 +47,7 @@ from engine.swarm.etcd import EtcdClient, EtcdTLS
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_T = TypeVar("_T")
 
 CLIENT_PORT_OFFSET = 2  # etcd client port = cluster (ListenAddr) port + 2: 2379 for 2377
 PEER_PORT_OFFSET = 3  # etcd peer port = cluster port + 3: 2380
@@ -331,34 +336,7 @@ class EtcdMember:
     ) -> None:
         binary = await asyncio.to_thread(self._prepare)
         argv = member_argv(binary, self.config, self.data_dir, mode, initial_cluster, cluster_token)
-        launcher = await asyncio.create_subprocess_exec(
-            "/bin/sh",
-            "-c",
-            _LAUNCHER,
-            "wharfd-etcd-launcher",
-            str(self.log_file),
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=_ETCD_ENV,
-            cwd="/",
-            start_new_session=True,
-        )
-        try:
-            async with asyncio.timeout(LAUNCH_PATIENCE):
-                out, err = await launcher.communicate()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                launcher.kill()
-            await launcher.wait()
-            raise SystemError_("etcd launcher did not answer") from None
-        try:
-            pid = int(out.strip())
-        except ValueError:
-            raise SystemError_(
-                f"etcd launcher failed ({launcher.returncode}): {err.decode(errors='replace')}"
-            ) from None
+        pid = await _in_a_new_thread(_launch, argv, self.log_file)
         await asyncio.to_thread(self._write_pid_file, pid)
         self._pid = pid
         log.info("started etcd member %s (%s) as pid %d", self.config.name, mode.value, pid)
@@ -456,6 +434,58 @@ class EtcdMember:
 
 
 # -- processes ------------------------------------------------------------------------------
+
+
+def _launch(argv: list[str], log_file: Path) -> int:
+    """Run the launcher sh (blocking); returns etcd's pid.
+
+    The standard library's subprocess, not the event loop's: uvloop's children inherit
+    copies of their stdio sockets and of a loop pipe above fd 2 (close_fds does not reach
+    them), which the backgrounded etcd would keep open for its whole life (so the
+    launcher's output never ended) along with whatever else leaked. subprocess closes
+    every descriptor above 2 in the child.
+    """
+    with subprocess.Popen(
+        ["/bin/sh", "-c", _LAUNCHER, "wharfd-etcd-launcher", str(log_file), *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_ETCD_ENV,
+        cwd="/",
+        start_new_session=True,
+        close_fds=True,
+    ) as launcher:
+        try:
+            out, err = launcher.communicate(timeout=LAUNCH_PATIENCE)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            launcher.wait()
+            raise SystemError_("etcd launcher did not answer") from None
+    try:
+        return int(out.strip())
+    except ValueError:
+        raise SystemError_(
+            f"etcd launcher failed ({launcher.returncode}): {err.decode(errors='replace')}"
+        ) from None
+
+
+async def _in_a_new_thread(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` in a thread started for it. Unlike a pool thread, which keeps the
+    namespaces it was created in, a new thread starts in the caller's current ones: the
+    launched member lives in the network namespace the caller is in (the tests start the
+    members of several hosts from one event loop)."""
+    outcome: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+    def run() -> None:
+        if not outcome.set_running_or_notify_cancel():
+            return
+        try:
+            outcome.set_result(fn(*args))
+        except BaseException as error:  # handed to the awaiting coroutine
+            outcome.set_exception(error)
+
+    threading.Thread(target=run, name="etcd-launcher", daemon=True).start()
+    return await asyncio.wrap_future(outcome)
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -32,6 +32,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+import uvloop
 
 from engine.errors import NotFound, Unavailable
 from engine.layout import Layout
@@ -708,3 +709,41 @@ async def test_a_renewed_certificate_is_served_without_a_restart(
     assert m.member.pid == pid and await m.member.is_running()
     async with m.member.client() as client:
         await client.put("/t/after-renewal", b"ok")
+
+
+def _fd_targets(pid: int) -> dict[int, str]:
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+    return out
+
+
+def test_started_from_uvloop_the_member_holds_nothing_of_ours(
+    managers: list[Manager], lan: Cluster
+) -> None:
+    """wharfd runs uvloop, whose children inherit copies of their stdio sockets and of a
+    loop pipe above fd 2: a member launched that way would hold them (and its launcher's
+    output would never end). Launched from uvloop, the member has /dev/null and its log
+    as stdio and no descriptor shared with us."""
+    m = managers[0]
+
+    async def scenario() -> tuple[float, dict[int, str]]:
+        began = time.monotonic()
+        try:
+            await m.member.start_new(CLUSTER_ID)
+            took = time.monotonic() - began
+            await m.member.wait_healthy(30)
+            assert m.member.pid is not None
+            return took, await asyncio.to_thread(_fd_targets, m.member.pid)
+        finally:
+            await m.member.stop()
+
+    with thread_in_netns(lan.hosts[0].netns):
+        took, fds = uvloop.run(scenario())
+    assert took < 5
+    assert fds[0] == "/dev/null"
+    assert fds[1] == fds[2] == str(m.layout.swarm_etcd_log)
+    ours = {t for t in _fd_targets(os.getpid()).values() if t.startswith(("pipe:", "socket:"))}
+    assert not [fd for fd, t in fds.items() if fd > 2 and (t == "/dev/null" or t in ours)]
+    assert _etcd_pids_of(m.layout.swarm_etcd_data_dir) == []

@@ -4,7 +4,9 @@ It talks to etcd 3.4's JSON gateway (``/v3/...``, keys and values base64) over a
 which the import contract in pyproject allows here; docs/decisions.md says why this and
 not a gRPC client. Every call tries the endpoints in turn on a connection failure and
 sticks to the one that answered; when none answers the caller gets
-:class:`engine.errors.Unavailable`. Nothing here blocks the event loop (the TLS files are
+:class:`engine.errors.Unavailable` (time bounds: :class:`EtcdClient`). Membership calls
+(list, add, remove, promote) and per-member status serve the swarm's etcd members
+(engine/swarm/member.py). Nothing here blocks the event loop (the TLS files are
 read in a thread).
 """
 

@@ -719,6 +719,15 @@ def _fd_targets(pid: int) -> dict[int, str]:
     return out
 
 
+def _signal_masks(pid: int) -> dict[str, int]:
+    masks = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("SigBlk", "SigIgn"):
+            masks[name] = int(value.strip(), 16)
+    return masks
+
+
 def test_started_from_uvloop_the_member_holds_nothing_of_ours(
     managers: list[Manager], lan: Cluster
 ) -> None:
@@ -728,20 +737,27 @@ def test_started_from_uvloop_the_member_holds_nothing_of_ours(
     as stdio and no descriptor shared with us."""
     m = managers[0]
 
-    async def scenario() -> tuple[float, dict[int, str]]:
+    async def scenario() -> tuple[float, dict[int, str], dict[str, int], float]:
         began = time.monotonic()
         try:
             await m.member.start_new(CLUSTER_ID)
             took = time.monotonic() - began
             await m.member.wait_healthy(30)
             assert m.member.pid is not None
-            return took, await asyncio.to_thread(_fd_targets, m.member.pid)
+            fds = await asyncio.to_thread(_fd_targets, m.member.pid)
+            masks = await asyncio.to_thread(_signal_masks, m.member.pid)
         finally:
+            stopping = time.monotonic()
             await m.member.stop()
+        return took, fds, masks, time.monotonic() - stopping
 
     with thread_in_netns(lan.hosts[0].netns):
-        took, fds = uvloop.run(scenario())
+        took, fds, masks, stop_took = uvloop.run(scenario())
     assert took < 5
+    # SIGTERM reaches it (neither blocked nor ignored), so stop needs no SIGKILL.
+    assert not masks["SigBlk"] & (1 << (signal.SIGTERM - 1))
+    assert not masks["SigIgn"] & (1 << (signal.SIGTERM - 1))
+    assert stop_took < 5
     assert fds[0] == "/dev/null"
     assert fds[1] == fds[2] == str(m.layout.swarm_etcd_log)
     ours = {t for t in _fd_targets(os.getpid()).values() if t.startswith(("pipe:", "socket:"))}

@@ -9,10 +9,12 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.harness.cli import import_busybox
 from tests.harness.cluster import Cluster, Host
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -166,11 +168,15 @@ def test_update_leave_and_rm(cluster: ClusterFactory) -> None:
         "inactive")
 
 
-def test_worker_killed_goes_down_and_comes_back(cluster: ClusterFactory) -> None:
+def test_worker_killed_goes_down_and_comes_back(
+    cluster: ClusterFactory, busybox_tar: Path
+) -> None:
     c = cluster(2)
     h1, h2 = c.hosts
     _init(h1, "--dispatcher-heartbeat", "1s")
     _join(h2, h1, "worker")
+    import_busybox(h2.require_daemon(), busybox_tar)
+    container = _ok(h2, "run", "-d", "busybox", "sleep", "600").strip()
     h2.kill9()
     took = _eventually(lambda: _by_hostname(h1)["h2"]["Status"] == "Down",
                        within=3 * HEARTBEAT + 2.0)
@@ -179,6 +185,8 @@ def test_worker_killed_goes_down_and_comes_back(cluster: ClusterFactory) -> None
     _eventually(lambda: _by_hostname(h1)["h2"]["Status"] == "Ready", within=10)
     state = json.loads(_ok(h2, "info", "--format", "{{json .Swarm}}"))
     assert state["LocalNodeState"] == "active"
+    # live-restore in swarm mode: the worker's containers outlived its daemon
+    assert _ok(h2, "inspect", "--format", "{{.State.Running}}", container).strip() == "true"
 
 
 def test_leader_killed_another_manager_leads_and_writes(cluster: ClusterFactory) -> None:

@@ -128,7 +128,7 @@ JOIN_TIMEOUT_TEXT = (
 )
 INVALID_ARGUMENT = "rpc error: code = InvalidArgument desc = "
 ETCD_TIMEOUT = 3.0  # one etcd request on one endpoint
-HEALTH_TIMEOUT = 1.0  # a member's health probe when a node list is read
+HEALTH_TIMEOUT = 0.5  # a member's status probe when a node list is read (LAN: milliseconds)
 MEMBER_PATIENCE = 30.0
 MEMBER_CHANGE_PATIENCE = 15.0
 PROMOTE_PATIENCE = 15.0
@@ -823,12 +823,33 @@ class SwarmManager:
                     if kv.key == key:
                         await self._on_own_node(membership, kv.value)
                 async for event in membership.client.watch_prefix(key, current.revision + 1):
-                    if event.kv.key == key and event.type == "PUT":
+                    if event.kv.key != key:
+                        continue
+                    if event.type == "PUT":
                         await self._on_own_node(membership, event.kv.value)
+                    elif not membership.state.is_manager:
+                        self._after(self._removed(membership))
+                        return
             except EngineError as err:
                 # A role change that failed half way is tried again from a fresh read.
                 log.warning("swarm: following our node: %s", err)
                 await asyncio.sleep(1.0)
+
+    def _after(self, work: Awaitable[None]) -> None:
+        """Run ``work`` in a task of its own (it closes the membership whose loop asks)."""
+        task = asyncio.get_running_loop().create_task(_logged(work))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _removed(self, membership: _Membership) -> None:
+        """Our node was removed (``docker node rm --force``): leave locally, as the
+        removed node can no longer be part of the swarm."""
+        async with self._lock:
+            if self._m is not membership:
+                return
+            log.warning("swarm: this node was removed from the swarm; leaving it")
+            self._m = None
+            await self._leave(membership)
 
     async def _on_own_node(self, membership: _Membership, value: bytes) -> None:
         node = Node.model_validate_json(value)
@@ -933,9 +954,7 @@ class SwarmManager:
         fresh.member_ready.set()
         self._m = fresh
         self._activate(fresh)
-        closing = asyncio.get_running_loop().create_task(old.close())
-        self._closing.add(closing)
-        closing.add_done_callback(self._closing.discard)
+        self._after(old.close())
 
     # ------------------------------------------------------------------ leave
     async def leave(self, force: bool) -> None:
@@ -1203,6 +1222,13 @@ class _PeerHandlers:
     async def _ready(self) -> None:
         if not self._membership.member_ready.is_set():
             raise Unavailable(MANAGER_NOT_READY)
+
+
+async def _logged(work: Awaitable[None]) -> None:
+    try:
+        await work
+    except Exception:
+        log.exception("swarm: background work failed")
 
 
 def _check_can_listen(host: str, port: int) -> None:

@@ -167,6 +167,13 @@ def test_update_leave_and_rm(cluster: ClusterFactory) -> None:
     assert json.loads(_ok(h3, "info", "--format", "{{json .Swarm}}"))["LocalNodeState"] == (
         "inactive")
 
+    # a ready worker goes only with --force, and then it is out of the swarm itself too
+    _ok(h1, "node", "rm", "--force", "h2")
+    assert set(_by_hostname(h1)) == {"h1"}
+    _eventually(lambda: json.loads(_ok(h2, "info", "--format", "{{json .Swarm}}"))[
+        "LocalNodeState"] == "inactive", within=10)
+    assert "as a worker" in _join(h2, h1, "worker")
+
 
 def test_worker_killed_goes_down_and_comes_back(
     cluster: ClusterFactory, busybox_tar: Path

@@ -626,6 +626,8 @@ class SwarmManager:
             cluster = await store.read_required(CLUSTER_KEY, Cluster, "the swarm has no cluster")
         role = role_for_join_token(request.token, parse_join_token(secrets.doc.worker_token),
                                    parse_join_token(secrets.doc.manager_token))
+        if not 0 < request.listen_port < 65533:  # its etcd ports are +2 and +3
+            raise InvalidParameter(f"invalid cluster port {request.listen_port}")
         try:
             address = _ip(request.advertise_addr)
         except ValueError:
@@ -641,7 +643,8 @@ class SwarmManager:
         manager_addr = f"{request.advertise_addr}:{request.listen_port}"
         node = Node.model_validate({
             "ID": node_id, "CreatedAt": now, "UpdatedAt": now,
-            "Spec": {"Labels": {}, "Role": role.value, "Availability": request.availability},
+            "Spec": {"Labels": {}, "Role": role.value,
+                     "Availability": _availability(request.availability)},
             "Description": request.description,
             "Status": {"State": "unknown", "Addr": request.advertise_addr},
             "ManagerStatus": {"Addr": manager_addr} if role is NodeRole.MANAGER else None,

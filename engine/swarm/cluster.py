@@ -25,6 +25,7 @@ from engine.errors import (
     EngineError,
     InvalidParameter,
     NotFound,
+    NotSupported,
     Unavailable,
 )
 from engine.ids import new_swarm_id
@@ -362,6 +363,10 @@ class SwarmManager:
     async def _init(self, request: InitRequest) -> str:
         request = prepare_init(request)
         spec = spec_for_init(request.Spec, request.AutoLockManagers)
+        if spec.CAConfig.SigningCACert or spec.CAConfig.SigningCAKey:
+            # Never stored (the key would be readable in the cluster document), never
+            # silently ignored either.
+            raise NotSupported("a signing CA of your own is not supported by this daemon yet")
         availability = checked_availability(request.Availability)
         listen_host, listen_port = split_host_port(request.ListenAddr)
         address, cluster_port = await asyncio.to_thread(
@@ -882,6 +887,7 @@ class SwarmManager:
         store = membership.store
         async with quorum():
             cluster = await store.read_required(CLUSTER_KEY, Cluster, "the swarm has no cluster")
+            _refuse_ca_rotation(cluster.doc.Spec, new_spec)
             doc = cluster.doc.model_copy(deep=True)
             doc.Spec = new_spec
             doc.UpdatedAt = timestamp_now()
@@ -1042,6 +1048,19 @@ async def _logged(work: Awaitable[None]) -> None:
         await work
     except Exception:
         log.exception("swarm: background work failed")
+
+
+CA_ROTATION_UNSUPPORTED = "CA rotation is not supported by this daemon yet"
+
+
+def _refuse_ca_rotation(current: SwarmSpec, wanted: SwarmSpec) -> None:
+    """``swarm ca --rotate`` (a new ForceRotate, or a given signing CA) would start a root
+    rotation; saying it succeeded would be a lie, so it is refused (501) until
+    implemented (docs/swarm.md, known gaps)."""
+    now, then = wanted.CAConfig, current.CAConfig
+    if (now.ForceRotate != then.ForceRotate or now.SigningCACert != then.SigningCACert
+            or now.SigningCAKey):
+        raise NotSupported(CA_ROTATION_UNSUPPORTED)
 
 
 def _check_can_listen(host: str, port: int) -> None:

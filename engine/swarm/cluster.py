@@ -293,11 +293,14 @@ class SwarmManager:
             self._error = f"etcd member: {err}"
             log.error("swarm: the local etcd member did not come up: %s", err)
             return
+        self._error = ""
         membership.member_ready.set()
 
     def _activate(self, membership: _Membership) -> None:
         """Start the node's loops (and a manager's) on an opened membership."""
         self._m = membership
+        if membership.member_ready.is_set():
+            self._error = ""
         membership.spawn(membership.heartbeat.run(), "swarm-heartbeat")
         membership.spawn(self._follow_own_node(membership), "swarm-self-watch")
         membership.spawn(self._follow_managers(membership), "swarm-managers")

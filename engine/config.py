@@ -85,6 +85,7 @@ class EngineConfig(BaseModel):
     labels: list[str] = Field(default_factory=list, alias="labels")
     insecure_registries: list[str] = Field(default_factory=list, alias="insecure-registries")
     registry_mirrors: list[str] = Field(default_factory=list, alias="registry-mirrors")
+    metrics_addr: str | None = Field(default=None, alias="metrics-addr")
 
     # --- further dockerd keys (consumed by the network, log and registry code) -----------
     log_driver: str = Field(default="json-file", alias="log-driver")

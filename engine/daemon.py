@@ -28,6 +28,7 @@ from engine.store.atomic import atomic_write, ensure_dir
 from engine.store.content import ContentStore
 from engine.store.db import Database
 from engine.system.info import SystemInfo
+from engine.system.metrics import MetricsCollector, MetricSources
 from engine.system.usage import DiskUsage
 from engine.volumes.manager import VolumeManager
 
@@ -77,6 +78,10 @@ class Engine:
         )
         self.system = SystemInfo(config, self.layout, self.runtimes)
         self.builder = BuildManager(self.db, self.layout, self.images, self.containers)
+        self.metrics = MetricsCollector(MetricSources(
+            containers=self.containers, networks=self.networks, events=self.events,
+            health=self.health, sampler=self.container_files, facts=self.system.facts,
+        ))
         self.usage = DiskUsage(self.images, self.containers, self.volumes, self.snapshotter)
 
     async def start(self) -> None:

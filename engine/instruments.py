@@ -118,7 +118,7 @@ def timed(action: str) -> Callable[[_Method[_S, _P, _R]], _Method[_S, _P, _R]]:
 Labels = Mapping[str, str]
 
 
-def _escape(value: str) -> str:
+def escape_label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
@@ -132,11 +132,13 @@ def format_value(value: float) -> str:
     return repr(float(value))
 
 
+def label_body(labels: Labels) -> str:
+    """``a="1",b="2"``: the inside of a sample's braces (render once, reuse per family)."""
+    return ",".join(f'{key}="{escape_label_value(value)}"' for key, value in labels.items())
+
+
 def _label_text(labels: Labels) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{key}="{_escape(value)}"' for key, value in labels.items())
-    return "{" + inner + "}"
+    return "{" + label_body(labels) + "}" if labels else ""
 
 
 class Exposition:
@@ -151,6 +153,10 @@ class Exposition:
 
     def sample(self, name: str, labels: Labels, value: float) -> None:
         self._lines.append(f"{name}{_label_text(labels)} {format_value(value)}")
+
+    def samples_rendered(self, name: str, rows: Iterable[tuple[str, float]]) -> None:
+        """Samples whose labels went through ``label_body`` already."""
+        self._lines.extend(f"{name}{{{body}}} {format_value(value)}" for body, value in rows)
 
     def gauge(self, name: str, help_text: str, samples: Iterable[tuple[Labels, float]]) -> None:
         self.family(name, "gauge", help_text)

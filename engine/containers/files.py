@@ -81,6 +81,7 @@ class ContainerFiles:
         self._detect = cgroup_info
         self._info: cgroups.CgroupInfo | None = None
         self._host = host or stats.HostFiles()
+        self._scrape_files: dict[tuple[str, int], stats.CgroupFiles] = {}
         self._proc = proc
 
     def _emit(self, view: ContainerView, action: str) -> None:
@@ -248,31 +249,37 @@ class ContainerFiles:
         return result
 
     # ------------------------------------------------------------------ stats
-    def _net_dev(self, view: ContainerView) -> Path | None:
-        return self._proc / str(view.state.pid) / "net" / "dev" if view.state.pid else None
+    def _net_dev(self, view: ContainerView) -> str | None:
+        return f"{self._proc}/{view.state.pid}/net/dev" if view.state.pid else None
 
     async def _sample(self, view: ContainerView) -> stats.Sample:
         files = await self.cgroup_files(view)
         return await asyncio.to_thread(stats.read_sample, files, self._net_dev(view), self._host)
 
     async def samples(self, views: list[ContainerView]) -> dict[str, stats.Sample]:
-        """One sample of each running container in ``views`` (by id), read in a single
-        worker thread: the metrics scrape reads every container at once, and one thread
-        hop per file would cost more than the reads."""
+        """One sample of each running container in ``views`` (by id), for the metrics
+        scrape: all read in one worker thread (a thread hop per container would cost
+        more than its reads), the host's files once. Where each container's files are
+        is remembered from one scrape to the next (by id and pid: a restart moves it)."""
         info = await self._cgroup_info()
         running = [v for v in views if v.running and v.state.pid]
+        known = self._scrape_files
+        self._scrape_files = current = {}
 
-        def read_all() -> dict[str, stats.Sample]:
+        def read_share(share: list[ContainerView]) -> dict[str, stats.Sample]:
+            host = stats.read_host(self._host)
             found: dict[str, stats.Sample] = {}
-            for view in running:
+            for view in share:
+                key = (view.id, view.state.pid)
                 try:
-                    files = self._files_of(info, view)
-                    found[view.id] = stats.read_sample(files, self._net_dev(view), self._host)
+                    files = known.get(key) or self._files_of(info, view)
+                    current[key] = files
+                    found[view.id] = stats.read_sample(files, self._net_dev(view), host)
                 except OSError as exc:  # it stopped meanwhile: no sample this time
                     log.debug("no sample of %s: %s", view.id, exc)
             return found
 
-        return await asyncio.to_thread(read_all)
+        return await asyncio.to_thread(read_share, running)
 
     async def stats(
         self, ref: str, *, stream: bool = True, one_shot: bool = False

@@ -16,13 +16,20 @@ all containers in one worker thread.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from engine.containers.model import ContainerView
 from engine.containers.stats import NANOS, Sample
-from engine.instruments import Counter, Exposition, LabeledTimer, Labels
+from engine.instruments import (
+    Counter,
+    Exposition,
+    LabeledTimer,
+    Labels,
+    escape_label_value,
+    label_body,
+)
 from engine.system.info import SystemFacts
 
 ENGINE_COMMIT = "unknown"
@@ -137,9 +144,6 @@ class MetricsCollector:
 
 
 # =========================================================================== containers
-Rows = list[tuple[Labels, float]]
-
-
 def _cpu(sample: Sample, key: str) -> int:
     usage: dict[str, Any] = sample.cpu["cpu_usage"]
     return int(usage.get(key, 0))
@@ -178,52 +182,56 @@ _NETWORK = (  # (family, stats key, help)
 
 
 def write_container_metrics(out: Exposition, rows: Iterable[tuple[Labels, Sample]]) -> None:
-    """The per-container families; ``rows`` are (labels, sample) of running containers."""
-    rows = list(rows)
+    """The per-container families; ``rows`` are (labels, sample) of running containers.
+    Each container's labels are rendered once and reused by every family."""
+    bodies = [(label_body(labels), sample) for labels, sample in rows]
 
-    def each(value: Callable[[Sample], float]) -> Rows:
-        return [(labels, value(sample)) for labels, sample in rows]
+    def family(kind: str, name: str, help_text: str, samples: Iterable[tuple[str, float]]) -> None:
+        out.family(name, kind, help_text)
+        out.samples_rendered(name, samples)
 
-    out.counter("container_cpu_usage_seconds_total", "CPU time consumed, in seconds",
-                each(lambda s: _cpu(s, "total_usage") / NANOS))
-    out.counter("container_cpu_user_seconds_total", "CPU time consumed in user mode",
-                each(lambda s: _cpu(s, "usage_in_usermode") / NANOS))
-    out.counter("container_cpu_system_seconds_total", "CPU time consumed in kernel mode",
-                each(lambda s: _cpu(s, "usage_in_kernelmode") / NANOS))
-    out.counter("container_cpu_cfs_periods_total", "Elapsed CFS enforcement periods",
-                each(lambda s: s.cpu["throttling_data"]["periods"]))
-    out.counter("container_cpu_cfs_throttled_periods_total", "Throttled CFS periods",
-                each(lambda s: s.cpu["throttling_data"]["throttled_periods"]))
-    out.counter("container_cpu_cfs_throttled_seconds_total",
-                "Time the container was throttled, in seconds",
-                each(lambda s: s.cpu["throttling_data"]["throttled_time"] / NANOS))
-    out.gauge("container_memory_usage_bytes", "Memory usage, page cache included",
-              each(lambda s: s.memory.get("usage", 0)))
-    out.gauge("container_memory_working_set_bytes",
-              "Memory usage less inactive page cache (what docker stats shows)",
-              each(lambda s: _working_set(s.memory)))
-    out.gauge("container_memory_limit_bytes",
-              "Memory limit (the host's memory when the container has none)",
-              each(lambda s: s.memory.get("limit", 0)))
-    out.counter("container_memory_failures_total",
-                "Times the memory limit was hit (v1 failcnt, v2 oom events)",
-                each(lambda s: s.memory.get("failcnt", 0)))
-    for family, key, help_text in _NETWORK:
-        out.counter(family, help_text + " (loopback excluded)", [
-            ({**labels, "interface": name}, counters[key])
-            for labels, sample in rows
-            for name, counters in sorted((sample.networks or {}).items())
-        ])
-    io = [(labels, _io_bytes(sample)) for labels, sample in rows]
-    for family, op in (("container_fs_reads_bytes_total", "read"),
-                       ("container_fs_writes_bytes_total", "write")):
-        out.counter(family, f"Bytes {op} from block devices, by device (major:minor)", [
-            ({**labels, "device": device}, value)
-            for labels, totals in io
-            for (device, kind), value in sorted(totals.items()) if kind == op
-        ])
-    out.gauge("container_pids", "Processes and threads in the container",
-              each(lambda s: s.pids.get("current", 0)))
-    out.gauge("container_pids_limit", "The container's pids limit (when it has one)", [
-        (labels, sample.pids["limit"]) for labels, sample in rows if sample.pids.get("limit")
-    ])
+    def each(value: Callable[[Sample], float]) -> Iterator[tuple[str, float]]:
+        return ((body, value(sample)) for body, sample in bodies)
+
+    family("counter", "container_cpu_usage_seconds_total", "CPU time consumed, in seconds",
+           each(lambda s: _cpu(s, "total_usage") / NANOS))
+    family("counter", "container_cpu_user_seconds_total", "CPU time consumed in user mode",
+           each(lambda s: _cpu(s, "usage_in_usermode") / NANOS))
+    family("counter", "container_cpu_system_seconds_total", "CPU time consumed in kernel mode",
+           each(lambda s: _cpu(s, "usage_in_kernelmode") / NANOS))
+    family("counter", "container_cpu_cfs_periods_total", "Elapsed CFS enforcement periods",
+           each(lambda s: s.cpu["throttling_data"]["periods"]))
+    family("counter", "container_cpu_cfs_throttled_periods_total", "Throttled CFS periods",
+           each(lambda s: s.cpu["throttling_data"]["throttled_periods"]))
+    family("counter", "container_cpu_cfs_throttled_seconds_total",
+           "Time the container was throttled, in seconds",
+           each(lambda s: s.cpu["throttling_data"]["throttled_time"] / NANOS))
+    family("gauge", "container_memory_usage_bytes", "Memory usage, page cache included",
+           each(lambda s: s.memory.get("usage", 0)))
+    family("gauge", "container_memory_working_set_bytes",
+           "Memory usage less inactive page cache (what docker stats shows)",
+           each(lambda s: _working_set(s.memory)))
+    family("gauge", "container_memory_limit_bytes",
+           "Memory limit (the host's memory when the container has none)",
+           each(lambda s: s.memory.get("limit", 0)))
+    family("counter", "container_memory_failures_total",
+           "Times the memory limit was hit (v1 failcnt, v2 oom events)",
+           each(lambda s: s.memory.get("failcnt", 0)))
+    interfaces = [(f'{body},interface="{escape_label_value(name)}"', counters)
+                  for body, sample in bodies
+                  for name, counters in sorted((sample.networks or {}).items())]
+    for name, key, help_text in _NETWORK:
+        family("counter", name, help_text + " (loopback excluded)",
+               ((body, counters[key]) for body, counters in interfaces))
+    io = [(body, _io_bytes(sample)) for body, sample in bodies]
+    for name, op in (("container_fs_reads_bytes_total", "read"),
+                     ("container_fs_writes_bytes_total", "write")):
+        family("counter", name, f"Bytes {op} from block devices, by device (major:minor)",
+               ((f'{body},device="{device}"', value)
+                for body, totals in io
+                for (device, kind), value in sorted(totals.items()) if kind == op))
+    family("gauge", "container_pids", "Processes and threads in the container",
+           each(lambda s: s.pids.get("current", 0)))
+    family("gauge", "container_pids_limit", "The container's pids limit (when it has one)",
+           ((body, sample.pids["limit"]) for body, sample in bodies
+            if sample.pids.get("limit")))

@@ -274,7 +274,8 @@ class ContainerFiles:
                 try:
                     files = known.get(key) or self._files_of(info, view)
                     current[key] = files
-                    found[view.id] = stats.read_sample(files, self._net_dev(view), host)
+                    found[view.id] = stats.read_sample(files, self._net_dev(view), host,
+                                                       full=False)
                 except OSError as exc:  # it stopped meanwhile: no sample this time
                     log.debug("no sample of %s: %s", view.id, exc)
             return found

@@ -187,11 +187,12 @@ def parse_net_dev(text: str) -> dict[str, Any]:
 
 
 # =========================================================================== cgroup v1
-def _v1_cpu(files: CgroupFiles) -> dict[str, Any]:
+def _v1_cpu(files: CgroupFiles, full: bool = True) -> dict[str, Any]:
     acct = files.dir("cpuacct")
     ticks = parse_flat_keyed(_read(acct, "cpuacct.stat"))
     usage: dict[str, Any] = {"total_usage": _int(_read(acct, "cpuacct.usage"))}
-    percpu = [int(v) for v in (_read(acct, "cpuacct.usage_percpu") or "").split()]
+    percpu_text = _read(acct, "cpuacct.usage_percpu") if full else None
+    percpu = [int(v) for v in (percpu_text or "").split()]
     if percpu:
         usage["percpu_usage"] = percpu
     usage["usage_in_kernelmode"] = ticks.get("system", 0) * NANOS // CLOCK_TICKS
@@ -204,7 +205,7 @@ def _v1_cpu(files: CgroupFiles) -> dict[str, Any]:
     }}
 
 
-def _v1_memory(files: CgroupFiles) -> dict[str, Any]:
+def _v1_memory(files: CgroupFiles, full: bool = True) -> dict[str, Any]:
     mem = files.dir("memory")
     usage = _read(mem, "memory.usage_in_bytes")
     if usage is None:
@@ -212,7 +213,7 @@ def _v1_memory(files: CgroupFiles) -> dict[str, Any]:
     raw = parse_flat_keyed(_read(mem, "memory.stat"))
     return {
         "usage": _int(usage),
-        "max_usage": _int(_read(mem, "memory.max_usage_in_bytes")),
+        "max_usage": _int(_read(mem, "memory.max_usage_in_bytes")) if full else 0,
         "stats": {key: raw.get(key, 0) for key in V1_MEMORY_KEYS},
         "failcnt": _int(_read(mem, "memory.failcnt")),
         "limit": _int(_read(mem, "memory.limit_in_bytes")),
@@ -235,7 +236,7 @@ def parse_blkio_v1(text: str | None) -> list[dict[str, Any]]:
     return entries
 
 
-def _v1_blkio(files: CgroupFiles) -> dict[str, Any]:
+def _v1_blkio(files: CgroupFiles, full: bool = True) -> dict[str, Any]:
     blkio = files.dir("blkio")
     lists: dict[str, Any] = {key: [] for key in BLKIO_KEYS}
     if blkio is None:
@@ -243,13 +244,14 @@ def _v1_blkio(files: CgroupFiles) -> dict[str, Any]:
     # The CFQ scheduler's files when the kernel has them (as containerd decides), else
     # the throttle layer's counters, which every kernel keeps.
     if (blkio / "blkio.io_serviced_recursive").exists():
-        for key in BLKIO_KEYS:
+        for key in BLKIO_KEYS if full else ("io_service_bytes_recursive",):
             lists[key] = parse_blkio_v1(_read(blkio, f"blkio.{key}"))
     else:
         lists["io_service_bytes_recursive"] = parse_blkio_v1(
             _read(blkio, "blkio.throttle.io_service_bytes"))
-        lists["io_serviced_recursive"] = parse_blkio_v1(
-            _read(blkio, "blkio.throttle.io_serviced"))
+        if full:
+            lists["io_serviced_recursive"] = parse_blkio_v1(
+                _read(blkio, "blkio.throttle.io_serviced"))
     return lists
 
 
@@ -343,14 +345,18 @@ def read_sample(
     net_dev: str | os.PathLike[str] | None,
     host: HostFiles | HostReading = HostFiles(),
     now_ns: int | None = None,
+    full: bool = True,
 ) -> Sample:
     """Read everything once (blocking). ``host`` may be a reading already taken (the
-    metrics scrape reads the host once for all its containers)."""
+    metrics scrape reads the host once for all its containers). ``full=False`` leaves
+    out, on cgroup v1, what only ``docker stats`` shows (per-CPU usage, max_usage, the
+    I/O counts and CFQ lists): three files fewer per container for the scrape."""
     read_ns = time.time_ns() if now_ns is None else now_ns
     if files.version == "2":
         cpu, memory, blkio = _v2_cpu(files), _v2_memory(files), _v2_blkio(files)
     else:
-        cpu, memory, blkio = _v1_cpu(files), _v1_memory(files), _v1_blkio(files)
+        cpu, memory = _v1_cpu(files, full), _v1_memory(files, full)
+        blkio = _v1_blkio(files, full)
     reading = host if isinstance(host, HostReading) else read_host(host)
     cpu = {"cpu_usage": cpu["cpu_usage"], "system_cpu_usage": reading.system_cpu_usage,
            "online_cpus": reading.online_cpus, "throttling_data": cpu["throttling_data"]}

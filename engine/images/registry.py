@@ -108,7 +108,7 @@ class Registries:
                 self._insecure_nets.append(ipaddress.ip_network(text, strict=False))
             except ValueError:
                 self._insecure_hosts.add(text.lower())
-        self.set_mirrors(mirrors)
+        self._mirrors = [m.rstrip("/") for m in mirrors]
         self._connector = connector
         self._session: aiohttp.ClientSession | None = None
         self._session_lock = asyncio.Lock()
@@ -117,10 +117,6 @@ class Registries:
         self._working: dict[str, str] = {}  # host → base that answered last time
 
     # -- settings -----------------------------------------------------------------------
-    def set_mirrors(self, mirrors: Sequence[str]) -> None:
-        """The Docker Hub mirrors to try, in order (also on a configuration reload)."""
-        self._mirrors = [m.rstrip("/") for m in mirrors]
-
     def is_insecure(self, host: str) -> bool:
         """dockerd's rule: listed hosts, listed CIDRs, and loopback are insecure (plain
         HTTP allowed, certificates not checked). Host names are not resolved."""

@@ -134,7 +134,7 @@ class MetricsCollector:
                   [({"architecture": host.arch, "commit": ENGINE_COMMIT,
                      "daemon_id": facts.daemon_id, "graphdriver": GRAPH_DRIVER,
                      "kernel": host.kernel, "os": host.os_name, "os_type": "linux",
-                     "version": facts.version}, 1)])
+                     "os_version": host.os_version, "version": facts.version}, 1)])
         out.gauge("engine_daemon_engine_cpus_cpus",
                   "The number of cpus that the host system of the engine has",
                   [({}, host.ncpu)])

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -23,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from tests.harness.cli import DockerCLI, import_busybox
-from tests.harness.daemon import DaemonProcess, wharfd_unavailable_reason
+from tests.harness.daemon import DaemonProcess, DaemonStartError, wharfd_unavailable_reason
+from tests.harness.netns import NetNS
 
 pytestmark = pytest.mark.root
 
@@ -141,6 +143,31 @@ def test_scrape_follows_container_lifecycle(daemon: DaemonProcess, web: str) -> 
 def test_other_paths_are_not_found(daemon: DaemonProcess) -> None:
     found = curl(daemon, f"http://{METRICS}/containers/json")
     assert found.stdout.startswith("HTTP/1.1 404")
+
+
+def test_a_busy_metrics_address_stops_the_start(daemon: DaemonProcess) -> None:
+    """The address taken by another process in the daemon's namespace: the daemon exits
+    1 (as dockerd), having closed its engine again. (A namespace of its own: the module's
+    daemon only decides whether the module runs at all.)"""
+    with NetNS("wharfd-t") as netns:
+        holder = netns.popen(
+            [sys.executable, "-c", "import socket, sys; s = socket.socket(); "
+             f"s.bind(('127.0.0.1', {METRICS.rsplit(':', 1)[1]})); s.listen(); "
+             "print('bound', flush=True); sys.stdin.read()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        d = DaemonProcess(["--metrics-addr", METRICS], netns=netns)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "bound\n"
+            with pytest.raises(DaemonStartError):
+                d.start(timeout=30)
+            log = d.log_text()
+            assert "failed to start daemon" in log and "address already in use" in log
+            assert "engine closed" in log
+        finally:
+            d.cleanup()
+            if holder.poll() is None:
+                os.kill(holder.pid, signal.SIGKILL)
+            holder.wait(10)
 
 
 # ------------------------------------------------------------------ prometheus

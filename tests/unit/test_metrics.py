@@ -210,6 +210,9 @@ def test_scrape_has_dockerds_engine_families_and_running_containers_only() -> No
     assert families["engine_daemon_health_checks"][0].value == 5
     assert families["engine_daemon_health_checks_failed"][0].value == 2
     (info,) = families["engine_daemon_engine_info"]
-    assert info.labels["daemon_id"] == "ID" and info.labels["os_type"] == "linux"
+    assert info.labels == {  # dockerd 20.10's label set
+        "architecture": "x86_64", "commit": "unknown", "daemon_id": "ID",
+        "graphdriver": "overlay2", "kernel": "6.1.0", "os": "Debian GNU/Linux 12 (bookworm)",
+        "os_type": "linux", "os_version": "12", "version": "0.1.0"}
     assert families["engine_daemon_engine_cpus_cpus"][0].value == 2
     assert {s.labels["name"] for s in families["container_memory_usage_bytes"]} == {"web"}

@@ -140,6 +140,42 @@ def test_scrape_follows_container_lifecycle(daemon: DaemonProcess, web: str) -> 
     assert deletes >= 1
 
 
+def test_actions_and_health_checks_are_counted(daemon: DaemonProcess, web: str) -> None:
+    cli = DockerCLI(daemon)
+    before = scrape(daemon)
+
+    def count(samples: dict[str, float], family: str, action: str) -> float:
+        return one(samples, family + "_count", f'action="{action}"')
+
+    containers, networks = ("engine_daemon_container_actions_seconds",
+                            "engine_daemon_network_actions_seconds")
+    cli.ok("diff", web)
+    image = cli.ok("commit", web).strip()
+    cli.ok("network", "create", "metrics-net")
+    cli.ok("network", "connect", "metrics-net", web)
+    cli.ok("network", "disconnect", "metrics-net", web)
+    cli.ok("network", "rm", "metrics-net")
+    sick = cli.ok("run", "-d", "--health-cmd", "false", "--health-interval", "1s",
+                  "busybox", "sleep", "600").strip()
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            after = scrape(daemon)
+            if after["engine_daemon_health_checks_failed_total"] >= 2:
+                break
+            assert time.monotonic() < deadline, "no failed health checks counted"
+            time.sleep(0.5)
+    finally:
+        cli.remove([sick])
+        cli("rmi", image)
+    assert count(after, containers, "changes") == count(before, containers, "changes") + 1
+    assert count(after, containers, "commit") == count(before, containers, "commit") + 1
+    for action in ("create", "connect", "disconnect", "delete"):
+        assert count(after, networks, action) >= 1, action
+    assert after["engine_daemon_health_checks_total"] >= \
+        after["engine_daemon_health_checks_failed_total"]
+
+
 def test_other_paths_are_not_found(daemon: DaemonProcess) -> None:
     found = curl(daemon, f"http://{METRICS}/containers/json")
     assert found.stdout.startswith("HTTP/1.1 404")

@@ -266,10 +266,10 @@ class ContainerFiles:
         known = self._scrape_files
         self._scrape_files = current = {}
 
-        def read_share(share: list[ContainerView]) -> dict[str, stats.Sample]:
+        def read_all() -> dict[str, stats.Sample]:
             host = stats.read_host(self._host)
             found: dict[str, stats.Sample] = {}
-            for view in share:
+            for view in running:
                 key = (view.id, view.state.pid)
                 try:
                     files = known.get(key) or self._files_of(info, view)
@@ -280,7 +280,7 @@ class ContainerFiles:
                     log.debug("no sample of %s: %s", view.id, exc)
             return found
 
-        return await asyncio.to_thread(read_share, running)
+        return await asyncio.to_thread(read_all)
 
     async def stats(
         self, ref: str, *, stream: bool = True, one_shot: bool = False

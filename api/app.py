@@ -296,6 +296,13 @@ def make_app(engine: Engine) -> web.Application:
         Mount(swarm.routes, swarm.BACKEND, engine.swarm),
         Mount(nodes.routes, swarm.BACKEND, engine.swarm),
     ]
-    return build_app(
+    app = build_app(
         mounts, experimental=engine.config.experimental, lifecycle_ctx=engine_lifecycle(engine)
     )
+    if engine.config.metrics_addr:
+        from api.metrics import metrics_lifecycle
+
+        # After the engine's context: up once the engine has started, down before it closes.
+        app.cleanup_ctx.append(metrics_lifecycle(engine.config.metrics_addr,
+                                                 lambda: engine.metrics))
+    return app

@@ -36,6 +36,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from api.listeners import ListenerError, close_listeners, open_listeners, parse_host
+from api.metrics import split_address
 from api.notify import Notifier
 from api.pidfile import PidFile, PidFileLocked
 from api.server import ApiServer, Listener
@@ -84,6 +85,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--insecure-registry",), "insecure-registries", "list", "plain-HTTP registry"),
     Flag(("--registry-mirror",), "registry-mirrors", "list", "Docker Hub mirror"),
     Flag(("--label",), "labels", "list", "daemon label (key=value)"),
+    Flag(("--metrics-addr",), "metrics-addr", "str", "serve Prometheus /metrics on HOST:PORT"),
     Flag(("--log-driver",), "log-driver", "str", "default container log driver"),
     Flag(("--log-opt",), "log-opts", "map", "log driver option", "KEY=VALUE"),
     Flag(("--dns",), "dns", "list", "DNS server for containers"),
@@ -272,11 +274,13 @@ def load_config(namespace: argparse.Namespace) -> EngineConfig:
         config = EngineConfig.model_validate(merged)
         for host in config.hosts:
             parse_host(host)
+        if config.metrics_addr:
+            split_address(config.metrics_addr)
     except ConfigError as exc:
         raise ConfigError(f"unable to configure the daemon with file {path}: {exc}") from None
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration: {_validation_text(exc)}") from None
-    except ListenerError as exc:
+    except (ListenerError, ValueError) as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None
     return config
 

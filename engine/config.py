@@ -14,6 +14,7 @@ concurrency and ``features``. Their consumers are the respective managers.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,21 @@ LOG_LEVELS = frozenset({"trace", "debug", "info", "warn", "warning", "error", "f
 
 _MEM_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 _MEM_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def normalize_mirror(value: str) -> str:
+    """A ``registry-mirrors`` entry as dockerd keeps it: an http(s) URL with no path,
+    query, fragment or credentials, ending in exactly one ``/``."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f'invalid mirror: unsupported scheme "{parts.scheme}" in "{value}"')
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f'invalid mirror: path, query, or fragment at end of the URI "{value}"')
+    if parts.username is not None:
+        raise ValueError("invalid mirror: username/password not allowed in URI")
+    if not parts.netloc:
+        raise ValueError(f'invalid mirror: "{value}" is not a valid URI')
+    return value.rstrip("/") + "/"
 
 
 def parse_mem_bytes(value: str | int) -> int:
@@ -85,6 +101,7 @@ class EngineConfig(BaseModel):
     labels: list[str] = Field(default_factory=list, alias="labels")
     insecure_registries: list[str] = Field(default_factory=list, alias="insecure-registries")
     registry_mirrors: list[str] = Field(default_factory=list, alias="registry-mirrors")
+    metrics_addr: str | None = Field(default=None, alias="metrics-addr")
 
     # --- further dockerd keys (consumed by the network, log and registry code) -----------
     log_driver: str = Field(default="json-file", alias="log-driver")
@@ -115,6 +132,11 @@ class EngineConfig(BaseModel):
         if not isinstance(value, str | int):
             raise ValueError(f"invalid size: '{value}'")
         return parse_mem_bytes(value)
+
+    @field_validator("registry_mirrors")
+    @classmethod
+    def _mirrors(cls, value: list[str]) -> list[str]:
+        return [normalize_mirror(m) for m in value]
 
     @field_validator("log_level")
     @classmethod

@@ -29,6 +29,7 @@ from engine.store.content import ContentStore
 from engine.store.db import Database
 from engine.swarm.cluster import SwarmManager
 from engine.system.info import ENGINE_VERSION, SystemInfo
+from engine.system.metrics import MetricsCollector, MetricSources
 from engine.system.usage import DiskUsage
 from engine.volumes.manager import VolumeManager
 
@@ -78,6 +79,10 @@ class Engine:
         )
         self.system = SystemInfo(config, self.layout, self.runtimes)
         self.builder = BuildManager(self.db, self.layout, self.images, self.containers)
+        self.metrics = MetricsCollector(MetricSources(
+            containers=self.containers, networks=self.networks, events=self.events,
+            health=self.health, sampler=self.container_files, facts=self.system.facts,
+        ))
         self.usage = DiskUsage(self.images, self.containers, self.volumes, self.snapshotter)
         self.swarm = SwarmManager(self.layout, ENGINE_VERSION)
 

@@ -107,6 +107,7 @@ class EventBus:
     def __init__(self, ring_size: int = RING_SIZE) -> None:
         self._ring: deque[Event] = deque(maxlen=ring_size)
         self._subscribers: set[asyncio.Queue[Event]] = set()
+        self.published_count = 0  # engine_daemon_events_total
 
     @property
     def listener_count(self) -> int:
@@ -114,6 +115,7 @@ class EventBus:
 
     def publish(self, event: Event) -> None:
         self._ring.append(event)
+        self.published_count += 1
         for queue in self._subscribers:
             queue.put_nowait(event)
 

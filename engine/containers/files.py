@@ -29,6 +29,7 @@ from engine.containers.state import Status
 from engine.errors import Conflict, InvalidParameter, NotFound
 from engine.events import EventBus
 from engine.images.unpack import ChunkPipe
+from engine.instruments import LabeledTimer, timed
 from engine.runtime import cgroups
 from engine.snapshots.base import Mount
 
@@ -40,6 +41,8 @@ STATS_INTERVAL = 1.0  # seconds between samples (dockerd's collector interval)
 class _Containers(Protocol):
     """What we use of ContainerManager."""
 
+    @property
+    def actions(self) -> LabeledTimer: ...
     def get(self, ref: str) -> ContainerView: ...
     def rootfs(
         self, ref: str, *, with_mounts: bool = False
@@ -78,6 +81,7 @@ class ContainerFiles:
         self._detect = cgroup_info
         self._info: cgroups.CgroupInfo | None = None
         self._host = host or stats.HostFiles()
+        self._scrape_files: dict[tuple[str, int], stats.CgroupFiles] = {}
         self._proc = proc
 
     def _emit(self, view: ContainerView, action: str) -> None:
@@ -177,6 +181,12 @@ class ContainerFiles:
                 await asyncio.to_thread(source.close)
 
     # ------------------------------------------------------------------ diff
+    @property
+    def actions(self) -> LabeledTimer:
+        """The container manager's action timer (``docker diff`` is one of its actions)."""
+        return self._containers.actions
+
+    @timed("changes")
     async def changes(self, ref: str) -> list[dict[str, object]] | None:
         """``docker diff``: None (JSON null, as dockerd) when nothing changed."""
         view = self._containers.get(ref)
@@ -199,14 +209,18 @@ class ContainerFiles:
     async def cgroup_files(self, view: ContainerView) -> stats.CgroupFiles:
         """The container's cgroup directories, as the runtime placed them."""
         info = await self._cgroup_info()
+        return await asyncio.to_thread(self._files_of, info, view)
+
+    def _files_of(self, info: cgroups.CgroupInfo, view: ContainerView) -> stats.CgroupFiles:
+        """``cgroup_files``, blocking."""
         parent = view.config.host_config.get("CgroupParent") or self._config.cgroup_parent
         path = cgroups.cgroups_path(parent, view.id)
         dirs = cgroups.cgroup_dirs(info, path) if path.startswith("/") else {}
-        if view.state.pid and not await asyncio.to_thread(_any_dir, dirs):
+        if view.state.pid and not _any_dir(dirs):
             # A relative parent hangs below the runtime's own cgroup, and a daemon
             # restarted with another --cgroup-parent left older containers elsewhere:
             # ask the kernel where the container's init process is.
-            dirs = await asyncio.to_thread(self._dirs_of_pid, info, view.state.pid)
+            dirs = self._dirs_of_pid(info, view.state.pid)
         return stats.CgroupFiles(info.version, dirs)
 
     def _dirs_of_pid(self, info: cgroups.CgroupInfo, pid: int) -> dict[str, Path]:
@@ -235,10 +249,38 @@ class ContainerFiles:
         return result
 
     # ------------------------------------------------------------------ stats
+    def _net_dev(self, view: ContainerView) -> str | None:
+        return f"{self._proc}/{view.state.pid}/net/dev" if view.state.pid else None
+
     async def _sample(self, view: ContainerView) -> stats.Sample:
         files = await self.cgroup_files(view)
-        net_dev = self._proc / str(view.state.pid) / "net" / "dev" if view.state.pid else None
-        return await asyncio.to_thread(stats.read_sample, files, net_dev, self._host)
+        return await asyncio.to_thread(stats.read_sample, files, self._net_dev(view), self._host)
+
+    async def samples(self, views: list[ContainerView]) -> dict[str, stats.Sample]:
+        """One sample of each running container in ``views`` (by id), for the metrics
+        scrape: all read in one worker thread (a thread hop per container would cost
+        more than its reads), the host's files once. Where each container's files are
+        is remembered from one scrape to the next (by id and pid: a restart moves it)."""
+        info = await self._cgroup_info()
+        running = [v for v in views if v.running and v.state.pid]
+        known = self._scrape_files
+        self._scrape_files = current = {}
+
+        def read_all() -> dict[str, stats.Sample]:
+            host = stats.read_host(self._host)
+            found: dict[str, stats.Sample] = {}
+            for view in running:
+                key = (view.id, view.state.pid)
+                try:
+                    files = known.get(key) or self._files_of(info, view)
+                    current[key] = files
+                    found[view.id] = stats.read_sample(files, self._net_dev(view), host,
+                                                       full=False)
+                except OSError as exc:  # it stopped meanwhile: no sample this time
+                    log.debug("no sample of %s: %s", view.id, exc)
+            return found
+
+        return await asyncio.to_thread(read_all)
 
     async def stats(
         self, ref: str, *, stream: bool = True, one_shot: bool = False

@@ -27,6 +27,7 @@ from engine.containers.model import ContainerView
 from engine.containers.streams import StreamSet
 from engine.errors import EngineError
 from engine.events import EventBus
+from engine.instruments import Counter
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ class HealthChecker:
         self._events = events
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._follower: asyncio.Task[None] | None = None
+        # dockerd's engine_daemon_health_checks_total and ..._failed_total
+        self.checks = Counter()
+        self.failed_checks = Counter()
 
     async def start(self) -> None:
         """Probe the running containers (after a restore) and follow starts and stops."""
@@ -122,6 +126,9 @@ class HealthChecker:
                 await asyncio.sleep(start_interval if in_start_period and start_period
                                     else interval)
                 entry = await self._probe(cid, argv, probe_timeout)
+                self.checks.inc()
+                if entry["ExitCode"] != 0:
+                    self.failed_checks.inc()
                 health["Log"] = [*health["Log"], entry][-LOG_ENTRIES:]
                 in_start_period = time.monotonic() - began < start_period
                 if entry["ExitCode"] == 0:

@@ -41,6 +41,7 @@ from engine.containers.table import ContainerTable
 from engine.errors import Conflict, InvalidParameter, NotFound, NotModified
 from engine.events import EventBus
 from engine.images.manager import ImageManager
+from engine.instruments import LabeledTimer, timed
 from engine.layout import Layout
 from engine.networks.manager import NetworkManager
 from engine.runtime.base import OCIRuntime
@@ -52,6 +53,8 @@ from engine.volumes.manager import VolumeManager
 
 log = logging.getLogger(__name__)
 
+# The actions dockerd shows before their first use (zero counts), in its order.
+CONTAINER_ACTIONS = ("start", "changes", "commit", "create", "delete")
 WAIT_CONDITIONS = frozenset({"not-running", "next-exit", "removed"})
 KILL_WAIT = 10.0
 LIST_FILTERS = frozenset(
@@ -86,6 +89,8 @@ class ContainerManager:
         self._snapshotter = snapshotter
         self._runtimes: dict[str, OCIRuntime] = runtimes
         self._monitor = monitor
+        # dockerd's engine_daemon_container_actions_seconds, read by the metrics scrape.
+        self.actions = LabeledTimer(preset=CONTAINER_ACTIONS)
         # The collaborators: shared state, the start path, runs and exits, attach and
         # logs, restore. Each owns one concern; this class is the API the routers call.
         self._table = ContainerTable(db, events)
@@ -196,6 +201,7 @@ class ContainerManager:
         return matches
 
     # ------------------------------------------------------------------ configuration
+    @timed("create")
     async def create(
         self, body: dict[str, Any], name: str | None, platform: str | None = None
     ) -> tuple[str, list[str]]:
@@ -213,6 +219,7 @@ class ContainerManager:
         await self._records.remove_link(link_name)
 
     # ------------------------------------------------------------------ start
+    @timed("start")
     async def start(self, ref: str) -> None:
         view = self.get(ref)
         async with self._locks.hold(view.id):
@@ -489,6 +496,7 @@ class ContainerManager:
 
     # ------------------------------------------------------------------ logs
     # ------------------------------------------------------------------ remove
+    @timed("delete")
     async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
         view = self.get(ref)
         cid = view.id

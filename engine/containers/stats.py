@@ -101,11 +101,25 @@ class Sample:
 
 
 # =========================================================================== files
+def read_small_file(path: str | os.PathLike[str]) -> str:
+    """A cgroup or /proc file's text. os.open/os.read instead of ``Path.read_text``: a
+    sample reads some fifteen such files, and the metrics scrape does so for every
+    running container, where pathlib and the text layer cost three times the syscalls."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
+
+
 def _read(path: Path | None, name: str) -> str | None:
     if path is None:
         return None
     try:
-        return (path / name).read_text()
+        return read_small_file(f"{path}/{name}")  # cheaper than pathlib's joins
     except (FileNotFoundError, NotADirectoryError, ProcessLookupError):
         return None
 
@@ -124,12 +138,11 @@ def parse_flat_keyed(text: str | None) -> dict[str, int]:
     """``key value`` lines (memory.stat, cpu.stat, cpuacct.stat, memory.events)."""
     out: dict[str, int] = {}
     for line in (text or "").splitlines():
-        fields = line.split()
-        if len(fields) == 2:
-            try:
-                out[fields[0]] = int(fields[1])
-            except ValueError:
-                continue
+        key, _, value = line.partition(" ")
+        try:
+            out[key] = int(value)
+        except ValueError:  # not "key number" (three fields, a word, an empty line)
+            continue
     return out
 
 
@@ -174,11 +187,12 @@ def parse_net_dev(text: str) -> dict[str, Any]:
 
 
 # =========================================================================== cgroup v1
-def _v1_cpu(files: CgroupFiles) -> dict[str, Any]:
+def _v1_cpu(files: CgroupFiles, full: bool = True) -> dict[str, Any]:
     acct = files.dir("cpuacct")
     ticks = parse_flat_keyed(_read(acct, "cpuacct.stat"))
     usage: dict[str, Any] = {"total_usage": _int(_read(acct, "cpuacct.usage"))}
-    percpu = [int(v) for v in (_read(acct, "cpuacct.usage_percpu") or "").split()]
+    percpu_text = _read(acct, "cpuacct.usage_percpu") if full else None
+    percpu = [int(v) for v in (percpu_text or "").split()]
     if percpu:
         usage["percpu_usage"] = percpu
     usage["usage_in_kernelmode"] = ticks.get("system", 0) * NANOS // CLOCK_TICKS
@@ -191,14 +205,15 @@ def _v1_cpu(files: CgroupFiles) -> dict[str, Any]:
     }}
 
 
-def _v1_memory(files: CgroupFiles) -> dict[str, Any]:
+def _v1_memory(files: CgroupFiles, full: bool = True) -> dict[str, Any]:
     mem = files.dir("memory")
-    if mem is None or _read(mem, "memory.usage_in_bytes") is None:
+    usage = _read(mem, "memory.usage_in_bytes")
+    if usage is None:
         return {}
     raw = parse_flat_keyed(_read(mem, "memory.stat"))
     return {
-        "usage": _int(_read(mem, "memory.usage_in_bytes")),
-        "max_usage": _int(_read(mem, "memory.max_usage_in_bytes")),
+        "usage": _int(usage),
+        "max_usage": _int(_read(mem, "memory.max_usage_in_bytes")) if full else 0,
         "stats": {key: raw.get(key, 0) for key in V1_MEMORY_KEYS},
         "failcnt": _int(_read(mem, "memory.failcnt")),
         "limit": _int(_read(mem, "memory.limit_in_bytes")),
@@ -221,7 +236,7 @@ def parse_blkio_v1(text: str | None) -> list[dict[str, Any]]:
     return entries
 
 
-def _v1_blkio(files: CgroupFiles) -> dict[str, Any]:
+def _v1_blkio(files: CgroupFiles, full: bool = True) -> dict[str, Any]:
     blkio = files.dir("blkio")
     lists: dict[str, Any] = {key: [] for key in BLKIO_KEYS}
     if blkio is None:
@@ -229,13 +244,14 @@ def _v1_blkio(files: CgroupFiles) -> dict[str, Any]:
     # The CFQ scheduler's files when the kernel has them (as containerd decides), else
     # the throttle layer's counters, which every kernel keeps.
     if (blkio / "blkio.io_serviced_recursive").exists():
-        for key in BLKIO_KEYS:
+        for key in BLKIO_KEYS if full else ("io_service_bytes_recursive",):
             lists[key] = parse_blkio_v1(_read(blkio, f"blkio.{key}"))
     else:
         lists["io_service_bytes_recursive"] = parse_blkio_v1(
             _read(blkio, "blkio.throttle.io_service_bytes"))
-        lists["io_serviced_recursive"] = parse_blkio_v1(
-            _read(blkio, "blkio.throttle.io_serviced"))
+        if full:
+            lists["io_serviced_recursive"] = parse_blkio_v1(
+                _read(blkio, "blkio.throttle.io_serviced"))
     return lists
 
 
@@ -310,26 +326,45 @@ def _omit_zero(memory: dict[str, Any], host_memory: int) -> dict[str, Any]:
     return {k: v for k, v in memory.items() if v}
 
 
+@dataclass(frozen=True)
+class HostReading:
+    """The host's side of a sample: (system_cpu_usage ns, online_cpus, RAM bytes)."""
+
+    system_cpu_usage: int
+    online_cpus: int
+    memory: int
+
+
+def read_host(host: HostFiles = HostFiles()) -> HostReading:
+    usage, online = system_cpu(read_small_file(host.proc_stat))
+    return HostReading(usage, online, machine_memory(read_small_file(host.meminfo)))
+
+
 def read_sample(
     files: CgroupFiles,
-    net_dev: Path | None,
-    host: HostFiles = HostFiles(),
+    net_dev: str | os.PathLike[str] | None,
+    host: HostFiles | HostReading = HostFiles(),
     now_ns: int | None = None,
+    full: bool = True,
 ) -> Sample:
-    """Read everything once (blocking)."""
+    """Read everything once (blocking). ``host`` may be a reading already taken (the
+    metrics scrape reads the host once for all its containers). ``full=False`` leaves
+    out, on cgroup v1, what only ``docker stats`` shows (per-CPU usage, max_usage, the
+    I/O counts and CFQ lists): three files fewer per container for the scrape."""
     read_ns = time.time_ns() if now_ns is None else now_ns
     if files.version == "2":
         cpu, memory, blkio = _v2_cpu(files), _v2_memory(files), _v2_blkio(files)
     else:
-        cpu, memory, blkio = _v1_cpu(files), _v1_memory(files), _v1_blkio(files)
-    system_usage, online = system_cpu(host.proc_stat.read_text())
-    cpu = {"cpu_usage": cpu["cpu_usage"], "system_cpu_usage": system_usage,
-           "online_cpus": online, "throttling_data": cpu["throttling_data"]}
-    memory = _omit_zero(memory, machine_memory(host.meminfo.read_text()))
+        cpu, memory = _v1_cpu(files, full), _v1_memory(files, full)
+        blkio = _v1_blkio(files, full)
+    reading = host if isinstance(host, HostReading) else read_host(host)
+    cpu = {"cpu_usage": cpu["cpu_usage"], "system_cpu_usage": reading.system_cpu_usage,
+           "online_cpus": reading.online_cpus, "throttling_data": cpu["throttling_data"]}
+    memory = _omit_zero(memory, reading.memory)
     networks = None
     if net_dev is not None:
         try:
-            networks = parse_net_dev(net_dev.read_text()) or None
+            networks = parse_net_dev(read_small_file(net_dev)) or None
         except (FileNotFoundError, ProcessLookupError):
             networks = None
     return Sample(read_ns, cpu, memory, blkio, _pids(files.dir("pids")), networks)

@@ -47,6 +47,7 @@ from engine.images.pipes import ThreadJob, ThreadPipe
 from engine.images.platforms import host_arch
 from engine.images.reference import Reference, repo_tag_reference
 from engine.images.timefmt import rfc3339_nano
+from engine.instruments import LabeledTimer
 from engine.store.content import ContentStore, ContentWriter
 from engine.store.crashpoints import crash_point
 
@@ -90,6 +91,10 @@ class ContainerLike(Protocol):
 
 class CommitSource(Protocol):
     """What commit needs of the container manager (its public methods)."""
+
+    @property
+    def actions(self) -> LabeledTimer:
+        """Where a successful commit's duration goes (dockerd's container action)."""
 
     def get(self, ref: str) -> Any: ...
     def rootfs(self, ref: str) -> AbstractAsyncContextManager[tuple[Any, Path]]: ...

@@ -761,7 +761,8 @@ class ImageManager(RemovalMixin):
         """``POST /commit``: see engine/images/commit.py."""
         from engine.images import commit
 
-        return await commit.commit(self, source, **options)
+        with source.actions.time("commit"):
+            return await commit.commit(self, source, **options)
 
     # ------------------------------------------------------------------ tag
     async def tag(self, ref: str, repo: str, tag: str | None) -> str:

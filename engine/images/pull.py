@@ -135,13 +135,22 @@ async def _fetch_manifest(
             await repo.ping()
             data, content_type, _ = await repo.get_manifest(reference)
         except RegistryUnreachable as exc:
+            if endpoint.mirror:
+                log.warning("pull %s: mirror %s is unreachable, trying the next: %s",
+                            ref.familiar(), endpoint.base, exc)
             last = exc
             continue
         except RegistryError as exc:
             if endpoint.mirror:
+                log.info("pull %s: mirror %s answered %s, trying the next: %s",
+                         ref.familiar(), endpoint.base, exc.status, exc)
                 last = exc
                 continue  # a mirror's failure falls back to the registry itself
             raise translate(exc, ref) from None
+        if ref.domain == DOCKER_IO:
+            # which of the mirrors, or the Hub itself, served the pull: operators ask
+            log.info("pull %s: served by %s%s", ref.familiar(), endpoint.base,
+                     " (mirror)" if endpoint.mirror else "")
         return repo, data, content_type
     assert last is not None
     if isinstance(last, RegistryError):

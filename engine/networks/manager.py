@@ -39,6 +39,7 @@ from engine.config import EngineConfig
 from engine.errors import Conflict, Forbidden, InvalidParameter, NotFound, SystemError_
 from engine.events import EventBus
 from engine.ids import new_id, resolve
+from engine.instruments import LabeledTimer, timed
 from engine.networks import bridge, dns, firewall, ipam, ports
 from engine.networks.model import DRIVERS, PREDEFINED, Endpoint, Network
 from engine.store.db import Database
@@ -139,6 +140,8 @@ class NetworkManager:
         self._holder = ports.PortHolder()
         self._lock = asyncio.Lock()          # allocations, creates, rules
         self._resolver = dns.Resolver(self._lookup, self._upstreams)
+        # dockerd's engine_daemon_network_actions_seconds, read by the metrics scrape.
+        self.actions = LabeledTimer()
 
     # ------------------------------------------------------------------ read side
     def get(self, ref: str) -> Network:
@@ -330,6 +333,7 @@ class NetworkManager:
                 return False
         return True
 
+    @timed("create")
     async def create(self, body: Mapping[str, Any]) -> tuple[Network, str]:
         name = str(body.get("Name") or "")
         if not name:
@@ -393,6 +397,7 @@ class NetworkManager:
         self._events.emit("network", "create", net.id, {"name": net.name, "type": "bridge"})
         return net, ""
 
+    @timed("delete")
     async def remove(self, ref: str) -> None:
         net = self.get(ref)
         if net.predefined:
@@ -542,6 +547,7 @@ class NetworkManager:
                 self._endpoints[key] = ep.evolve(container_name=name)
 
     # ------------------------------------------------------------------ start / stop
+    @timed("allocate")
     async def plug(self, request: SandboxRequest, mode: str) -> None:
         """Give a starting container its interfaces, ports and resolver. On failure
         everything taken so far is released."""
@@ -681,6 +687,7 @@ class NetworkManager:
         if pool6 is not None and ep.address6:
             pool6.release(ipaddress.IPv6Address(ep.address6))
 
+    @timed("release")
     async def unplug(self, container_id: str) -> None:
         """Release everything a run of the container held. Idempotent."""
         await self._resolver.stop(container_id)
@@ -694,6 +701,7 @@ class NetworkManager:
             await self._apply_rules()
 
     # ------------------------------------------------------------------ connect
+    @timed("connect")
     async def connect(self, container_id: str, container_name: str, mode: str, ref: str,
                       settings: Mapping[str, Any], netns: Path | None) -> None:
         """``docker network connect``; ``netns`` is the container's when it runs."""
@@ -741,6 +749,7 @@ class NetworkManager:
         )
         self._endpoints.pop((ep.container_id, ep.network_id), None)
 
+    @timed("disconnect")
     async def disconnect(self, container_id: str, ref: str, netns: Path | None) -> None:
         net = self.get(ref)
         if net.name == "host":

@@ -51,6 +51,12 @@ http:
     X-Content-Type-Options: [nosniff]
 {auth}"""
 
+# A pull-through cache of another registry (never of the Hub: tests stay offline).
+_PROXY = """\
+proxy:
+  remoteurl: {remote}
+"""
+
 _AUTH = """\
 auth:
   htpasswd:
@@ -93,8 +99,12 @@ class LocalRegistry:
         port: int = 5000,
         htpasswd: tuple[str, str] | None = None,
         tmp_base: str | os.PathLike[str] | None = None,
+        proxy_remote: str | None = None,
     ) -> None:
+        """``proxy_remote``: serve as a pull-through mirror of that registry URL (in
+        the same namespace), as ``registry-mirrors`` entries are."""
         self.netns = netns
+        self.proxy_remote = proxy_remote
         self.port = port
         self.credentials = htpasswd
         self.tmp = Path(tempfile.mkdtemp(prefix=f"wharfd-reg-{port}-", dir=tmp_base))
@@ -117,6 +127,8 @@ class LocalRegistry:
             path = self.tmp / "htpasswd"
             path.write_text(bcrypt_entry(*self.credentials) + "\n")
             auth = _AUTH.format(path=path)
+        if self.proxy_remote is not None:
+            auth += _PROXY.format(remote=self.proxy_remote)
         self.config_path.write_text(
             _CONFIG.format(storage=self.storage, port=self.port, auth=auth)
         )

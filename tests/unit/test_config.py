@@ -78,7 +78,7 @@ def test_flags() -> None:
     assert config.default_shm_size == 128 * 1024 * 1024
     assert config.labels == ["a=b", "c"]
     assert config.insecure_registries == ["10.0.0.0/8"]
-    assert config.registry_mirrors == ["https://m.example"]
+    assert config.registry_mirrors == ["https://m.example/"]  # dockerd adds the slash
     assert config.log_opts == {"max-size": "10m"}
     assert config.default_address_pools[0].base == "10.10.0.0/16"
 
@@ -253,3 +253,38 @@ def test_validate_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-v"]) == 0
     assert capsys.readouterr().out.startswith("wharfd version ")
+
+
+# ------------------------------------------------------------------ registry mirrors
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [("https://m.example", "https://m.example/"), ("https://m.example/", "https://m.example/"),
+     ("http://10.0.0.1:5000", "http://10.0.0.1:5000/")],
+)
+def test_mirrors_end_in_one_slash_as_in_dockerd(given: str, kept: str) -> None:
+    assert EngineConfig.model_validate({"registry-mirrors": [given]}).registry_mirrors == [kept]
+
+
+@pytest.mark.parametrize(
+    ("given", "why"),
+    [("m.example", "unsupported scheme"), ("ftp://m.example", "unsupported scheme"),
+     ("https://m.example/v2/", "path, query, or fragment"),
+     ("https://m.example//", "path, query, or fragment"),
+     ("https://m.example/?a=b", "path, query, or fragment"),
+     ("https://u:p@m.example", "username/password not allowed")],
+)
+def test_bad_mirrors_stop_the_daemon(tmp_path: Path, given: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        config_from(["--config-file", str(write(tmp_path, {"registry-mirrors": [given]}))])
+
+
+# ------------------------------------------------------------------ metrics address
+@pytest.mark.parametrize("address", ["127.0.0.1:9323", "[::1]:9323", ":9323"])
+def test_metrics_address(address: str) -> None:
+    assert config_from(["--metrics-addr", address]).metrics_addr == address
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "localhost:http", "1.2.3.4:0", "x:70000"])
+def test_bad_metrics_address_is_refused(address: str) -> None:
+    with pytest.raises(ConfigError, match="invalid metrics address"):
+        config_from(["--metrics-addr", address])

@@ -33,6 +33,7 @@ from engine.containers.model import ContainerConfig, ContainerState, ContainerVi
 from engine.containers.state import Status
 from engine.errors import NotFound
 from engine.events import EventBus
+from engine.instruments import LabeledTimer
 from engine.runtime.cgroups import CgroupInfo
 from engine.snapshots.base import Mount as SnapshotMount
 
@@ -60,6 +61,7 @@ class FakeContainers:
         self.views = {v.id: v for v in (_view(RUNNING_ID, "t1", Status.RUNNING),
                                         _view(CREATED_ID, "c1", Status.CREATED))}
         self.mounted: list[str] = []
+        self.actions = LabeledTimer()
         for cid in self.views:
             root = base / cid / "rootfs"
             for d in ("etc", "tmp", "bin"):

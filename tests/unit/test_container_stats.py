@@ -300,3 +300,17 @@ def test_container_pids_v1_and_v2() -> None:
     v2 = top.procs_dir("2", v2_files().dirs)
     assert top.container_pids(v2) == {4011, 4032, 4040, 4101}  # child groups included
     assert top.container_pids(None) == set()
+
+
+def test_lean_v1_sample_reads_only_what_the_metrics_use() -> None:
+    """``full=False`` (the metrics scrape) drops per-CPU usage, max_usage and I/O
+    counts; the rest is the same sample."""
+    host = stats.HostFiles(V1 / "proc_stat", V1 / "meminfo")
+    full = stats.read_sample(v1_files(), V1 / "net_dev", host, now_ns=NOW)
+    lean = stats.read_sample(v1_files(), V1 / "net_dev", host, now_ns=NOW, full=False)
+    assert "percpu_usage" not in lean.cpu["cpu_usage"]
+    assert "max_usage" not in lean.memory
+    assert lean.memory["usage"] == full.memory["usage"]
+    assert lean.memory["stats"] == full.memory["stats"]
+    assert lean.blkio["io_service_bytes_recursive"] == full.blkio["io_service_bytes_recursive"]
+    assert lean.networks == full.networks and lean.pids == full.pids

@@ -43,6 +43,7 @@ from engine.swarm.objects import (
     Cluster,
     Node,
     SwarmSpec,
+    effective_node_cert_expiry,
     timestamp_now,
 )
 from engine.swarm.store import CLUSTER_KEY, NODES_PREFIX, SECRETS_KEY, SwarmStore, node_key
@@ -105,7 +106,7 @@ def ip(text: str) -> IPAddress:
 
 
 def cert_expiry(spec: SwarmSpec) -> timedelta:
-    return timedelta(microseconds=spec.CAConfig.NodeCertExpiry // 1000)
+    return timedelta(microseconds=effective_node_cert_expiry(spec) // 1000)
 
 
 def new_unlock_key() -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 from engine.errors import NotFound, Unavailable
 from engine.swarm.etcd import EtcdClient, OutOfSequence, WatchCompacted
-from engine.swarm.objects import SECOND, Cluster, Node, timestamp_now
+from engine.swarm.objects import SECOND, Cluster, Node, effective_heartbeat_period, timestamp_now
 from engine.swarm.store import (
     ALIVE_PREFIX,
     CLUSTER_KEY,
@@ -67,8 +67,8 @@ class Heartbeat:
 
     async def _beat(self) -> None:
         cluster = await self._store.read(CLUSTER_KEY, Cluster)
-        if cluster is not None and cluster.doc.Spec.Dispatcher.HeartbeatPeriod > 0:
-            self.period = cluster.doc.Spec.Dispatcher.HeartbeatPeriod / SECOND
+        if cluster is not None:
+            self.period = effective_heartbeat_period(cluster.doc.Spec) / SECOND
         ttl = max(math.ceil(HEARTBEAT_GRACE * self.period), MIN_LEASE_TTL)
         if self._lease and ttl == self._ttl:
             try:

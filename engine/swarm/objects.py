@@ -151,7 +151,7 @@ def wire(model: BaseModel) -> dict[str, Any]:
 
 
 class OrchestrationConfig(GoModel):
-    OMITEMPTY = frozenset({"TaskHistoryRetentionLimit"})
+    # A Go pointer: absent when nil (None), shown when 0.
     TaskHistoryRetentionLimit: int | None = None
 
 
@@ -282,35 +282,37 @@ def spec_for_init(given: SwarmSpec, autolock: bool = False) -> SwarmSpec:
 
 
 def spec_for_update(given: SwarmSpec) -> SwarmSpec:
-    """The spec after ``POST /swarm/update``: ``given`` replaces the whole spec, a zero
-    field meaning its default. A certificate expiry under an hour (zero included) is
-    refused, as swarmkit refuses it."""
-    if given.CAConfig.NodeCertExpiry < MIN_NODE_CERT_EXPIRY:
-        checked_spec_name(given.Name)
-        raise InvalidParameter(MIN_CERT_EXPIRY)
-    defaults = default_swarm_spec()
+    """The spec after ``POST /swarm/update``: ``given`` replaces the whole spec as it is,
+    zero fields included; a zero stays zero on the wire and means "the default" where the
+    value is used (``effective_*`` below). dockerd 20.10, checked: ``{}`` is accepted and
+    GET /swarm then shows ``"Dispatcher":{}``, ``"CAConfig":{}``, retention and ticks 0.
+    A certificate expiry that is set but under an hour is refused, as swarmkit does."""
     spec = given.model_copy(deep=True)
     spec.Name = checked_spec_name(given.Name)
     if spec.Orchestration.TaskHistoryRetentionLimit is None:
-        spec.Orchestration.TaskHistoryRetentionLimit = DEFAULT_TASK_HISTORY
-    raft = spec.Raft
-    raft.SnapshotInterval = raft.SnapshotInterval or defaults.Raft.SnapshotInterval
-    if raft.KeepOldSnapshots is None:
-        raft.KeepOldSnapshots = DEFAULT_KEEP_OLD_SNAPSHOTS
-    raft.LogEntriesForSlowFollowers = (raft.LogEntriesForSlowFollowers
-                                       or DEFAULT_LOG_ENTRIES_FOR_SLOW_FOLLOWERS)
-    raft.ElectionTick = raft.ElectionTick or DEFAULT_ELECTION_TICK
-    raft.HeartbeatTick = raft.HeartbeatTick or DEFAULT_HEARTBEAT_TICK
-    spec.Dispatcher.HeartbeatPeriod = (spec.Dispatcher.HeartbeatPeriod
-                                       or DEFAULT_HEARTBEAT_PERIOD)
+        spec.Orchestration.TaskHistoryRetentionLimit = 0  # swarmkit stores a plain int
+    if spec.Raft.KeepOldSnapshots is None:
+        spec.Raft.KeepOldSnapshots = 0
     _check_spec_values(spec)
     return spec
+
+
+def effective_heartbeat_period(spec: SwarmSpec) -> int:
+    """Dispatcher.HeartbeatPeriod in ns; 0 (an update without it) means the default."""
+    return spec.Dispatcher.HeartbeatPeriod or DEFAULT_HEARTBEAT_PERIOD
+
+
+def effective_node_cert_expiry(spec: SwarmSpec) -> int:
+    """CAConfig.NodeCertExpiry in ns; 0 (an update without it) means the default."""
+    return spec.CAConfig.NodeCertExpiry or DEFAULT_NODE_CERT_EXPIRY
 
 
 def _check_spec_values(spec: SwarmSpec) -> None:
     """What swarmkit's validateClusterSpec refuses in a spec (the name is checked
     before, by dockerd)."""
-    if spec.CAConfig.NodeCertExpiry < MIN_NODE_CERT_EXPIRY:
+    if 0 < spec.CAConfig.NodeCertExpiry < MIN_NODE_CERT_EXPIRY or (
+        spec.CAConfig.NodeCertExpiry < 0
+    ):
         raise InvalidParameter(MIN_CERT_EXPIRY)
     if spec.Dispatcher.HeartbeatPeriod < 0:
         raise InvalidParameter(NEGATIVE_HEARTBEAT)

@@ -364,7 +364,7 @@ async def test_update_replaces_the_spec(client: TestClient[Any, Any],
     assert version == 10
     assert rotation == o.Rotation(worker_token=True)
     assert stored.Labels == {"a": "b"}
-    assert stored.Raft.ElectionTick == 10 and stored.Dispatcher.HeartbeatPeriod == 5 * o.SECOND
+    assert stored.Raft.ElectionTick == 0 and stored.Dispatcher.HeartbeatPeriod == 0  # as given
     body = await (await client.get("/swarm")).json()
     assert body["Version"] == {"Index": 11}
     assert body["Spec"]["Labels"] == {"a": "b"}
@@ -390,8 +390,8 @@ async def test_update_replaces_the_spec(client: TestClient[Any, Any],
     ({"version": "10", "rotateManagerUnlockKey": "yes"},
      {"CAConfig": {"NodeCertExpiry": 7776000000000000}},
      "invalid value for rotateManagerUnlockKey: yes"),
-    ({"version": "10"}, {}, "rpc error: code = InvalidArgument desc = minimum certificate "
-     "expiry time is: 1h0m0s"),
+    ({"version": "10"}, {"CAConfig": {"NodeCertExpiry": 60000000000}},
+     "rpc error: code = InvalidArgument desc = minimum certificate expiry time is: 1h0m0s"),
     ({"version": "10"}, {"Name": "x", "CAConfig": {"NodeCertExpiry": 7776000000000000}},
      'swarm spec must be named "default"'),
     ({"version": "10"}, {"Dispatcher": {"HeartbeatPeriod": "5s"}},

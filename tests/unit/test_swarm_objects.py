@@ -139,7 +139,9 @@ def test_other_spec_names_are_refused() -> None:
             NodeCertExpiry=o.DEFAULT_NODE_CERT_EXPIRY)))
 
 
-def test_update_replaces_the_spec_zero_meaning_default() -> None:
+def test_update_replaces_the_spec_zeros_included() -> None:
+    """dockerd 20.10, checked: an update stores the spec as given; its zero fields stay
+    zero on the wire (and mean the default where used)."""
     current = o.spec_for_init(o.SwarmSpec(
         Labels={"a": "1"}, Raft=o.RaftConfig(SnapshotInterval=5000)))
     # docker-py's models send a partial spec plus the 90 d expiry
@@ -147,7 +149,29 @@ def test_update_replaces_the_spec_zero_meaning_default() -> None:
         "Raft": {"SnapshotInterval": 10000}, "CAConfig": {"NodeCertExpiry": 7776000000000000}})
     spec = o.spec_for_update(given)
     assert spec.Labels == {} != current.Labels
-    assert o.wire(spec) == LAB_SPEC
+    assert o.wire(spec) == {
+        "Name": "default", "Labels": {},
+        "Orchestration": {"TaskHistoryRetentionLimit": 0},
+        "Raft": {"SnapshotInterval": 10000, "KeepOldSnapshots": 0,
+                 "ElectionTick": 0, "HeartbeatTick": 0},
+        "Dispatcher": {}, "CAConfig": {"NodeCertExpiry": 7776000000000000},
+        "TaskDefaults": {}, "EncryptionConfig": {"AutoLockManagers": False},
+    }
+    assert o.effective_heartbeat_period(spec) == 5 * o.SECOND
+
+
+def test_update_with_an_empty_spec_is_what_dockerd_shows() -> None:
+    """docker-py's rotate_manager_unlock_key sends ``{}``: dockerd takes it."""
+    spec = o.spec_for_update(o.SwarmSpec())
+    assert o.wire(spec) == {
+        "Name": "default", "Labels": {},
+        "Orchestration": {"TaskHistoryRetentionLimit": 0},
+        "Raft": {"KeepOldSnapshots": 0, "ElectionTick": 0, "HeartbeatTick": 0},
+        "Dispatcher": {}, "CAConfig": {}, "TaskDefaults": {},
+        "EncryptionConfig": {"AutoLockManagers": False},
+    }
+    assert o.effective_node_cert_expiry(spec) == o.wire(o.default_swarm_spec())[
+        "CAConfig"]["NodeCertExpiry"]
 
 
 def test_update_keeps_given_values() -> None:
@@ -162,7 +186,7 @@ def test_update_keeps_given_values() -> None:
     assert o.wire(o.spec_for_update(given)) == o.wire(given)
 
 
-@pytest.mark.parametrize("expiry", [0, o.HOUR - 1, -5])
+@pytest.mark.parametrize("expiry", [1, o.HOUR - 1, -5])
 def test_update_refuses_short_cert_expiry(expiry: int) -> None:
     given = o.SwarmSpec(CAConfig=o.CAConfiguration(NodeCertExpiry=expiry))
     with pytest.raises(InvalidParameter) as info:

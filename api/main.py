@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +40,7 @@ from api.listeners import ListenerError, close_listeners, open_listeners, parse_
 from api.notify import Notifier
 from api.pidfile import PidFile, PidFileLocked
 from api.server import ApiServer, Listener
+from api.tlsconfig import TLSConfigError, check_tcp_exposure, resolve_tls, server_context
 from api.versioning import API_VERSION
 from engine.config import DEFAULT_CONFIG_FILE, EngineConfig, config_keys
 from engine.system.info import ENGINE_VERSION
@@ -65,7 +67,12 @@ class Flag:
 
 
 FLAGS: tuple[Flag, ...] = (
-    Flag(("-H", "--host"), "hosts", "list", "daemon socket(s) to listen on (unix://, fd://)"),
+    Flag(("-H", "--host"), "hosts", "list", "daemon socket(s) to listen on (unix://, tcp://, fd://)"),
+    Flag(("--tls",), "tls", "bool", "use TLS on tcp:// sockets; implied by --tlsverify"),
+    Flag(("--tlsverify",), "tlsverify", "bool", "use TLS and require client certificates"),
+    Flag(("--tlscacert",), "tlscacert", "str", "trust client certs signed only by this CA"),
+    Flag(("--tlscert",), "tlscert", "str", "TLS certificate file (~/.docker/cert.pem)"),
+    Flag(("--tlskey",), "tlskey", "str", "TLS key file (~/.docker/key.pem)"),
     Flag(("--data-root",), "data-root", "str", "root of persistent state (/var/lib/wharfd)"),
     Flag(("--exec-root",), "exec-root", "str", "root of runtime state (/run/wharfd)"),
     Flag(("-p", "--pidfile"), "pidfile", "str", "pid file (<exec-root>/wharfd.pid)"),
@@ -424,8 +431,23 @@ def default_app_factory(config: EngineConfig) -> web.Application:
     return make_app(Engine(config))
 
 
+def tcp_tls_context(config: EngineConfig) -> ssl.SSLContext | None:
+    """The TLS context of the tcp:// sockets (None: TLS off), after refusing a TCP socket
+    that would expose the API without client verification (api.tlsconfig)."""
+    for spec in (parse_host(host) for host in config.hosts):
+        if spec.scheme == "tcp":
+            check_tcp_exposure(config, spec.tcp_host_port[0], str(spec))
+    tls = resolve_tls(config, os.environ)
+    return server_context(tls) if tls is not None else None
+
+
 def run(config: EngineConfig, app_factory: AppFactory) -> int:
     notifier = Notifier.from_environ(os.environ)
+    try:
+        tls = tcp_tls_context(config)
+    except TLSConfigError as exc:
+        log.error("failed to start daemon: %s", exc)
+        return 1
     pidfile = PidFile(config.effective_pidfile())
     try:
         pidfile.acquire()
@@ -434,7 +456,7 @@ def run(config: EngineConfig, app_factory: AppFactory) -> int:
         return 1
     listeners: list[Listener] = []
     try:
-        listeners = open_listeners(config.hosts, config.group, os.environ)
+        listeners = open_listeners(config.hosts, config.group, os.environ, tls)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(serve(config, app_factory, listeners, notifier))
     except ListenerError as exc:

@@ -8,6 +8,7 @@ certificates are made per module (tests/harness/tlscerts.py).
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import subprocess
@@ -338,3 +339,20 @@ def test_plain_tcp_allowed_explicitly_and_on_loopback(start_daemon: Any) -> None
         env=loopback_only.env, capture_output=True, text=True, timeout=60,
     )
     assert (r.returncode, r.stdout.strip()) == (0, "linux"), r.stderr
+
+
+def test_tls_keys_from_daemon_json(certs: TLSFiles, busybox_tar: Path) -> None:
+    d, netns = _daemon(["-H", f"tcp://{ADDRESS}:{TLS_PORT}"])
+    try:
+        d.config_file.write_text(json.dumps({
+            "tlsverify": True, "tlscacert": str(certs.ca), "tlscert": str(certs.server_cert),
+            "tlskey": str(certs.server_key),
+        }))
+        d.start()
+        assert isinstance(raw_exchange(d, TLS_PORT, client_context(certs, None), PING),
+                          ssl.SSLError | ConnectionError)
+        r = docker_in(d, tls_env(d, certs.client_dir), "version", "--format", "{{.Server.Os}}")
+        assert (r.returncode, r.stdout.strip()) == (0, "linux"), r.stderr
+    finally:
+        d.cleanup()
+        netns.delete()

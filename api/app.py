@@ -36,6 +36,7 @@ from aiohttp.typedefs import Handler
 from api import lifecycle
 from api.errors import response_for_exception, response_for_http_exception
 from api.params import MAX_JSON_BODY
+from api.reloading import RELOADER
 from api.routers import events, system
 from api.versioning import (
     EXPERIMENTAL,
@@ -291,6 +292,8 @@ def make_app(engine: Engine) -> web.Application:
         Mount(networks.routes, networks.BACKEND,
               networks.EngineNetworks(engine.networks, engine.containers)),
     ]
-    return build_app(
+    app = build_app(
         mounts, experimental=engine.config.experimental, lifecycle_ctx=engine_lifecycle(engine)
     )
+    app[RELOADER] = engine.reload
+    return app

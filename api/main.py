@@ -39,6 +39,7 @@ from pydantic import ValidationError
 from api.listeners import ListenerError, close_listeners, open_listeners, parse_host
 from api.notify import Notifier
 from api.pidfile import PidFile, PidFileLocked
+from api.reloading import RELOADER, ConfigReload, LoadConfig
 from api.server import ApiServer, Listener
 from api.tlsconfig import TLSConfigError, check_tcp_exposure, resolve_tls, server_context
 from api.versioning import API_VERSION
@@ -269,9 +270,18 @@ def _validation_text(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def config_file_path(namespace: argparse.Namespace) -> Path:
+    return Path(namespace.config_file) if "config_file" in namespace else DEFAULT_CONFIG_FILE
+
+
 def load_config(namespace: argparse.Namespace) -> EngineConfig:
+    return load_config_and_keys(namespace)[0]
+
+
+def load_config_and_keys(namespace: argparse.Namespace) -> tuple[EngineConfig, frozenset[str]]:
+    """The merged configuration and the keys the file itself set (a reload needs both)."""
     explicit = "config_file" in namespace
-    path = Path(namespace.config_file) if explicit else DEFAULT_CONFIG_FILE
+    path = config_file_path(namespace)
     flags = flag_values(namespace)
     try:
         file_values = read_config_file(path, explicit)
@@ -285,7 +295,7 @@ def load_config(namespace: argparse.Namespace) -> EngineConfig:
         raise ConfigError(f"invalid configuration: {_validation_text(exc)}") from None
     except ListenerError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None
-    return config
+    return config, frozenset(file_values)
 
 
 # --- logging --------------------------------------------------------------------------
@@ -322,12 +332,16 @@ _PY_LEVELS = {
 
 
 def setup_logging(config: EngineConfig) -> None:
-    level = logging.DEBUG if config.debug else _PY_LEVELS[config.log_level]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    logging.getLogger().handlers[:] = [handler]
+    apply_log_level(config)
+
+
+def apply_log_level(config: EngineConfig) -> None:
+    """debug / log-level (at start and on reload)."""
+    level = logging.DEBUG if config.debug else _PY_LEVELS[config.log_level]
+    logging.getLogger().setLevel(level)
     # One line per request is dockerd's debug-level "Calling GET /_ping", not info.
     access = logging.DEBUG if level <= logging.DEBUG else logging.WARNING
     logging.getLogger("aiohttp.access").setLevel(access)
@@ -337,14 +351,15 @@ def setup_logging(config: EngineConfig) -> None:
 
 
 class Signals:
-    """SIGTERM/SIGINT set ``stop``; the third one exits at once. SIGHUP is ignored
-    (dockerd reloads its configuration on SIGHUP; we do not support reloading yet)."""
+    """SIGTERM/SIGINT set ``stop``; the third one exits at once. SIGHUP calls ``on_hup``
+    (a configuration reload, api.reloading)."""
 
     FORCE_AFTER = 3
 
-    def __init__(self, stop: asyncio.Event) -> None:
+    def __init__(self, stop: asyncio.Event, on_hup: Callable[[], None] | None = None) -> None:
         self._stop = stop
         self._count = 0
+        self._on_hup_callback = on_hup
 
     HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -367,7 +382,10 @@ class Signals:
         self._stop.set()
 
     def _on_hup(self) -> None:
-        log.warning("configuration reload is not supported; ignoring SIGHUP")
+        if self._on_hup_callback is None:
+            log.warning("not serving yet; ignoring SIGHUP")
+            return
+        self._on_hup_callback()
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -384,15 +402,40 @@ async def serve(
     app_factory: AppFactory,
     listeners: Sequence[Listener],
     notifier: Notifier,
+    reload_source: ReloadSource | None = None,
 ) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    signals = Signals(stop)
+    hup = _HupTarget()
+    signals = Signals(stop, hup)
     signals.install(loop)
     try:
-        return await _serve_until(stop, config, app_factory, listeners, notifier)
+        return await _serve_until(
+            stop, config, app_factory, listeners, notifier, reload_source, hup
+        )
     finally:
         signals.uninstall(loop)
+
+
+@dataclass(frozen=True)
+class ReloadSource:
+    """How to read the configuration again: the file and the start-up flags."""
+
+    load: LoadConfig
+    config_file: str
+
+
+class _HupTarget:
+    """What SIGHUP does: nothing until the server is up, then a reload."""
+
+    def __init__(self) -> None:
+        self.reload: ConfigReload | None = None
+
+    def __call__(self) -> None:
+        if self.reload is None:
+            log.warning("SIGHUP before the daemon finished starting; ignored")
+            return
+        self.reload.trigger()
 
 
 async def _serve_until(
@@ -401,23 +444,46 @@ async def _serve_until(
     app_factory: AppFactory,
     listeners: Sequence[Listener],
     notifier: Notifier,
+    reload_source: ReloadSource | None = None,
+    hup: _HupTarget | None = None,
 ) -> int:
     server: ApiServer | None = None
     try:
-        server = ApiServer(app_factory(config), listeners, config.shutdown_timeout)
+        app = app_factory(config)
+        server = ApiServer(app, listeners, config.shutdown_timeout)
         await server.start()
     except Exception as exc:
         log.error("failed to start daemon: %s", exc, exc_info=config.debug)
         if server is not None:
             await server.stop()
         return 1
+    running = server
+
+    def apply_process(new: EngineConfig) -> None:
+        apply_log_level(new)
+        running.shutdown_timeout = new.shutdown_timeout
+
+    reload = None
+    if reload_source is not None and hup is not None:
+        reload = ConfigReload(
+            load=reload_source.load,
+            reloader=app.get(RELOADER),
+            apply_process=apply_process,
+            notifier=notifier,
+            config_file=reload_source.config_file,
+        )
+        hup.reload = reload
     if not stop.is_set():
         notifier.notify("READY=1")
         log.info("daemon has completed initialization")
     await stop.wait()
+    if hup is not None:
+        hup.reload = None
+    if reload is not None:
+        await reload.close()
     notifier.notify("STOPPING=1")
     log.info(
-        "stopping: no new connections; waiting up to %ss for requests", config.shutdown_timeout
+        "stopping: no new connections; waiting up to %ss for requests", server.shutdown_timeout
     )
     await server.stop()
     log.info("daemon shut down")
@@ -441,7 +507,9 @@ def tcp_tls_context(config: EngineConfig) -> ssl.SSLContext | None:
     return server_context(tls) if tls is not None else None
 
 
-def run(config: EngineConfig, app_factory: AppFactory) -> int:
+def run(
+    config: EngineConfig, app_factory: AppFactory, reload_source: ReloadSource | None = None
+) -> int:
     notifier = Notifier.from_environ(os.environ)
     try:
         tls = tcp_tls_context(config)
@@ -458,7 +526,7 @@ def run(config: EngineConfig, app_factory: AppFactory) -> int:
     try:
         listeners = open_listeners(config.hosts, config.group, os.environ, tls)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(serve(config, app_factory, listeners, notifier))
+            return runner.run(serve(config, app_factory, listeners, notifier, reload_source))
     except ListenerError as exc:
         log.error("failed to start daemon: %s", exc)
         return 1
@@ -481,7 +549,11 @@ def main(argv: Sequence[str] | None = None, *, app_factory: AppFactory | None = 
         print("configuration OK")
         return 0
     setup_logging(config)
-    return run(config, app_factory or default_app_factory)
+    source = ReloadSource(
+        load=lambda: load_config_and_keys(namespace),
+        config_file=str(config_file_path(namespace)),
+    )
+    return run(config, app_factory or default_app_factory, source)
 
 
 if __name__ == "__main__":

@@ -187,6 +187,16 @@ class ApiServer:
             app, handle_signals=False, shutdown_timeout=shutdown_timeout, **HANDLER_OPTIONS
         )
 
+    @property
+    def shutdown_timeout(self) -> float:
+        return float(self._runner._shutdown_timeout)
+
+    @shutdown_timeout.setter
+    def shutdown_timeout(self, seconds: float) -> None:
+        # shutdown-timeout is reloadable (SIGHUP); aiohttp reads the runner's value only
+        # when it stops, and offers no setter.
+        self._runner._shutdown_timeout = seconds
+
     async def start(self) -> None:
         """Run the app's startup (the engine starts here), then accept connections (the
         ones that arrived meanwhile wait in the listen backlog)."""

@@ -180,6 +180,27 @@ def test_cli_over_mutual_tls_and_unix_socket_at_once(
     assert r.returncode == 0, r.stderr
 
 
+def test_large_streams_both_ways_over_tls(mtls_daemon: DaemonProcess, certs: TLSFiles) -> None:
+    """Back-pressure through the TLS bridge: 20 MB out of a container, 4 MB through exec's
+    stdin and back."""
+    env = tls_env(mtls_daemon, certs.client_dir)
+    r = subprocess.run(
+        mtls_daemon.netns.wrap([docker_binary(), "run", "--rm", "busybox", "head", "-c",
+                                "20000000", "/dev/zero"]),
+        env=env, capture_output=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert (r.returncode, len(r.stdout)) == (0, 20_000_000), r.stderr[-500:]
+    r2 = docker_in(mtls_daemon, env, "run", "-d", "--name", "tls-exec", "busybox", "sleep", "60")
+    assert r2.returncode == 0, r2.stderr
+    try:
+        payload = ("0123456789abcdef" * 64 + "\n") * 4000
+        r2 = docker_in(mtls_daemon, env, "exec", "-i", "tls-exec", "cat", input=payload)
+        assert r2.returncode == 0, r2.stderr
+        assert r2.stdout == payload
+    finally:
+        docker_in(mtls_daemon, env, "rm", "-f", "tls-exec")
+
+
 def test_docker_py_from_env(
     mtls_daemon: DaemonProcess, certs: TLSFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:

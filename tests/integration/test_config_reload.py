@@ -181,3 +181,24 @@ def test_runtimes_reload(daemon_: BaseDaemon) -> None:
     assert f"other:{runc}" in event["Actor"]["Attributes"]["runtimes"]
     now = info(d)
     assert now["DefaultRuntime"] == "other" and "other" in now["Runtimes"]
+
+
+@pytest.mark.slow
+def test_live_restore_off_by_reload_stops_containers_with_the_daemon(
+    daemon_: BaseDaemon, busybox_tar: Any
+) -> None:
+    from tests.harness.cli import import_busybox
+    from tests.harness.daemon import pid_alive
+
+    d = daemon_
+    import_busybox(d, busybox_tar)
+    r = run_docker(d, "run", "-d", "--name", "lr", "busybox", "sleep", "300")
+    assert r.returncode == 0, r.stderr
+    pid = int(run_docker(d, "inspect", "-f", "{{.State.Pid}}", "lr").stdout)
+    write_config(d, {"live-restore": False, "shutdown-timeout": 2})
+    assert hup_and_wait(d)["Actor"]["Attributes"]["live-restore"] == "false"
+    d.stop()
+    deadline = time.monotonic() + 10
+    while pid_alive(pid):
+        assert time.monotonic() < deadline, "the container outlived the daemon"
+        time.sleep(0.1)

@@ -41,7 +41,14 @@ from api.notify import Notifier
 from api.pidfile import PidFile, PidFileLocked
 from api.reloading import RELOADER, ConfigReload, LoadConfig
 from api.server import ApiServer, Listener
-from api.tlsconfig import TLSConfigError, check_tcp_exposure, resolve_tls, server_context
+from api.tlsconfig import (
+    DEFAULT_TLS_HOST,
+    TLSConfigError,
+    check_tcp_exposure,
+    resolve_tls,
+    server_context,
+    tls_enabled,
+)
 from api.versioning import API_VERSION
 from engine.config import DEFAULT_CONFIG_FILE, EngineConfig, config_keys
 from engine.system.info import ENGINE_VERSION
@@ -287,6 +294,9 @@ def load_config_and_keys(namespace: argparse.Namespace) -> tuple[EngineConfig, f
         file_values = read_config_file(path, explicit)
         merged = merge(file_values, flags)
         config = EngineConfig.model_validate(merged)
+        if not merged.get("hosts") and tls_enabled(config):
+            # dockerd: with TLS on and no -H at all, the one socket is tcp://localhost:2376
+            config = config.model_copy(update={"hosts": [DEFAULT_TLS_HOST]})
         for host in config.hosts:
             parse_host(host)
     except ConfigError as exc:

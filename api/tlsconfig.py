@@ -8,7 +8,8 @@ Options (flags or daemon.json keys of the same name): ``tls``, ``tlsverify``,
   the server-only mode, where any client may connect over TLS, is ``--tlsverify=false``;
 * paths not given default to ``$DOCKER_CONFIG/{ca,cert,key}.pem``, else
   ``~/.docker/…``, and only matter when TLS is on;
-* clients are verified against the given CA only, never the system's roots.
+* clients are verified against the given CA only, never the system's roots;
+* with TLS on and no ``-H``/``hosts`` at all, the only socket is ``tcp://localhost:2376``.
 
 Plain TCP (TLS off, or TLS without client verification) gives root on this host to anyone
 who can reach the port. dockerd warns; we also *refuse* it on an address that is not
@@ -32,6 +33,7 @@ from engine.config import EngineConfig
 log = logging.getLogger(__name__)
 
 CA_FILE, CERT_FILE, KEY_FILE = "ca.pem", "cert.pem", "key.pem"
+DEFAULT_TLS_HOST = "tcp://localhost:2376"  # the socket when TLS is on and no -H is given
 
 
 class TLSConfigError(Exception):

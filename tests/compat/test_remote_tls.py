@@ -17,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -409,3 +410,26 @@ def test_tls_keys_from_daemon_json(certs: TLSFiles, busybox_tar: Path) -> None:
     finally:
         d.cleanup()
         netns.delete()
+
+
+@pytest.mark.slow
+def test_silent_client_is_dropped_after_the_handshake_timeout(mtls_daemon: BaseDaemon) -> None:
+    """A TCP connection that never starts its TLS handshake does not stay open (10 s)."""
+    if AGAINST_DOCKERD:
+        pytest.skip("wharfd's own limit; dockerd sets no handshake timeout")
+    outcome: list[float | BaseException] = []
+
+    def idle() -> None:
+        with thread_in_netns(mtls_daemon.netns):
+            started = time.monotonic()
+            try:
+                with socket.create_connection((ADDRESS, TLS_PORT), timeout=30) as conn:
+                    conn.recv(1)  # b"" when the daemon hangs up
+                outcome.append(time.monotonic() - started)
+            except OSError as exc:
+                outcome.append(exc)
+
+    worker = threading.Thread(target=idle)
+    worker.start()
+    worker.join(40)
+    assert isinstance(outcome[0], float) and 5 < outcome[0] < 20, outcome

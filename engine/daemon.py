@@ -121,7 +121,8 @@ class Engine:
         self.images.reconfigure(plan.config)
         self.containers.reconfigure(plan.config)
         if runtimes_changed:
-            self.system.reconfigure_runtimes(plan.config, list(self.runtimes))
+            configured = list(RuncCLI.from_config(plan.config, self.layout))
+            self.system.reconfigure_runtimes(plan.config, configured)
             await self.system.probe(self.runtimes)
         self.system.reconfigure(plan.config)
         facts = self.system.facts()

@@ -256,11 +256,3 @@ def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-v"]) == 0
     assert capsys.readouterr().out.startswith("wharfd version ")
 
-
-def test_tls_without_hosts_listens_on_localhost_2376_like_dockerd(tmp_path: Path) -> None:
-    path = write(tmp_path, {"tlsverify": True})
-    assert config_from(["--config-file", str(path)]).hosts == ["tcp://localhost:2376"]
-    assert config_from(["--config-file", str(path), "-H", "unix:///tmp/a.sock"]).hosts == [
-        "unix:///tmp/a.sock"]
-    assert config_from(["--config-file", str(write(tmp_path, {}))]).hosts == [
-        "unix:///run/wharfd.sock"]

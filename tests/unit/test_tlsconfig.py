@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from api.main import build_parser, load_config
 from api.tlsconfig import (
     ServerTLS,
     TLSConfigError,
@@ -90,3 +92,14 @@ def test_plain_tcp_refused_off_loopback(values: dict[str, Any], host: str, refus
 def test_is_loopback() -> None:
     assert is_loopback("127.0.0.2") and is_loopback("localhost")
     assert not is_loopback("192.0.2.1") and not is_loopback("no-such-host.invalid")
+
+
+def test_tls_without_hosts_listens_on_localhost_2376_like_dockerd(tmp_path: Path) -> None:
+    def hosts(values: dict[str, Any], *flags: str) -> list[str]:
+        path = tmp_path / "daemon.json"
+        path.write_text(json.dumps(values))
+        return load_config(build_parser().parse_args(["--config-file", str(path), *flags])).hosts
+
+    assert hosts({"tlsverify": True}) == ["tcp://localhost:2376"]
+    assert hosts({"tlsverify": True}, "-H", "unix:///tmp/a.sock") == ["unix:///tmp/a.sock"]
+    assert hosts({}) == ["unix:///run/wharfd.sock"]

@@ -36,6 +36,7 @@ from aiohttp.typedefs import Handler
 from api import lifecycle
 from api.errors import response_for_exception, response_for_http_exception
 from api.params import MAX_JSON_BODY
+from api.reloading import RELOADER
 from api.routers import events, system
 from api.versioning import (
     EXPERIMENTAL,
@@ -299,6 +300,7 @@ def make_app(engine: Engine) -> web.Application:
     app = build_app(
         mounts, experimental=engine.config.experimental, lifecycle_ctx=engine_lifecycle(engine)
     )
+    app[RELOADER] = engine.reload
     if engine.config.metrics_addr:
         from api.metrics import metrics_lifecycle
 

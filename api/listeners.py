@@ -1,7 +1,9 @@
-"""The API sockets: ``-H unix:///path`` and ``-H fd://`` (systemd socket activation).
+"""The API sockets: ``-H unix:///path``, ``-H tcp://host:port`` and ``-H fd://`` (systemd
+socket activation), several at once.
 
-``tcp://`` is not supported: the Docker socket is root-equivalent and we do not offer
-it on a network without TLS client authentication, which is not implemented yet.
+TCP sockets serve the same app, over TLS when it is on (``api.tlsconfig``: dockerd's
+options, and the refusal of unauthenticated TCP off loopback). As in dockerd, a host
+without a scheme is TCP, an empty host is ``localhost`` and a missing port is 2375.
 
 Unix sockets follow dockerd (go-connections ``NewUnixSocket``): the file is bound, then
 chmod 0660 and chown root:<group>, and only then does it listen, so no one else can
@@ -23,11 +25,13 @@ import grp
 import logging
 import os
 import socket
+import ssl
 import stat
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from api.server import BACKLOG, Listener
 from engine.config import DEFAULT_SOCKET
@@ -35,6 +39,7 @@ from engine.config import DEFAULT_SOCKET
 log = logging.getLogger(__name__)
 
 SD_LISTEN_FDS_START = 3
+DEFAULT_TCP_HOST, DEFAULT_TCP_PORT = "localhost", 2375
 SOCKET_MODE = 0o660
 DEFAULT_GROUP = "docker"
 
@@ -45,11 +50,30 @@ class ListenerError(Exception):
 
 @dataclass(frozen=True)
 class HostSpec:
-    scheme: Literal["unix", "fd"]
-    address: str  # socket path for unix; "" (all) or an fd number for fd
+    scheme: Literal["unix", "fd", "tcp"]
+    address: str  # socket path for unix; "" (all) or an fd number for fd; host:port for tcp
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.address}"
+
+    @property
+    def tcp_host_port(self) -> tuple[str, int]:
+        parts = urlsplit(f"tcp://{self.address}")
+        return parts.hostname or DEFAULT_TCP_HOST, parts.port or DEFAULT_TCP_PORT
+
+
+def _parse_tcp(raw: str, address: str) -> HostSpec:
+    invalid = f"Invalid bind address format: {raw}"
+    try:
+        parts = urlsplit(f"tcp://{address}")
+        port = parts.port
+    except ValueError:
+        raise ListenerError(invalid) from None
+    if parts.path or parts.query or parts.fragment or parts.username or port == 0:
+        raise ListenerError(invalid)
+    host = parts.hostname or DEFAULT_TCP_HOST
+    shown = f"[{host}]" if ":" in host else host
+    return HostSpec("tcp", f"{shown}:{port or DEFAULT_TCP_PORT}")
 
 
 def parse_host(raw: str) -> HostSpec:
@@ -58,7 +82,7 @@ def parse_host(raw: str) -> HostSpec:
         value = DEFAULT_SOCKET
     scheme, sep, address = value.partition("://")
     if not sep:
-        raise ListenerError(f"Invalid bind address format: {raw}")
+        return _parse_tcp(raw, value)  # dockerd: "host:port" is tcp
     scheme = scheme.lower()
     if scheme == "unix":
         path = address or DEFAULT_SOCKET.removeprefix("unix://")
@@ -71,9 +95,12 @@ def parse_host(raw: str) -> HostSpec:
         if address not in ("", "*") and not address.isdigit():
             raise ListenerError(f"Invalid bind address format: {raw}")
         return HostSpec("fd", "" if address == "*" else address)
-    if scheme in ("tcp", "http", "https", "ssh", "npipe"):
+    if scheme == "tcp":
+        return _parse_tcp(raw, address)
+    if scheme in ("http", "https", "ssh", "npipe"):
         raise ListenerError(
-            f"{scheme}:// listeners are not supported by wharfd (use unix:// or fd://): {raw}"
+            f"{scheme}:// listeners are not supported by wharfd (use unix://, tcp:// or "
+            f"fd://): {raw}"
         )
     raise ListenerError(f"Invalid bind address format: {raw}")
 
@@ -133,6 +160,25 @@ def open_unix_listener(path: Path, gid: int | None) -> Listener:
     return Listener(sock=sock, name=str(path), path=path)
 
 
+def open_tcp_listener(spec: HostSpec, tls: ssl.SSLContext | None) -> Listener:
+    host, port = spec.tcp_host_port
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except OSError as exc:
+        raise ListenerError(f"cannot listen on tcp://{spec.address}: {exc}") from exc
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ListenerError(f"cannot listen on tcp://{spec.address}: {exc}") from exc
+    return Listener(sock=sock, name=str(spec), path=None, tls=tls)
+
+
 def take_activated_fds(environ: MutableMapping[str, str]) -> list[int]:
     """sd_listen_fds(unset_environment=1): the fds systemd passed us, or []."""
     pid, count = environ.get("LISTEN_PID"), environ.get("LISTEN_FDS")
@@ -145,7 +191,9 @@ def take_activated_fds(environ: MutableMapping[str, str]) -> list[int]:
     return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)))
 
 
-def activated_listeners(spec: HostSpec, fds: list[int]) -> list[Listener]:
+def activated_listeners(
+    spec: HostSpec, fds: list[int], tls: ssl.SSLContext | None = None
+) -> list[Listener]:
     if not fds:
         raise ListenerError(
             "no sockets found via socket activation: make sure the service was started by systemd"
@@ -163,14 +211,22 @@ def activated_listeners(spec: HostSpec, fds: list[int]) -> list[Listener]:
         sock = socket.socket(fileno=fd)
         if sock.type != socket.SOCK_STREAM:
             raise ListenerError(f"fd {fd} from systemd is not a stream socket")
-        listeners.append(Listener(sock=sock, name=f"fd://{fd}", path=None))
+        # TLS applies to network sockets systemd passes, not to unix ones.
+        network = sock.family in (socket.AF_INET, socket.AF_INET6)
+        listeners.append(
+            Listener(sock=sock, name=f"fd://{fd}", path=None, tls=tls if network else None)
+        )
     return listeners
 
 
 def open_listeners(
-    hosts: list[str], group: str, environ: MutableMapping[str, str]
+    hosts: list[str],
+    group: str,
+    environ: MutableMapping[str, str],
+    tls: ssl.SSLContext | None = None,
 ) -> list[Listener]:
-    """Every -H, in order. On error, what was opened is closed again."""
+    """Every -H, in order; ``tls`` wraps the TCP ones. On error, what was opened is closed
+    again. (Whether a TCP socket may be opened at all is ``api.tlsconfig``'s question.)"""
     specs = [parse_host(host) for host in hosts]
     fds = take_activated_fds(environ)
     gid = socket_gid(group) if any(s.scheme == "unix" for s in specs) else None
@@ -181,7 +237,11 @@ def open_listeners(
             if spec.scheme == "unix":
                 opened.append(open_unix_listener(Path(spec.address), gid))
                 continue
-            for listener in activated_listeners(spec, [f for f in fds if f not in used_fds]):
+            if spec.scheme == "tcp":
+                opened.append(open_tcp_listener(spec, tls))
+                continue
+            unused = [f for f in fds if f not in used_fds]
+            for listener in activated_listeners(spec, unused, tls):
                 used_fds.add(listener.sock.fileno())
                 opened.append(listener)
     except BaseException:

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +40,16 @@ from api.listeners import ListenerError, close_listeners, open_listeners, parse_
 from api.metrics import split_address
 from api.notify import Notifier
 from api.pidfile import PidFile, PidFileLocked
+from api.reloading import RELOADER, ConfigReload, LoadConfig
 from api.server import ApiServer, Listener
+from api.tlsconfig import (
+    DEFAULT_TLS_HOST,
+    TLSConfigError,
+    check_tcp_exposure,
+    resolve_tls,
+    server_context,
+    tls_enabled,
+)
 from api.versioning import API_VERSION
 from engine.config import DEFAULT_CONFIG_FILE, EngineConfig, config_keys
 from engine.system.info import ENGINE_VERSION
@@ -66,7 +76,12 @@ class Flag:
 
 
 FLAGS: tuple[Flag, ...] = (
-    Flag(("-H", "--host"), "hosts", "list", "daemon socket(s) to listen on (unix://, fd://)"),
+    Flag(("-H", "--host"), "hosts", "list", "daemon socket(s) to listen on (unix://, tcp://, fd://)"),
+    Flag(("--tls",), "tls", "bool", "use TLS on tcp:// sockets; implied by --tlsverify"),
+    Flag(("--tlsverify",), "tlsverify", "bool", "use TLS and require client certificates"),
+    Flag(("--tlscacert",), "tlscacert", "str", "trust client certs signed only by this CA"),
+    Flag(("--tlscert",), "tlscert", "str", "TLS certificate file (~/.docker/cert.pem)"),
+    Flag(("--tlskey",), "tlskey", "str", "TLS key file (~/.docker/key.pem)"),
     Flag(("--data-root",), "data-root", "str", "root of persistent state (/var/lib/wharfd)"),
     Flag(("--exec-root",), "exec-root", "str", "root of runtime state (/run/wharfd)"),
     Flag(("-p", "--pidfile"), "pidfile", "str", "pid file (<exec-root>/wharfd.pid)"),
@@ -264,14 +279,26 @@ def _validation_text(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def config_file_path(namespace: argparse.Namespace) -> Path:
+    return Path(namespace.config_file) if "config_file" in namespace else DEFAULT_CONFIG_FILE
+
+
 def load_config(namespace: argparse.Namespace) -> EngineConfig:
+    return load_config_and_keys(namespace)[0]
+
+
+def load_config_and_keys(namespace: argparse.Namespace) -> tuple[EngineConfig, frozenset[str]]:
+    """The merged configuration and the keys the file itself set (a reload needs both)."""
     explicit = "config_file" in namespace
-    path = Path(namespace.config_file) if explicit else DEFAULT_CONFIG_FILE
+    path = config_file_path(namespace)
     flags = flag_values(namespace)
     try:
         file_values = read_config_file(path, explicit)
         merged = merge(file_values, flags)
         config = EngineConfig.model_validate(merged)
+        if not merged.get("hosts") and tls_enabled(config):
+            # dockerd: with TLS on and no -H at all, the one socket is tcp://localhost:2376
+            config = config.model_copy(update={"hosts": [DEFAULT_TLS_HOST]})
         for host in config.hosts:
             parse_host(host)
         if config.metrics_addr:
@@ -282,7 +309,7 @@ def load_config(namespace: argparse.Namespace) -> EngineConfig:
         raise ConfigError(f"invalid configuration: {_validation_text(exc)}") from None
     except (ListenerError, ValueError) as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None
-    return config
+    return config, frozenset(file_values)
 
 
 # --- logging --------------------------------------------------------------------------
@@ -319,12 +346,16 @@ _PY_LEVELS = {
 
 
 def setup_logging(config: EngineConfig) -> None:
-    level = logging.DEBUG if config.debug else _PY_LEVELS[config.log_level]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    logging.getLogger().handlers[:] = [handler]
+    apply_log_level(config)
+
+
+def apply_log_level(config: EngineConfig) -> None:
+    """debug / log-level (at start and on reload)."""
+    level = logging.DEBUG if config.debug else _PY_LEVELS[config.log_level]
+    logging.getLogger().setLevel(level)
     # One line per request is dockerd's debug-level "Calling GET /_ping", not info.
     access = logging.DEBUG if level <= logging.DEBUG else logging.WARNING
     logging.getLogger("aiohttp.access").setLevel(access)
@@ -334,14 +365,15 @@ def setup_logging(config: EngineConfig) -> None:
 
 
 class Signals:
-    """SIGTERM/SIGINT set ``stop``; the third one exits at once. SIGHUP is ignored
-    (dockerd reloads its configuration on SIGHUP; we do not support reloading yet)."""
+    """SIGTERM/SIGINT set ``stop``; the third one exits at once. SIGHUP calls ``on_hup``
+    (a configuration reload, api.reloading)."""
 
     FORCE_AFTER = 3
 
-    def __init__(self, stop: asyncio.Event) -> None:
+    def __init__(self, stop: asyncio.Event, on_hup: Callable[[], None] | None = None) -> None:
         self._stop = stop
         self._count = 0
+        self._on_hup_callback = on_hup
 
     HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -364,7 +396,10 @@ class Signals:
         self._stop.set()
 
     def _on_hup(self) -> None:
-        log.warning("configuration reload is not supported; ignoring SIGHUP")
+        if self._on_hup_callback is None:
+            log.warning("not serving yet; ignoring SIGHUP")
+            return
+        self._on_hup_callback()
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -381,15 +416,40 @@ async def serve(
     app_factory: AppFactory,
     listeners: Sequence[Listener],
     notifier: Notifier,
+    reload_source: ReloadSource | None = None,
 ) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    signals = Signals(stop)
+    hup = _HupTarget()
+    signals = Signals(stop, hup)
     signals.install(loop)
     try:
-        return await _serve_until(stop, config, app_factory, listeners, notifier)
+        return await _serve_until(
+            stop, config, app_factory, listeners, notifier, reload_source, hup
+        )
     finally:
         signals.uninstall(loop)
+
+
+@dataclass(frozen=True)
+class ReloadSource:
+    """How to read the configuration again: the file and the start-up flags."""
+
+    load: LoadConfig
+    config_file: str
+
+
+class _HupTarget:
+    """What SIGHUP does: nothing until the server is up, then a reload."""
+
+    def __init__(self) -> None:
+        self.reload: ConfigReload | None = None
+
+    def __call__(self) -> None:
+        if self.reload is None:
+            log.warning("SIGHUP before the daemon finished starting; ignored")
+            return
+        self.reload.trigger()
 
 
 async def _serve_until(
@@ -398,23 +458,46 @@ async def _serve_until(
     app_factory: AppFactory,
     listeners: Sequence[Listener],
     notifier: Notifier,
+    reload_source: ReloadSource | None = None,
+    hup: _HupTarget | None = None,
 ) -> int:
     server: ApiServer | None = None
     try:
-        server = ApiServer(app_factory(config), listeners, config.shutdown_timeout)
+        app = app_factory(config)
+        server = ApiServer(app, listeners, config.shutdown_timeout)
         await server.start()
     except Exception as exc:
         log.error("failed to start daemon: %s", exc, exc_info=config.debug)
         if server is not None:
             await server.stop()
         return 1
+    running = server
+
+    def apply_process(new: EngineConfig) -> None:
+        apply_log_level(new)
+        running.shutdown_timeout = new.shutdown_timeout
+
+    reload = None
+    if reload_source is not None and hup is not None:
+        reload = ConfigReload(
+            load=reload_source.load,
+            reloader=app.get(RELOADER),
+            apply_process=apply_process,
+            notifier=notifier,
+            config_file=reload_source.config_file,
+        )
+        hup.reload = reload
     if not stop.is_set():
         notifier.notify("READY=1")
         log.info("daemon has completed initialization")
     await stop.wait()
+    if hup is not None:
+        hup.reload = None
+    if reload is not None:
+        await reload.close()
     notifier.notify("STOPPING=1")
     log.info(
-        "stopping: no new connections; waiting up to %ss for requests", config.shutdown_timeout
+        "stopping: no new connections; waiting up to %ss for requests", server.shutdown_timeout
     )
     await server.stop()
     log.info("daemon shut down")
@@ -428,8 +511,25 @@ def default_app_factory(config: EngineConfig) -> web.Application:
     return make_app(Engine(config))
 
 
-def run(config: EngineConfig, app_factory: AppFactory) -> int:
+def tcp_tls_context(config: EngineConfig) -> ssl.SSLContext | None:
+    """The TLS context of the tcp:// sockets (None: TLS off), after refusing a TCP socket
+    that would expose the API without client verification (api.tlsconfig)."""
+    for spec in (parse_host(host) for host in config.hosts):
+        if spec.scheme == "tcp":
+            check_tcp_exposure(config, spec.tcp_host_port[0], str(spec))
+    tls = resolve_tls(config, os.environ)
+    return server_context(tls) if tls is not None else None
+
+
+def run(
+    config: EngineConfig, app_factory: AppFactory, reload_source: ReloadSource | None = None
+) -> int:
     notifier = Notifier.from_environ(os.environ)
+    try:
+        tls = tcp_tls_context(config)
+    except TLSConfigError as exc:
+        log.error("failed to start daemon: %s", exc)
+        return 1
     pidfile = PidFile(config.effective_pidfile())
     try:
         pidfile.acquire()
@@ -438,9 +538,9 @@ def run(config: EngineConfig, app_factory: AppFactory) -> int:
         return 1
     listeners: list[Listener] = []
     try:
-        listeners = open_listeners(config.hosts, config.group, os.environ)
+        listeners = open_listeners(config.hosts, config.group, os.environ, tls)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(serve(config, app_factory, listeners, notifier))
+            return runner.run(serve(config, app_factory, listeners, notifier, reload_source))
     except ListenerError as exc:
         log.error("failed to start daemon: %s", exc)
         return 1
@@ -463,7 +563,11 @@ def main(argv: Sequence[str] | None = None, *, app_factory: AppFactory | None = 
         print("configuration OK")
         return 0
     setup_logging(config)
-    return run(config, app_factory or default_app_factory)
+    source = ReloadSource(
+        load=lambda: load_config_and_keys(namespace),
+        config_file=str(config_file_path(namespace)),
+    )
+    return run(config, app_factory or default_app_factory, source)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 
+from api.tlsbridge import TLSBridge
 from api.versioning import common_headers
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class Listener:
     sock: socket.socket
     name: str
     path: Path | None = None
+    tls: ssl.SSLContext | None = None  # TCP sockets with TLS on
 
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -126,6 +129,12 @@ class DockerRequestHandler(web.RequestHandler):
         return response
 
 
+def _name_tls_peer(protocol: asyncio.Protocol, peer: str) -> None:
+    # The app sees the bridge's socketpair; name the real client in its log lines.
+    if isinstance(protocol, DockerRequestHandler):
+        protocol.peer = f"{peer} (TLS)"
+
+
 class ListenerSite(web.BaseSite):
     """Serve one listening socket with ``DockerRequestHandler`` (accepting starts here)."""
 
@@ -146,8 +155,19 @@ class ListenerSite(web.BaseSite):
         def protocol() -> DockerRequestHandler:
             return DockerRequestHandler(server, loop=loop, **HANDLER_OPTIONS)
 
+        tls = self._listener.tls
+        if tls is None:
+            self._server = await loop.create_server(
+                protocol, sock=self._listener.sock, backlog=self._backlog
+            )
+            return
+
+        def bridged() -> TLSBridge:
+            return TLSBridge(tls, protocol, _name_tls_peer)
+
+        # TLS is terminated in api.tlsbridge, not by the loop: see why there.
         self._server = await loop.create_server(
-            protocol, sock=self._listener.sock, backlog=self._backlog
+            bridged, sock=self._listener.sock, backlog=self._backlog
         )
 
 
@@ -167,6 +187,16 @@ class ApiServer:
             app, handle_signals=False, shutdown_timeout=shutdown_timeout, **HANDLER_OPTIONS
         )
 
+    @property
+    def shutdown_timeout(self) -> float:
+        return float(self._runner._shutdown_timeout)
+
+    @shutdown_timeout.setter
+    def shutdown_timeout(self, seconds: float) -> None:
+        # shutdown-timeout is reloadable (SIGHUP); aiohttp reads the runner's value only
+        # when it stops, and offers no setter.
+        self._runner._shutdown_timeout = seconds
+
     async def start(self) -> None:
         """Run the app's startup (the engine starts here), then accept connections (the
         ones that arrived meanwhile wait in the listen backlog)."""
@@ -174,7 +204,8 @@ class ApiServer:
         for listener in self._listeners:
             site = ListenerSite(self._runner, listener)
             await site.start()
-            log.info("API listen on %s", listener.name)
+            scheme = " (TLS)" if listener.tls is not None else ""
+            log.info("API listen on %s%s", listener.name, scheme)
 
     async def stop(self) -> None:
         await self._runner.cleanup()

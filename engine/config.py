@@ -125,6 +125,14 @@ class EngineConfig(BaseModel):
         default=5, alias="max-concurrent-uploads", strict=True, ge=1
     )
     features: dict[str, bool] = Field(default_factory=dict, alias="features")
+    max_download_attempts: int = Field(default=5, alias="max-download-attempts", strict=True, ge=1)
+
+    # --- TLS of the tcp:// API sockets (api.tlsconfig applies dockerd's rules; None = unset)
+    tls: bool | None = Field(default=None, alias="tls", strict=True)
+    tlsverify: bool | None = Field(default=None, alias="tlsverify", strict=True)
+    tlscacert: str | None = Field(default=None, alias="tlscacert")
+    tlscert: str | None = Field(default=None, alias="tlscert")
+    tlskey: str | None = Field(default=None, alias="tlskey")
 
     @field_validator("default_shm_size", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import logging
 import shutil
+from collections.abc import Set
 from pathlib import Path
 
 from engine.builder.manager import BuildManager
@@ -17,10 +18,12 @@ from engine.containers.exec import ExecManager
 from engine.containers.files import ContainerFiles
 from engine.containers.health import HealthChecker
 from engine.containers.manager import ContainerManager
+from engine.errors import Conflict
 from engine.events import EventBus
 from engine.images.manager import ImageManager
 from engine.layout import Layout
 from engine.networks.manager import NetworkManager
+from engine.reload import ReloadPlan, plan_reload, reload_attributes
 from engine.runtime.cli import RuncCLI
 from engine.runtime.conmon import ConmonMonitor
 from engine.snapshots.overlay import OverlaySnapshotter
@@ -115,6 +118,63 @@ class Engine:
                     raise
                 log.warning("runtime %s is not usable here and is not offered: %s", name, exc)
                 del self.runtimes[name]
+
+    async def reload(self, loaded: EngineConfig, file_keys: Set[str]) -> ReloadPlan:
+        """Apply the reloadable part of a re-read configuration (engine.reload decides
+        which), then publish dockerd's ``daemon reload`` event. Raises, with nothing
+        applied, when the new runtimes cannot be used."""
+        plan = plan_reload(self.config, loaded, file_keys)
+        runtimes_changed = bool({"runtimes", "default-runtime"} & set(plan.changed))
+        if runtimes_changed:
+            await self._swap_runtimes(plan.config)
+        self.config = plan.config
+        self.images.reconfigure(plan.config)
+        self.containers.reconfigure(plan.config)
+        if runtimes_changed:
+            configured = list(RuncCLI.from_config(plan.config, self.layout))
+            self.system.reconfigure_runtimes(plan.config, configured)
+            await self.system.probe(self.runtimes)
+        self.system.reconfigure(plan.config)
+        facts = self.system.facts()
+        self.events.emit(
+            "daemon", "reload", facts.daemon_id,
+            reload_attributes(plan.config, facts.host.hostname),
+        )
+        return plan
+
+    async def _swap_runtimes(self, config: EngineConfig) -> None:
+        """Probe the runtimes ``config`` adds or changes, then swap them into the shared
+        runtime table in one go. A runtime a container was created with stays."""
+        wanted = RuncCLI.from_config(config, self.layout)
+        removed = set(self.runtimes) - set(wanted)
+        in_use = removed & self.containers.runtimes_in_use()
+        if in_use:
+            raise Conflict(
+                "cannot remove runtime(s) used by existing containers: " + ", ".join(sorted(in_use))
+            )
+        fresh = {
+            name: runtime
+            for name, runtime in wanted.items()
+            if name not in self.runtimes
+            or (self.runtimes[name].path, self.runtimes[name].runtime_args)
+            != (runtime.path, runtime.runtime_args)
+        }
+        usable: dict[str, RuncCLI] = {}
+        for name, runtime in fresh.items():
+            try:
+                await runtime.probe()
+            except Exception as exc:
+                if name == config.default_runtime or name in self.runtimes:
+                    raise Conflict(f"runtime {name} cannot be used: {exc}") from exc
+                log.warning("runtime %s is not usable here and is not offered: %s", name, exc)
+                continue
+            usable[name] = runtime
+        if config.default_runtime not in (set(self.runtimes) | set(usable)) - removed:
+            raise Conflict(f"default runtime {config.default_runtime} is not usable")
+        # all checks passed: only now does the shared table change
+        self.runtimes.update(usable)
+        for name in removed:
+            del self.runtimes[name]
 
     def _note_boot(self) -> bool:
         """True when the host rebooted since the exec root was last used.

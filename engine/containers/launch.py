@@ -50,6 +50,10 @@ class Launcher:
         self._volumes = volumes
         self._networks = networks
 
+    def reconfigure(self, config: EngineConfig) -> None:
+        """A reloaded configuration (SIGHUP): used from the next operation on."""
+        self._config = config
+
     def netns_of(self, view: ContainerView) -> Path | None:
         mode = view.config.host_config.get("NetworkMode") or "default"
         if mode == "host" or mode.startswith("container:"):

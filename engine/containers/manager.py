@@ -119,6 +119,20 @@ class ContainerManager:
             remove_locked=self._remove_locked,
         )
 
+    def reconfigure(self, config: EngineConfig) -> None:
+        """A reloaded configuration (live-restore, default runtime, default shm size...):
+        containers created or stopped from now on follow it."""
+        self._config = config
+        for part in (self._records, self._launcher, self._runs, self._restorer):
+            part.reconfigure(config)
+
+    def runtimes_in_use(self) -> set[str]:
+        """Runtimes some container (in any state) was created with."""
+        return {
+            str(view.config.host_config.get("Runtime") or self._config.default_runtime)
+            for view in self.views()
+        }
+
     # ------------------------------------------------------------------ read side
     def get(self, ref: str) -> ContainerView:
         return self._table.get(ref)

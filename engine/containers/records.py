@@ -73,6 +73,10 @@ class ConfigRecords:
         self._volumes = volumes
         self._networks = networks
 
+    def reconfigure(self, config: EngineConfig) -> None:
+        """A reloaded configuration (SIGHUP): used from the next operation on."""
+        self._config = config
+
     async def create(
         self, body: dict[str, Any], name: str | None, platform: str | None = None
     ) -> tuple[str, list[str]]:

@@ -64,6 +64,10 @@ class Restorer:
         # ContainerManager's removal, for rows marked removing and AutoRemove exits.
         self._remove_locked = remove_locked
 
+    def reconfigure(self, config: EngineConfig) -> None:
+        """A reloaded configuration (SIGHUP): used from the next operation on."""
+        self._config = config
+
     async def run(self, rebooted: bool = False) -> None:
         """Load every container; re-adopt running ones; record exits that happened while
         the daemon was down; reconcile the others with what the host still holds of

@@ -69,6 +69,10 @@ class RunLifecycle:
         # Exits published but not yet written (disk full), and their retry tasks.
         self._unsaved: dict[str, asyncio.Task[None]] = {}
 
+    def reconfigure(self, config: EngineConfig) -> None:
+        """A reloaded configuration (SIGHUP): used from the next operation on."""
+        self._config = config
+
     def runtime_name(self, view: ContainerView) -> str:
         return view.config.host_config.get("Runtime") or self._config.default_runtime
 

@@ -165,8 +165,24 @@ class ImageManager(RemovalMixin):
         self.max_uploads = config.max_concurrent_uploads if config else 5
         self.download_slots = asyncio.Semaphore(self.max_downloads)
         self.upload_slots = asyncio.Semaphore(self.max_uploads)
+        # accepted and reloadable like dockerd's; layer downloads do not retry yet
+        self.max_download_attempts = config.max_download_attempts if config else 5
         self.transfers: dict[str, Any] = {}  # pull.py: layer downloads in flight, by chain id
         self._fresh_blobs: dict[str, str] = {}  # chain id → blob committed, rows not yet
+
+    def reconfigure(self, config: EngineConfig) -> None:
+        """Apply reloaded registry settings. Transfers in flight keep the slots they
+        hold; new ones queue on the new limits."""
+        self.registries.adopt_settings(
+            Registries(config.insecure_registries, config.registry_mirrors)
+        )
+        if config.max_concurrent_downloads != self.max_downloads:
+            self.max_downloads = config.max_concurrent_downloads
+            self.download_slots = asyncio.Semaphore(self.max_downloads)
+        if config.max_concurrent_uploads != self.max_uploads:
+            self.max_uploads = config.max_concurrent_uploads
+            self.upload_slots = asyncio.Semaphore(self.max_uploads)
+        self.max_download_attempts = config.max_download_attempts
 
     def set_usage_source(self, fn: UsageSource) -> None:
         """``fn(image id) → [(container id, running)]``, from the container manager."""

@@ -159,6 +159,14 @@ class Registries:
         if not endpoint.mirror:
             self._working[endpoint.host] = endpoint.base
 
+    def adopt_settings(self, other: Registries) -> None:
+        """Take ``other``'s insecure registries and mirrors (a configuration reload); the
+        session and token caches stay. Remembered schemes are forgotten: they may differ."""
+        self._insecure_hosts = other._insecure_hosts
+        self._insecure_nets = other._insecure_nets
+        self._mirrors = other._mirrors
+        self._working.clear()
+
     # -- the HTTP session ----------------------------------------------------------------
     async def session(self) -> aiohttp.ClientSession:
         async with self._session_lock:

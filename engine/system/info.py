@@ -20,8 +20,8 @@ import shutil
 import socket
 import sys
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -178,6 +178,25 @@ class SystemInfo:
         if self._facts is None:
             raise RuntimeError("SystemInfo.probe() has not run")
         return self._facts
+
+    def reconfigure(self, config: EngineConfig) -> None:
+        """A reloaded configuration: /info shows its settings from now on (runtimes
+        change through ``probe`` again)."""
+        self._config = config
+        if self._facts is not None:
+            self._facts = replace(
+                self._facts,
+                debug=config.debug,
+                live_restore=config.live_restore,
+                labels=tuple(config.labels),
+                insecure_registries=tuple(config.insecure_registries),
+                registry_mirrors=tuple(config.registry_mirrors),
+                default_runtime=config.default_runtime,
+            )
+
+    def reconfigure_runtimes(self, config: EngineConfig, configured: Sequence[str]) -> None:
+        self._config = config
+        self._configured = tuple(configured)
 
     async def probe(self, runtimes: Mapping[str, RuntimeLike]) -> SystemFacts:
         """Gather every fact once. ``runtimes`` are the usable ones (already probed)."""

@@ -16,6 +16,7 @@ import grp
 import json
 import os
 import re
+import signal
 import socket
 import stat
 import subprocess
@@ -232,6 +233,37 @@ def test_socket_activation(kind: str) -> None:
         assert d.stop() == 0
         # systemd owns the socket file: the daemon must leave it
         assert os.path.exists(d.socket)
+    finally:
+        receiver.close()
+        d.cleanup()
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/usr/bin/systemd-socket-activate"),
+    reason="systemd-socket-activate is not installed",
+)
+def test_activated_socket_beside_tcp_and_reload_notifications(kind: str) -> None:
+    """-H fd:// and -H tcp:// at once; SIGHUP says RELOADING=1, then READY=1 again."""
+    d = Wharfd(kind, ["-H", "tcp://127.0.0.1:2375"], activate=True)
+    address = str(d.tmp / "notify.sock")
+    d.extra_env["NOTIFY_SOCKET"] = address
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(address)
+    receiver.settimeout(30)
+    try:
+        d.start()
+        assert receiver.recv(256) == b"READY=1"
+        r = subprocess.run(
+            d.netns.wrap(["docker", "-H", "tcp://127.0.0.1:2375", "version", "--format",
+                          "{{.Server.Os}}"]),
+            env=d.env, capture_output=True, text=True, timeout=60,
+        )
+        assert (r.returncode, r.stdout.strip()) == (0, "linux"), r.stderr
+        assert d.pid is not None
+        os.kill(d.pid, signal.SIGHUP)
+        assert receiver.recv(256).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+        assert receiver.recv(256) == b"READY=1"
+        assert run_docker(d, "version").returncode == 0
     finally:
         receiver.close()
         d.cleanup()

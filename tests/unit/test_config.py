@@ -183,7 +183,9 @@ def test_empty_file_is_empty_config(tmp_path: Path, text: str) -> None:
         ({"log-level": "loud"}, "unable to parse logging level: loud"),
         ({"default-runtime": "nope"}, "specified default runtime 'nope' does not exist"),
         ({"runtimes": {"runc": {"path": "/x"}}}, "runtime name 'runc' is reserved"),
-        ({"hosts": ["tcp://0.0.0.0:2375"]}, "tcp:// listeners are not supported"),
+        ({"hosts": ["ssh://host"]}, "ssh:// listeners are not supported"),
+        ({"hosts": ["tcp://0.0.0.0:2375/x"]}, "Invalid bind address format"),
+        ({"tlsverify": "yes"}, "tlsverify"),
         ({"hosts": ["/run/x.sock"]}, "Invalid bind address format"),
         ({"runtimes": {"x": {"paht": "/x"}}}, "runtimes"),
     ],
@@ -288,3 +290,4 @@ def test_metrics_address(address: str) -> None:
 def test_bad_metrics_address_is_refused(address: str) -> None:
     with pytest.raises(ConfigError, match="invalid metrics address"):
         config_from(["--metrics-addr", address])
+

@@ -55,6 +55,12 @@ def short_tmp() -> Iterator[Path]:
         ("fd://", HostSpec("fd", "")),
         ("fd://*", HostSpec("fd", "")),
         ("fd://3", HostSpec("fd", "3")),
+        ("tcp://0.0.0.0:2376", HostSpec("tcp", "0.0.0.0:2376")),
+        ("tcp://10.0.0.1", HostSpec("tcp", "10.0.0.1:2375")),  # dockerd's default port
+        ("tcp://:2376", HostSpec("tcp", "localhost:2376")),  # and default host
+        ("tcp://", HostSpec("tcp", "localhost:2375")),
+        ("10.0.0.1:2376", HostSpec("tcp", "10.0.0.1:2376")),  # no scheme: tcp
+        ("TCP://[::1]:2376", HostSpec("tcp", "[::1]:2376")),
     ],
 )
 def test_parse_host(raw: str, spec: HostSpec) -> None:
@@ -64,7 +70,10 @@ def test_parse_host(raw: str, spec: HostSpec) -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ("tcp://0.0.0.0:2375", "tcp:// listeners are not supported"),
+        ("https://0.0.0.0:2375", "https:// listeners are not supported"),
+        ("tcp://0.0.0.0:2375/path", "Invalid bind address format"),
+        ("tcp://0.0.0.0:99999", "Invalid bind address format"),
+        ("tcp://0.0.0.0:0", "Invalid bind address format"),
         ("/run/x.sock", "Invalid bind address format"),
         ("unix://relative.sock", "must be absolute"),
         ("unix:///" + "x" * 120, "too long"),

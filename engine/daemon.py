@@ -11,6 +11,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from engine.builder.buildkit.control import BuildKitFront
 from engine.builder.manager import BuildManager
 from engine.config import EngineConfig
 from engine.containers.exec import ExecManager
@@ -27,7 +28,7 @@ from engine.snapshots.overlay import OverlaySnapshotter
 from engine.store.atomic import atomic_write, ensure_dir
 from engine.store.content import ContentStore
 from engine.store.db import Database
-from engine.system.info import SystemInfo
+from engine.system.info import SystemInfo, go_arch
 from engine.system.usage import DiskUsage
 from engine.volumes.manager import VolumeManager
 
@@ -77,6 +78,7 @@ class Engine:
         )
         self.system = SystemInfo(config, self.layout, self.runtimes)
         self.builder = BuildManager(self.db, self.layout, self.images, self.containers)
+        self.buildkit = BuildKitFront(self.builder, go_arch())
         self.usage = DiskUsage(self.images, self.containers, self.volumes, self.snapshotter)
 
     async def start(self) -> None:

@@ -19,14 +19,21 @@ import contextlib
 import shutil
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine.builder import dockerfile as df
 from engine.builder import remote
 from engine.builder.cache import BuildCache
-from engine.builder.context import receive_context
+from engine.builder.context import BuildContext, receive_context
 from engine.builder.options import PROXY_ARGS, BuildOptions
 from engine.builder.shellwords import expand_word
-from engine.builder.steps import BuildRun, StageBuilder, StageState
+from engine.builder.steps import (
+    BuildRun,
+    StageBuilder,
+    StageState,
+    StepObserver,
+    StepPosition,
+)
 from engine.containers.manager import ContainerManager
 from engine.errors import EngineError, InvalidParameter, NotFound
 from engine.ids import new_id
@@ -43,6 +50,9 @@ from engine.store.db import Database
 class BuildPruneReport:
     deleted: list[str]
     space_reclaimed: int
+
+
+_FILESYSTEM_STEPS = (df.RunCommand, df.CopyCommand, df.WorkdirCommand)
 
 
 class BuildManager:
@@ -70,41 +80,68 @@ class BuildManager:
                     options.dockerfile)
             else:
                 context = await receive_context(body, workdir / "context", options.dockerfile)
-            dockerfile = df.parse(context.dockerfile_text)
-            stages = _stages_to_build(dockerfile, options)
-            shown = discard if options.quiet else sink
-            run = BuildRun(
-                options=options, images=self._images, containers=self._containers,
-                cache=self._cache, sink=shown, context_root=context.root,
-                escape=dockerfile.escape, meta_args={},
-                resolve_image=lambda ref, platform: self._base_image(
-                    ref, options, shown, platform),
-                cache_sources=self._cache_sources(options.cache_from),
-            )
-            try:
-                image_id = await self._run_stages(run, dockerfile, stages)
-            finally:
-                if options.force_remove:
-                    for cid in run.failed_containers:
-                        with contextlib.suppress(EngineError):
-                            await self._containers.remove(cid, force=True)
-            unused = sorted(set(k for k in options.build_args
-                                if k not in PROXY_ARGS) - run.consumed_args)
-            if unused:
-                shown(Progress(stream="[Warning] One or more build-args "
-                                      f"[{' '.join(unused)}] were not consumed\n"))
-            if options.quiet:
-                sink(Progress(stream=f"{image_id}\n"))
-                for ref in tags:
-                    await self._images.tag(image_id, ref.name, ref.tag)
-                return image_id
-            shown(Progress(stream=f"Successfully built {image_id.partition(':')[2][:12]}\n"))
-            for ref in tags:
-                name = await self._images.tag(image_id, ref.name, ref.tag)
-                shown(Progress(stream=f"Successfully tagged {name}\n"))
-            return image_id
+            return await self.build_prepared(context, options, sink, tags)
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+    async def build_prepared(
+        self, context: BuildContext, options: BuildOptions, sink: ProgressSink,
+        tags: Sequence[Reference] = (), on_step: StepObserver | None = None,
+    ) -> str:
+        """Run a build whose context is already on disk (``/build`` after receiving the
+        tar; the BuildKit front after fetching it through the session). ``on_step`` hears
+        of every instruction as it starts. Returns the image id."""
+        dockerfile = df.parse(context.dockerfile_text)
+        stages = _stages_to_build(dockerfile, options)
+        shown = discard if options.quiet else sink
+        run = BuildRun(
+            options=options, images=self._images, containers=self._containers,
+            cache=self._cache, sink=shown, context_root=context.root,
+            escape=dockerfile.escape, meta_args={},
+            resolve_image=lambda ref, platform: self._base_image(
+                ref, options, shown, platform),
+            cache_sources=self._cache_sources(options.cache_from),
+            on_step=on_step,
+        )
+        try:
+            image_id = await self._run_stages(run, dockerfile, stages)
+        finally:
+            if options.force_remove:
+                for cid in run.failed_containers:
+                    with contextlib.suppress(EngineError):
+                        await self._containers.remove(cid, force=True)
+        unused = sorted(set(k for k in options.build_args
+                            if k not in PROXY_ARGS) - run.consumed_args)
+        if unused:
+            shown(Progress(stream="[Warning] One or more build-args "
+                                  f"[{' '.join(unused)}] were not consumed\n"))
+        if options.quiet:
+            sink(Progress(stream=f"{image_id}\n"))
+            for ref in tags:
+                await self._images.tag(image_id, ref.name, ref.tag)
+            return image_id
+        shown(Progress(stream=f"Successfully built {image_id.partition(':')[2][:12]}\n"))
+        for ref in tags:
+            name = await self._images.tag(image_id, ref.name, ref.tag)
+            shown(Progress(stream=f"Successfully tagged {name}\n"))
+        return image_id
+
+    def scratch_dir(self) -> Path:
+        """A fresh directory name under the daemon's tmp (wiped at start-up) for one
+        build's files; the caller creates and removes it."""
+        return self._layout.tmp_dir / f"build-{new_id()[:16]}"
+
+    async def tag_image(self, image_id: str, names: Sequence[str]) -> list[str]:
+        """Tag a built image with each name (``docker tag`` normalisation); all names
+        are checked before the first tag is written. Returns the familiar names."""
+        refs = [_parse_tag(n) for n in names]
+        return [await self._images.tag(image_id, r.name, r.tag) for r in refs]
+
+    def image_config(self, image_id: str) -> dict[str, object]:
+        view = self._images.view_by_id(image_id)
+        if view is None:
+            raise NotFound(f"No such image: {image_id}")
+        return dict(view.config)
 
     async def _run_stages(
         self, run: BuildRun, dockerfile: df.Dockerfile, stages: Sequence[int]
@@ -113,10 +150,13 @@ class BuildManager:
         total = len(dockerfile.meta_args) + sum(
             1 + len(dockerfile.stages[i].commands) for i in stages) + len(options.labels)
         step = 0
+        named = len(stages) > 1
 
-        def announce(original: str) -> None:
+        def announce(original: str, where: StepPosition | None = None) -> None:
             nonlocal step
             step += 1
+            if run.on_step is not None and where is not None:
+                run.on_step(where)
             run.say(f"Step {step}/{total} : {original}")
             run.say("\n")
 
@@ -136,11 +176,19 @@ class BuildManager:
         image_id: str | None = None
         for index in stages:
             stage = dockerfile.stages[index]
-            announce(stage.original)
+            label = (stage.name or f"stage-{index}") if named else ""
+            # BuildKit numbers only the instructions that make a filesystem step
+            # (metadata ones change the config and have no vertex)
+            count = 1 + sum(1 for c in stage.commands if isinstance(c, _FILESYSTEM_STEPS))
+            announce(stage.original, StepPosition(label, 1, count, stage.original))
             builder = await self._from(run, stage)
             await builder.run_onbuild_triggers()
+            number = 1
             for command in stage.commands:
-                announce(command.original)
+                visible = isinstance(command, _FILESYSTEM_STEPS)
+                number += visible
+                announce(command.original, StepPosition(
+                    label, number if visible else 0, count, command.original))
                 await builder.dispatch(command)
             if index == stages[-1]:
                 # The request's labels: one LABEL step each, sorted (moby's

@@ -72,6 +72,26 @@ class StageState:
         return list(self.config.get("Shell") or DEFAULT_SHELL)
 
 
+@dataclass(frozen=True)
+class StepPosition:
+    """Where an instruction sits, as BuildKit names its vertices: ``[label n/count]``
+    (``label`` is the stage's name or ``stage-N`` in multi-stage builds, else empty).
+    ``number`` 0: a metadata instruction, which BuildKit shows no vertex for."""
+
+    stage_label: str
+    number: int
+    count: int
+    instruction: str
+
+    @property
+    def vertex_name(self) -> str:
+        prefix = f"{self.stage_label} " if self.stage_label else ""
+        return f"[{prefix}{self.number}/{self.count}] {self.instruction}"
+
+
+StepObserver = Callable[[StepPosition], None]
+
+
 @dataclass
 class BuildRun:
     """Shared by every stage of one build."""
@@ -91,6 +111,7 @@ class BuildRun:
     resolve_image: Callable[[str, str], Awaitable[str | None]] | None = None
     cache_sources: list[str] = field(default_factory=list)  # --cache-from image ids
     downloads: int = 0  # ADD <url> directories made so far
+    on_step: StepObserver | None = None  # told as each instruction starts (BuildKit front)
 
     def say(self, text: str) -> None:
         self.sink(Progress(stream=text))

@@ -1,0 +1,70 @@
+"""Build sessions: the ``/session`` connections clients open, where wharfd is the gRPC
+client of the services they expose (FileSync, Auth, Secrets; buildkit-notes §6).
+
+A session registers under its ``X-Docker-Expose-Session-Uuid`` for as long as its
+connection lives. A solve names its session, which may connect after the solve arrived,
+so lookups wait for it (bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from engine.builder.buildkit.grpcwire import Code, GrpcClientConnection, GrpcError
+from engine.errors import InvalidParameter
+
+SESSION_WAIT = 10.0
+
+
+@dataclass(eq=False)
+class Session:
+    session_id: str
+    shared_key: str
+    methods: frozenset[str]
+    conn: GrpcClientConnection
+
+    def supports(self, method: str) -> bool:
+        return method in self.methods
+
+
+class SessionRegistry:
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+        self._changed = asyncio.Condition()
+
+    def check_new(self, session_id: str) -> None:
+        """Refuse an id already connected (dockerd's 400, before the upgrade)."""
+        if not session_id:
+            raise InvalidParameter("no session id in request")
+        if session_id in self._sessions:
+            raise InvalidParameter(f"session {session_id} already exists")
+
+    @contextlib.asynccontextmanager
+    async def registered(self, session_id: str, shared_key: str, methods: Sequence[str],
+                         conn: GrpcClientConnection) -> AsyncIterator[Session]:
+        self.check_new(session_id)
+        session = Session(session_id, shared_key, frozenset(methods), conn)
+        async with self._changed:
+            self._sessions[session_id] = session
+            self._changed.notify_all()
+        try:
+            yield session
+        finally:
+            if self._sessions.get(session_id) is session:
+                del self._sessions[session_id]
+
+    async def get(self, session_id: str, wait: float = SESSION_WAIT) -> Session:
+        """The connected session ``session_id``, waiting up to ``wait`` seconds for it."""
+        async def connected() -> Session:
+            async with self._changed:
+                await self._changed.wait_for(lambda: session_id in self._sessions)
+                return self._sessions[session_id]
+        try:
+            return await asyncio.wait_for(connected(), wait)
+        except TimeoutError:
+            raise GrpcError(Code.NOT_FOUND,
+                            f"no active session for {session_id}: context deadline exceeded"
+                            ) from None

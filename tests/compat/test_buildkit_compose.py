@@ -1,0 +1,112 @@
+"""Issue 11: ``docker compose build`` on Compose v2's default path, BuildKit over ``/grpc``
+(the docker driver: wharfd's Control/LLBBridge services, the context through the session).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.cli import DockerCLI
+from tests.harness.compose import Compose, compose_v2_unavailable_reason
+from tests.harness.daemon import BaseDaemon
+
+pytestmark = pytest.mark.root
+
+DOCKER_DRIVER = 'building with "default" instance using docker driver'
+
+DOCKERFILE = """\
+FROM busybox AS base
+ARG GREETING=unset
+RUN echo "$GREETING from buildkit" > /greeting && echo to-stdout && echo to-stderr >&2
+FROM base
+COPY data.txt sub/ /data/
+CMD ["cat", "/greeting"]
+"""
+
+COMPOSE_FILE = """\
+services:
+  app:
+    image: {image}
+    build:
+      context: ./app
+      args:
+        GREETING: hello
+      labels:
+        built.with: compose-buildkit
+"""
+
+
+@pytest.fixture
+def project(daemon: BaseDaemon, tmp_path: Path, docker_cli: DockerCLI) -> Iterator[Compose]:
+    reason = compose_v2_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    name = "wbk" + secrets.token_hex(3)
+    proj = tmp_path / "project"
+    (proj / "app" / "sub").mkdir(parents=True)
+    (proj / "compose.yaml").write_text(COMPOSE_FILE.format(image=f"{name}-img"))
+    (proj / "app" / "Dockerfile").write_text(DOCKERFILE)
+    (proj / "app" / "data.txt").write_text("data v1\n")
+    (proj / "app" / "sub" / "nested.txt").write_text("nested\n")
+    (proj / "app" / "ignored.txt").write_text("must not be sent\n")
+    (proj / "app" / ".dockerignore").write_text("ignored.txt\n")
+    c = Compose(daemon, proj, name, 2, tmp_path / "docker-config", buildkit=True)
+    try:
+        yield c
+    finally:
+        docker_cli("rmi", "-f", f"{name}-img")
+
+
+def inspect(cli: DockerCLI, ref: str) -> dict[str, Any]:
+    data = json.loads(cli.ok("image", "inspect", ref))
+    assert isinstance(data, list) and len(data) == 1
+    obj: dict[str, Any] = data[0]
+    return obj
+
+
+def test_compose_build_through_buildkit(project: Compose, docker_cli: DockerCLI) -> None:
+    image = f"{project.project}-img"
+    out = project.ok("--progress", "plain", "build")
+    assert DOCKER_DRIVER in out, out
+    assert "docker-container" not in out, out
+    assert "[app internal] load build definition from Dockerfile" in out, out
+    assert "[app base 2/2] RUN echo" in out, out
+    assert "[app stage-1 2/2] COPY data.txt sub/ /data/" in out, out
+    assert "ARG GREETING" not in out, out  # metadata instructions have no vertex
+    assert "to-stdout" in out and "to-stderr" in out, out
+    assert f"naming to docker.io/library/{image}:latest" in out, out
+    obj = inspect(docker_cli, image)
+    labels = obj["Config"]["Labels"] or {}
+    assert labels.get("built.with") == "compose-buildkit", labels
+    assert labels.get("com.docker.compose.service") == "app", labels
+    got = docker_cli.ok("run", "--rm", image)
+    assert got == "hello from buildkit\n"
+    listing = docker_cli.ok("run", "--rm", image, "ls", "/data")
+    assert listing.split() == ["data.txt", "nested.txt"]
+    # .dockerignore applied by the client: the ignored file never reached the daemon
+    docker_cli.ok("run", "--rm", image, "sh", "-c", "! ls / | grep -q ignored")
+
+    # again: every step from the cache, the same image
+    out = project.ok("--progress", "plain", "build")
+    assert re.search(r"#(\d+) \[app base 2/2\] RUN echo.*\n#\1 CACHED", out), out
+    assert re.search(r"#(\d+) \[app stage-1 2/2\] COPY.*\n#\1 CACHED", out), out
+    assert inspect(docker_cli, image)["Id"] == obj["Id"]
+
+
+def test_failing_run_exits_non_zero(project: Compose, docker_cli: DockerCLI) -> None:
+    (project.project_dir / "app" / "Dockerfile").write_text(
+        "FROM busybox\nRUN echo before-failing && exit 3\n")
+    r = project("--progress", "plain", "build")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert DOCKER_DRIVER in out, out
+    assert "before-failing" in out, out
+    assert "returned a non-zero code: 3" in out, out
+    assert docker_cli("image", "inspect", f"{project.project}-img").returncode != 0

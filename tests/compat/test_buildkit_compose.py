@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,3 +113,39 @@ def test_failing_run_exits_non_zero(project: Compose, docker_cli: DockerCLI) -> 
     assert "before-failing" in out, out
     assert "returned a non-zero code: 3" in out, out
     assert docker_cli("image", "inspect", f"{project.project}-img").returncode != 0
+
+
+def test_interrupted_build_stops_and_leaves_no_container(
+        project: Compose, docker_cli: DockerCLI, tmp_path: Path) -> None:
+    (project.project_dir / "app" / "Dockerfile").write_text(
+        "FROM busybox\nRUN echo sleeping-now && sleep 60\n")
+    log = tmp_path / "compose.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(project.argv("--progress", "plain", "build"), env=project.env,
+                                cwd=project.project_dir, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while "sleeping-now" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert _build_containers(docker_cli), "the RUN's container should be running"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0, log.read_text()
+    # the daemon stops the step: its container goes, nothing is tagged
+    deadline = time.monotonic() + 20
+    while _build_containers(docker_cli):
+        assert time.monotonic() < deadline, docker_cli.ok("ps", "-a")
+        time.sleep(0.2)
+    assert docker_cli("image", "inspect", f"{project.project}-img").returncode != 0
+
+
+def _build_containers(cli: DockerCLI) -> list[str]:
+    out = cli.ok("ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Command}}")
+    return [line for line in out.splitlines() if "sleeping-now" in line]

@@ -47,6 +47,18 @@ from engine.store.db import Database
 
 
 @dataclass(frozen=True)
+class CacheRecord:
+    """One build cache entry as BuildKit's DiskUsage reports it: the image a step made."""
+
+    image_id: str
+    parent: str
+    size: int  # the bytes of its own layer (not its parent's)
+    created: float
+    description: str  # the step's created_by
+    in_use: bool
+
+
+@dataclass(frozen=True)
 class BuildPruneReport:
     deleted: list[str]
     space_reclaimed: int
@@ -253,6 +265,24 @@ class BuildManager:
         await self._images.pull(str(named.tag_name_only()), None,
                                 platform or options.platform or None, auth, sink)
         return self._images.resolve(ref).id
+
+    # ------------------------------------------------------------------ cache usage
+    async def cache_usage(self) -> list[CacheRecord]:
+        """The build cache's entries whose images still exist."""
+        out = []
+        for image_id, parent, created in await self._cache.entries():
+            view = self._images.view_by_id(image_id)
+            if view is None:
+                continue
+            history = view.config.get("history") or []
+            description = str(history[-1].get("created_by", "")) if history else ""
+            out.append(CacheRecord(
+                image_id=image_id, parent=parent,
+                size=view.layer_sizes[-1] if view.layer_sizes and not
+                (history and history[-1].get("empty_layer")) else 0,
+                created=created, description=description,
+                in_use=bool(self._containers.containers_using_image(image_id))))
+        return out
 
     # ------------------------------------------------------------------ prune
     async def prune(self) -> BuildPruneReport:

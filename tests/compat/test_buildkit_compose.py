@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+from engine.builder.buildkit.grpcwire import Code, GrpcError
+from engine.builder.buildkit.proto import wire_pb2 as pb
+from tests.harness import buildkit
 from tests.harness.cli import DockerCLI
 from tests.harness.compose import Compose, compose_v2_unavailable_reason
 from tests.harness.daemon import BaseDaemon
@@ -149,3 +152,30 @@ def test_interrupted_build_stops_and_leaves_no_container(
 def _build_containers(cli: DockerCLI) -> list[str]:
     out = cli.ok("ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Command}}")
     return [line for line in out.splitlines() if "sleeping-now" in line]
+
+
+def test_disk_usage_prune_and_history_api(project: Compose, daemon: BaseDaemon) -> None:
+    project.ok("build")
+    usage = pb.DiskUsageResponse.FromString(
+        buildkit.unary(daemon.socket, "DiskUsage", pb.DiskUsageRequest().SerializeToString()))
+    runs = [r for r in usage.record if "from buildkit" in r.Description]
+    assert len(runs) == 1, usage
+    assert runs[0].Size > 0 and runs[0].RecordType == "regular" and runs[0].Parents, runs[0]
+    assert runs[0].CreatedAt.seconds > 0
+
+    pruned = [pb.UsageRecord.FromString(m) for m in buildkit.server_stream(
+        daemon.socket, "Prune", pb.PruneRequest(all=True).SerializeToString())]
+    # every entry leaves the cache (the RUN's image stays: the tagged image is its child)
+    assert runs[0].ID in {r.ID for r in pruned}, pruned
+    assert {r.ID for r in pruned} == {r.ID for r in usage.record}
+    after = pb.DiskUsageResponse.FromString(
+        buildkit.unary(daemon.socket, "DiskUsage", pb.DiskUsageRequest().SerializeToString()))
+    assert list(after.record) == []
+    out = project.ok("--progress", "plain", "build")
+    assert "CACHED" not in out, out  # the cache is gone: every step ran again
+
+    with pytest.raises(GrpcError) as exc:
+        buildkit.unary(daemon.socket, "ListenBuildHistory", b"")
+    assert exc.value.code == Code.UNIMPLEMENTED
+    info = pb.InfoResponse.FromString(buildkit.unary(daemon.socket, "Info", b""))
+    assert info.buildkitVersion.version

@@ -103,6 +103,8 @@ class BuildKitFront:
             CONTROL + "Info": self._info,
             CONTROL + "Solve": self._control_solve,
             CONTROL + "Status": self._status,
+            CONTROL + "DiskUsage": self._disk_usage,
+            CONTROL + "Prune": self._prune,
             BRIDGE + "Ping": self._ping,
             BRIDGE + "Solve": self._bridge_solve,
             BRIDGE + "Return": self._return,
@@ -132,6 +134,45 @@ class BuildKitFront:
             LLBCaps=[pb.APICap(ID=c, Enabled=True) for c in LLB_CAPS],
             Workers=[self._worker()])
         await call.send(pong.SerializeToString())
+
+    # ------------------------------------------------------------------ the build cache
+    async def _usage_records(self) -> list[pb.UsageRecord]:
+        records = []
+        for entry in await self._builder.cache_usage():
+            record = pb.UsageRecord(
+                ID=entry.image_id.removeprefix("sha256:"), InUse=entry.in_use,
+                Size=entry.size, Description=entry.description, RecordType="regular",
+                Parents=[entry.parent.removeprefix("sha256:")] if entry.parent else [])
+            record.CreatedAt.FromNanoseconds(int(entry.created * 1e9))
+            records.append(record)
+        return records
+
+    async def _disk_usage(self, call: ServerCall) -> None:
+        request = pb.DiskUsageRequest.FromString(await call.receive_one())
+        if any(f.strip() for f in request.filter):
+            raise GrpcError(Code.UNIMPLEMENTED,
+                            "build cache filters are not supported by this daemon")
+        response = pb.DiskUsageResponse(record=await self._usage_records())
+        await call.send(response.SerializeToString())
+
+    async def _prune(self, call: ServerCall) -> None:
+        """Prune the whole build cache (the classic cache has no finer policy: filters,
+        keep-storage and keep-duration are refused rather than ignored). Every entry
+        leaves the cache and is streamed back; its size counts only if its image went
+        too (an image that is still the parent of a tagged one stays)."""
+        request = pb.PruneRequest.FromString(await call.receive_one())
+        if any(f.strip() for f in request.filter) or request.keepBytes or request.keepDuration:
+            raise GrpcError(Code.UNIMPLEMENTED,
+                            "pruning with filters, keep-storage or keep-duration is not "
+                            "supported by this daemon: prune without them")
+        before = await self._usage_records()
+        report = await self._builder.prune()
+        deleted = {d.removeprefix("sha256:") for d in report.deleted}
+        await call.send_initial_metadata()
+        for record in before:
+            if record.ID not in deleted:
+                record.Size = 0
+            await call.send(record.SerializeToString())
 
     # ------------------------------------------------------------------ jobs
     async def _wait_job(self, ref: str, wait: float) -> Job:

@@ -247,6 +247,56 @@ class ListWorkersResponse(_message.Message):
     record: _containers.RepeatedCompositeFieldContainer[WorkerRecord]
     def __init__(self, record: _Optional[_Iterable[_Union[WorkerRecord, _Mapping]]] = ...) -> None: ...
 
+class DiskUsageRequest(_message.Message):
+    __slots__ = ("filter",)
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    filter: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, filter: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UsageRecord(_message.Message):
+    __slots__ = ("ID", "Mutable", "InUse", "Size", "CreatedAt", "LastUsedAt", "UsageCount", "Description", "RecordType", "Shared", "Parents")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MUTABLE_FIELD_NUMBER: _ClassVar[int]
+    INUSE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CREATEDAT_FIELD_NUMBER: _ClassVar[int]
+    LASTUSEDAT_FIELD_NUMBER: _ClassVar[int]
+    USAGECOUNT_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    RECORDTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
+    PARENTS_FIELD_NUMBER: _ClassVar[int]
+    ID: str
+    Mutable: bool
+    InUse: bool
+    Size: int
+    CreatedAt: _timestamp_pb2.Timestamp
+    LastUsedAt: _timestamp_pb2.Timestamp
+    UsageCount: int
+    Description: str
+    RecordType: str
+    Shared: bool
+    Parents: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ID: _Optional[str] = ..., Mutable: _Optional[bool] = ..., InUse: _Optional[bool] = ..., Size: _Optional[int] = ..., CreatedAt: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., LastUsedAt: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., UsageCount: _Optional[int] = ..., Description: _Optional[str] = ..., RecordType: _Optional[str] = ..., Shared: _Optional[bool] = ..., Parents: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DiskUsageResponse(_message.Message):
+    __slots__ = ("record",)
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    record: _containers.RepeatedCompositeFieldContainer[UsageRecord]
+    def __init__(self, record: _Optional[_Iterable[_Union[UsageRecord, _Mapping]]] = ...) -> None: ...
+
+class PruneRequest(_message.Message):
+    __slots__ = ("filter", "all", "keepDuration", "keepBytes")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    KEEPDURATION_FIELD_NUMBER: _ClassVar[int]
+    KEEPBYTES_FIELD_NUMBER: _ClassVar[int]
+    filter: _containers.RepeatedScalarFieldContainer[str]
+    all: bool
+    keepDuration: int
+    keepBytes: int
+    def __init__(self, filter: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., keepDuration: _Optional[int] = ..., keepBytes: _Optional[int] = ...) -> None: ...
+
 class InfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -92,10 +92,13 @@ class Command:
 
 @dataclass(frozen=True)
 class RunCommand(Command):
-    """``cmd`` is ``(text,)`` with ``prepend_shell`` for the shell form, else the JSON list."""
+    """``cmd`` is ``(text,)`` with ``prepend_shell`` for the shell form, else the JSON list.
+    ``mounts`` are the ``--mount`` specs as written (BuildKit's, repeatable); ``flags``
+    may hold ``network`` and ``security``."""
 
     cmd: tuple[str, ...]
     prepend_shell: bool
+    mounts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -659,9 +662,22 @@ def _from(instr: _Instruction) -> _From:
     )
 
 
+# BuildKit's RUN flags (Dockerfile syntax 1.2+); dockerd's classic builder refuses them,
+# wharfd runs them on both paths.
+_RUN_FLAGS: Mapping[str, _FlagKind] = MappingProxyType({"network": "string",
+                                                        "security": "string"})
+
+
 def _run(instr: _Instruction) -> Command:
+    mounts = tuple(w.partition("=")[2] for w in instr.flag_words if w.startswith("--mount="))
+    for word in instr.flag_words:
+        if word == "--mount":
+            raise instr.error("Missing a value on flag: mount")
+    others = dataclasses.replace(
+        instr, flag_words=tuple(w for w in instr.flag_words if not w.startswith("--mount=")))
     cmd, prepend_shell = _command_line(instr)
-    return RunCommand(*instr.common(), cmd=cmd, prepend_shell=prepend_shell)
+    return RunCommand(*others.common(_RUN_FLAGS), cmd=cmd, prepend_shell=prepend_shell,
+                      mounts=mounts)
 
 
 def _cmd(instr: _Instruction) -> Command:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from engine.builder import remote
 from engine.builder.cache import BuildCache
 from engine.builder.context import BuildContext, receive_context
 from engine.builder.options import PROXY_ARGS, BuildOptions
+from engine.builder.runmounts import SecretSource
 from engine.builder.shellwords import expand_word
 from engine.builder.steps import (
     BuildRun,
@@ -75,6 +77,7 @@ class BuildManager:
         self._images = images
         self._containers = containers
         self._cache = BuildCache(db, lambda i: images.view_by_id(i) is not None)
+        self._cleanups: set[asyncio.Future[None]] = set()
 
     # ------------------------------------------------------------------ build
     async def build(
@@ -99,6 +102,7 @@ class BuildManager:
     async def build_prepared(
         self, context: BuildContext, options: BuildOptions, sink: ProgressSink,
         tags: Sequence[Reference] = (), on_step: StepObserver | None = None,
+        secrets: SecretSource | None = None,
     ) -> str:
         """Run a build whose context is already on disk (``/build`` after receiving the
         tar; the BuildKit front after fetching it through the session). ``on_step`` hears
@@ -113,15 +117,20 @@ class BuildManager:
             resolve_image=lambda ref, platform: self._base_image(
                 ref, options, shown, platform),
             cache_sources=self._cache_sources(options.cache_from),
-            on_step=on_step,
+            on_step=on_step, secrets=secrets, cache_mounts=self.cache_mounts_dir,
+            scratch_root=context.root.parent,
         )
         try:
             image_id = await self._run_stages(run, dockerfile, stages)
         finally:
-            if options.force_remove:
-                for cid in run.failed_containers:
-                    with contextlib.suppress(EngineError):
-                        await self._containers.remove(cid, force=True)
+            if options.force_remove and run.failed_containers:
+                # Shielded: a cancelled build (its client went) is often cancelled more
+                # than once while it unwinds, which must not leave the container behind.
+                cleanup = asyncio.ensure_future(
+                    self._remove_containers(list(run.failed_containers)))
+                self._cleanups.add(cleanup)
+                cleanup.add_done_callback(self._cleanups.discard)
+                await asyncio.shield(cleanup)
         unused = sorted(set(k for k in options.build_args
                             if k not in PROXY_ARGS) - run.consumed_args)
         if unused:
@@ -137,6 +146,16 @@ class BuildManager:
             name = await self._images.tag(image_id, ref.name, ref.tag)
             shown(Progress(stream=f"Successfully tagged {name}\n"))
         return image_id
+
+    @property
+    def cache_mounts_dir(self) -> Path:
+        """Where ``RUN --mount=type=cache`` directories live (one per id)."""
+        return self._layout.data_root / "build-cache-mounts"
+
+    async def _remove_containers(self, ids: Sequence[str]) -> None:
+        for cid in ids:
+            with contextlib.suppress(EngineError):
+                await self._containers.remove(cid, force=True)
 
     def scratch_dir(self) -> Path:
         """A fresh directory name under the daemon's tmp (wiped at start-up) for one
@@ -290,7 +309,7 @@ class BuildManager:
         the cache kept (untagged, unused, no children); returns what went."""
         image_ids = await self._cache.prune()
         deleted: list[str] = []
-        reclaimed = 0
+        reclaimed = await asyncio.to_thread(_empty_dir, self.cache_mounts_dir)
         for image_id in reversed(image_ids):
             view = self._images.view_by_id(image_id)
             if view is None or not view.dangling:
@@ -358,3 +377,15 @@ def _auth_for(named: Reference, configs: Mapping[str, AuthConfig]) -> AuthConfig
     return AuthConfig()
 
 
+def _empty_dir(directory: Path) -> int:
+    """Remove everything below ``directory`` (cache mounts); returns the bytes freed."""
+    freed = 0
+    if not directory.is_dir():
+        return 0
+    for entry in directory.iterdir():
+        for root, _dirs, names in os.walk(entry):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    freed += os.lstat(os.path.join(root, name)).st_size
+        shutil.rmtree(entry, ignore_errors=True)
+    return freed

@@ -18,14 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy as copying
+import hashlib
 import posixpath
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.builder import cachefrom, history, remote
+from engine.builder import cachefrom, history, remote, runmounts
 from engine.builder import copy as files
 from engine.builder import dockerfile as df
 from engine.builder.cache import BuildCache, step_key
@@ -112,6 +113,12 @@ class BuildRun:
     cache_sources: list[str] = field(default_factory=list)  # --cache-from image ids
     downloads: int = 0  # ADD <url> directories made so far
     on_step: StepObserver | None = None  # told as each instruction starts (BuildKit front)
+    # RUN --mount: the client's secrets (BuildKit session; None: there are none), where
+    # cache mounts live, where a RUN's private files go
+    secrets: runmounts.SecretSource | None = None
+    cache_mounts: Path | None = None
+    scratch_root: Path | None = None
+    emptied_caches: set[str] = field(default_factory=set)
 
     def say(self, text: str) -> None:
         self.sink(Progress(stream=text))
@@ -184,10 +191,12 @@ class StageBuilder:
     async def _commit_or_reuse(
         self, run_config: dict[str, Any],
         make_container: Callable[[], Awaitable[str]] | None,
-        announce_container: bool = False,
+        announce_container: bool = False, key_extra: Sequence[str] = (),
     ) -> None:
         parent = self._state.image_id
         key = step_key(run_config)
+        if key_extra:  # what the run config does not show (RUN --mount, --network)
+            key = hashlib.sha256("\n".join([key, *key_extra]).encode()).hexdigest()
         if not self._run.options.no_cache:
             # With --cache-from only the given images count, as with dockerd (whose
             # local hits must then be ancestors of those images).
@@ -230,7 +239,8 @@ class StageBuilder:
 
     async def _new_container(self, cmd: Sequence[str], env: Sequence[str] | None = None,
                              entrypoint: Sequence[str] | None = None,
-                             allow_scratch: bool = False) -> str:
+                             allow_scratch: bool = False,
+                             host_extra: Mapping[str, Any] | None = None) -> str:
         """A container of the stage's image. On ``FROM scratch`` with nothing committed
         yet (``allow_scratch``: COPY/ADD), of an empty image made for the purpose and
         removed at once: it stays hidden while the container names it and goes with it;
@@ -247,7 +257,7 @@ class StageBuilder:
                 config=empty, container_config=empty,
             )
         try:
-            return await self._create_container(image, cmd, env, entrypoint)
+            return await self._create_container(image, cmd, env, entrypoint, host_extra)
         finally:
             if image != self._state.image_id:
                 with contextlib.suppress(EngineError):
@@ -255,8 +265,10 @@ class StageBuilder:
 
     async def _create_container(self, image: str, cmd: Sequence[str],
                                 env: Sequence[str] | None,
-                                entrypoint: Sequence[str] | None) -> str:
+                                entrypoint: Sequence[str] | None,
+                                host_extra: Mapping[str, Any] | None = None) -> str:
         cfg = self._state.config
+        host_config = {**self._run.options.limits.host_config(), **(host_extra or {})}
         body: dict[str, Any] = {
             "Image": image,
             "Cmd": list(cmd),
@@ -267,7 +279,7 @@ class StageBuilder:
             "Labels": {},
             "AttachStdout": True,
             "AttachStderr": True,
-            "HostConfig": self._run.options.limits.host_config(),
+            "HostConfig": host_config,
         }
         cid, _warnings = await self._run.containers.create(body, None)
         return cid
@@ -425,21 +437,74 @@ class StageBuilder:
         run_config = self._run_config([*history.build_args_prefix(recorded), *argv])
         env = [*(self._state.config.get("Env") or []),
                *(f"{k}={v}" for k, v in sorted(args.items()))]
+        specs = [runmounts.parse_mount(m, self._word) for m in c.mounts]
+        host_extra, key_extra = self._run_flags(c)
+        async with runmounts.prepared(specs, self._mount_context()) as mounts:
+            if mounts.mounts:
+                host_extra["Mounts"] = mounts.mounts
+            key_extra += mounts.key
 
-        async def make() -> str:
-            cid = await self._new_container(argv, env=env, entrypoint=[])
-            self._run.say(f" ---> Running in {cid[:12]}\n")
-            # Kept for forcerm until the step succeeds (dockerd leaves a failed step's
-            # container behind unless forcerm).
-            self._run.failed_containers.append(cid)
-            code = await self._run.containers.run_attached(cid, self._output)
-            if code != 0:
-                raise BuildStepFailed(
-                    f"The command '{' '.join(argv)}' returned a non-zero code: {code}", code)
-            self._run.failed_containers.remove(cid)
-            return cid
+            async def make() -> str:
+                cid = await self._new_container(argv, env=[*env, *mounts.env], entrypoint=[],
+                                                host_extra=host_extra)
+                self._run.say(f" ---> Running in {cid[:12]}\n")
+                # Kept for forcerm until the step succeeds (dockerd leaves a failed step's
+                # container behind unless forcerm).
+                self._run.failed_containers.append(cid)
+                code = await self._run.containers.run_attached(cid, self._output)
+                if code != 0:
+                    raise BuildStepFailed(
+                        f"The command '{' '.join(argv)}' returned a non-zero code: {code}",
+                        code)
+                self._run.failed_containers.remove(cid)
+                return cid
 
-        await self._commit_or_reuse(run_config, make, announce_container=True)
+            await self._commit_or_reuse(run_config, make, announce_container=True,
+                                        key_extra=key_extra)
+
+    def _run_flags(self, c: df.RunCommand) -> tuple[dict[str, Any], list[str]]:
+        """``RUN --network`` and ``--security``: HostConfig additions, cache-key text."""
+        host: dict[str, Any] = {}
+        key: list[str] = []
+        network = self._word(c.flags.get("network", "")).lower()
+        if network == "none":
+            host["NetworkMode"] = "none"
+            key.append("network=none")
+        elif network == "host":
+            raise InvalidParameter("RUN --network=host is not allowed: it needs the "
+                                   "network.host entitlement, which this daemon does not grant")
+        elif network not in ("", "default"):
+            raise InvalidParameter(f"unsupported RUN --network value {network!r}")
+        security = self._word(c.flags.get("security", "")).lower()
+        if security == "insecure":
+            raise InvalidParameter("RUN --security=insecure is not allowed: it needs the "
+                                   "security.insecure entitlement, which this daemon does "
+                                   "not grant")
+        if security not in ("", "sandbox"):
+            raise InvalidParameter(f"unsupported RUN --security value {security!r}")
+        return host, key
+
+    def _mount_context(self) -> runmounts.MountContext:
+        run = self._run
+        return runmounts.MountContext(
+            context_root=run.context_root,
+            scratch_root=run.scratch_root or run.context_root.parent,
+            cache_root=run.cache_mounts, no_cache=run.options.no_cache,
+            secrets=run.secrets, stage_root=self._stage_rootfs,
+            emptied=run.emptied_caches)
+
+    @contextlib.asynccontextmanager
+    async def _stage_rootfs(self, source_from: str) -> AsyncIterator[tuple[Path, str]]:
+        """A stage's or image's rootfs (``RUN --mount=from=``), with its image id."""
+        image_id = await self._image_for(source_from, "RUN --mount from")
+        cid, _ = await self._run.containers.create(
+            {"Image": image_id, "Cmd": ["true"], "Labels": {},
+             "HostConfig": {"NetworkMode": "none", "LogConfig": {"Type": "none"}}}, None)
+        try:
+            async with self._run.containers.rootfs(cid) as (_view, rootfs):
+                yield rootfs, image_id
+        finally:
+            await self._remove_container(cid)
 
     async def _output(self, stream: int, data: bytes) -> None:
         text = data.decode("utf-8", "replace")
@@ -513,6 +578,23 @@ class StageBuilder:
             raise InvalidParameter(f"invalid chmod parameter: {text}")
         return value
 
+    async def _image_for(self, source_from: str, what: str) -> str:
+        """The image a ``--from``/``from=`` names: a stage of this build, else an image."""
+        key = source_from.lower()
+        image_id: str | None
+        if key in self._run.stage_images:
+            image_id = self._run.stage_images[key]
+        else:
+            assert self._run.resolve_image is not None
+            try:
+                image_id = await self._run.resolve_image(source_from, "")
+            except EngineError as exc:
+                raise type(exc)(f"invalid from flag value {source_from}: {exc}") from None
+        if image_id is None:
+            raise InvalidParameter(f"{what}={source_from}: the stage has no files "
+                                   "(FROM scratch with nothing added)")
+        return image_id
+
     @contextlib.asynccontextmanager
     async def _source_root(
         self, source_from: str, sources: Sequence[str], urls: Sequence[str], dest: str
@@ -527,18 +609,7 @@ class StageBuilder:
         if not source_from:
             yield self._run.context_root, list(sources)
             return
-        key = source_from.lower()
-        if key in self._run.stage_images:
-            image_id = self._run.stage_images[key]
-        else:
-            assert self._run.resolve_image is not None
-            try:
-                image_id = await self._run.resolve_image(source_from, "")
-            except EngineError as exc:
-                raise type(exc)(f"invalid from flag value {source_from}: {exc}") from None
-        if image_id is None:
-            raise InvalidParameter(f"COPY --from={source_from}: the stage has no files "
-                                   "(FROM scratch with nothing added)")
+        image_id = await self._image_for(source_from, "COPY --from")
         cid, _ = await self._run.containers.create(
             {"Image": image_id, "Cmd": ["true"], "Labels": {},
              "HostConfig": {"NetworkMode": "none", "LogConfig": {"Type": "none"}}}, None)

@@ -179,3 +179,49 @@ def test_disk_usage_prune_and_history_api(project: Compose, daemon: BaseDaemon) 
     assert exc.value.code == Code.UNIMPLEMENTED
     info = pb.InfoResponse.FromString(buildkit.unary(daemon.socket, "Info", b""))
     assert info.buildkitVersion.version
+
+
+MOUNTS_DOCKERFILE = """\
+FROM busybox AS base
+ARG RUNID=1
+RUN --mount=type=cache,target=/cache echo $RUNID >> /cache/runs && wc -l < /cache/runs
+RUN --mount=type=secret,id=tok test "$(cat /run/secrets/tok)" = s3cr3t && echo secret-seen
+RUN --mount=type=secret,id=tok,env=TOK test "$TOK" = s3cr3t && echo env-secret-seen
+RUN --mount=type=bind,source=data.txt,target=/mnt/data.txt cat /mnt/data.txt
+RUN --mount=type=tmpfs,target=/scratch touch /scratch/x && ! mount | grep -q ' /cache '
+RUN --network=none sh -c '! ip route 2>/dev/null | grep -q default' && echo no-network
+"""
+
+MOUNTS_COMPOSE = """\
+services:
+  app:
+    image: {image}
+    build:
+      context: ./app
+      secrets: [tok]
+secrets:
+  tok:
+    file: ./token.txt
+"""
+
+
+def test_run_mounts_through_buildkit(project: Compose, docker_cli: DockerCLI) -> None:
+    image = f"{project.project}-img"
+    (project.project_dir / "app" / "Dockerfile").write_text(MOUNTS_DOCKERFILE)
+    (project.project_dir / "compose.yaml").write_text(MOUNTS_COMPOSE.format(image=image))
+    (project.project_dir / "token.txt").write_text("s3cr3t")
+    out = project.ok("--progress", "plain", "build")
+    for text in ("secret-seen", "env-secret-seen", "data v1", "no-network"):
+        assert text in out, out
+    assert re.search(r"#\d+ \d+\.\d+ 1\n", out), out  # one run recorded in the cache mount
+    # nothing of the mounts is in the image
+    docker_cli.ok("run", "--rm", image, "sh", "-c",
+                  "test ! -e /cache/runs && test ! -s /run/secrets/tok && "
+                  "test ! -e /scratch/x && ! grep -rqs s3cr3t /run /etc /root")
+    # a changed build arg reruns the step; the cache mount kept its file
+    out = project.ok("--progress", "plain", "build", "--build-arg", "RUNID=2")
+    assert re.search(r"#\d+ \d+\.\d+ 2\n", out), out
+    # --no-cache reruns everything and starts the cache mount empty
+    out = project.ok("--progress", "plain", "build", "--no-cache", "--build-arg", "RUNID=3")
+    assert re.search(r"#\d+ \d+\.\d+ 1\n", out), out
+    assert "CACHED" not in out, out

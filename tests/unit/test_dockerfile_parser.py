@@ -480,11 +480,17 @@ def test_json_array_of_non_strings_is_an_error(rest: str) -> None:
     )
 
 
-def test_run_rejects_buildkit_flags() -> None:
-    error = parse_error("FROM a\nRUN --mount=type=cache,target=/c make\n")
-    assert error.reason == "Unknown flag: mount"
-    error = parse_error("FROM a\nRUN --network=none true\n")
-    assert error.reason == "Unknown flag: network"
+def test_run_takes_buildkit_flags() -> None:
+    run = one("RUN --mount=type=cache,target=/c --network=none --mount=type=tmpfs,target=/t "
+              "make\n")
+    assert isinstance(run, RunCommand)
+    assert run.mounts == ("type=cache,target=/c", "type=tmpfs,target=/t")
+    assert dict(run.flags) == {"network": "none"}
+    assert run.cmd == ("make",)
+    error = parse_error("FROM a\nRUN --mount type=cache true\n")
+    assert error.reason == "Missing a value on flag: mount"
+    error = parse_error("FROM a\nRUN --device=/dev/x true\n")
+    assert error.reason == "Unknown flag: device"
 
 
 def test_dashes_that_are_not_flags_stay_in_the_command() -> None:

@@ -119,7 +119,7 @@ async def build_dockerfile(builder: BuildManager, session: Session, attrs: Mappi
                            ignore=IgnoreRules.parse("\n".join(patterns)),
                            entries=sync.entries)
     return await builder.build_prepared(context, options, progress.sink,
-                                        on_step=progress.on_step)
+                                        on_step=progress.on_step, secrets=session.secret)
 
 
 def _read_optional(path: Path, limit: int) -> bytes | None:

@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from engine.builder.buildkit.grpcwire import Code, GrpcClientConnection, GrpcError
+from engine.builder.buildkit.proto import wire_pb2 as pb
 from engine.errors import InvalidParameter
 
 SESSION_WAIT = 10.0
+GET_SECRET = "/moby.buildkit.secrets.v1.Secrets/GetSecret"
 
 
 @dataclass(eq=False)
@@ -28,6 +30,20 @@ class Session:
 
     def supports(self, method: str) -> bool:
         return method in self.methods
+
+    async def secret(self, secret_id: str) -> bytes | None:
+        """The client's secret ``secret_id`` (``--secret id=…``), None if it has none."""
+        if not self.supports(GET_SECRET):
+            return None
+        request = pb.GetSecretRequest(ID=secret_id).SerializeToString()
+        try:
+            raw = await self.conn.unary(GET_SECRET, request)
+        except GrpcError as exc:
+            if exc.code in (Code.NOT_FOUND, Code.UNIMPLEMENTED):
+                return None
+            raise
+        data: bytes = pb.GetSecretResponse.FromString(raw).data
+        return data
 
 
 class SessionRegistry:

@@ -17,7 +17,9 @@ line parsers, instructions), and their error texts where clients show them to pe
 * Values stay as written (quotes, escapes, ``$VAR``): the executor expands them with
   :mod:`engine.builder.shellwords`, at the moment the build reaches the instruction.
 
-Heredocs (``<<EOF``) are a BuildKit-only feature and are not recognised.
+* Heredocs (BuildKit, Dockerfile syntax 1.4) in RUN, COPY and ADD: ``<<EOF`` (``<<-EOF``
+  strips leading tabs; ``<<"EOF"``/``<<'EOF'`` is not expanded) takes the following
+  lines up to the terminator line as its content.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class RunCommand(Command):
     cmd: tuple[str, ...]
     prepend_shell: bool
     mounts: tuple[str, ...] = ()
+    heredocs: tuple[Heredoc, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ class CopyCommand(Command):
     sources: tuple[str, ...]
     dest: str
     is_add: bool
+    heredocs: tuple[Heredoc, ...] = ()  # sources named ``<<NAME`` are these files
 
 
 # ADD is a CopyCommand with is_add=True; the alias keeps `isinstance` checks readable.
@@ -286,9 +290,52 @@ _BLANKS = re.compile(r"[\t\v\f\r ]+")
 
 
 @dataclass(frozen=True)
+class Heredoc:
+    """One ``<<NAME`` of a RUN, COPY or ADD: ``content`` ends with a newline (unless
+    empty); ``raw`` is the lines as written, terminator included (a shell reads them)."""
+
+    name: str
+    content: str
+    expand: bool  # unquoted: variables in the content are expanded (COPY/ADD)
+    raw: str
+
+
+@dataclass(frozen=True)
 class _LogicalLine:
     text: str  # continuation lines joined, comments dropped, not yet stripped
     number: int  # 1-based line where the instruction starts
+    heredocs: tuple[Heredoc, ...] = ()
+
+
+_HEREDOC = re.compile(r"<<(-?)(['\"]?)([A-Za-z_][A-Za-z0-9_.-]*)\2")
+_HEREDOC_KEYWORDS = frozenset({"RUN", "COPY", "ADD"})
+
+
+def _read_heredocs(text: str, lines: Sequence[str], index: int
+                   ) -> tuple[tuple[Heredoc, ...], int]:
+    """The heredocs an instruction opens, read from ``lines[index:]``; the index after."""
+    keyword = _BLANKS.split(text.strip(), maxsplit=1)[0].upper()
+    rest = text.strip()[len(keyword):].lstrip()
+    if keyword not in _HEREDOC_KEYWORDS or rest.startswith("["):
+        return (), index
+    found = []
+    for match in _HEREDOC.finditer(rest):
+        strip_tabs, quote, name = match.group(1) == "-", match.group(2), match.group(3)
+        body: list[str] = []
+        raw: list[str] = []
+        while True:
+            if index >= len(lines):
+                raise DockerfileParseError(index, f"unterminated heredoc {name}")
+            line = lines[index]
+            index += 1
+            raw.append(line)
+            candidate = line.lstrip("\t") if strip_tabs else line
+            if candidate == name:
+                break
+            body.append(candidate)
+        content = "".join(f"{b}\n" for b in body)
+        found.append(Heredoc(name, content, expand=not quote, raw="\n".join(raw) + "\n"))
+    return tuple(found), index
 
 
 def _split_lines(text: str | bytes) -> list[str]:
@@ -348,7 +395,8 @@ def _logical_lines(lines: Sequence[str], escape: str) -> Iterator[_LogicalLine]:
             parts.append(text)
         joined = "".join(parts)
         if joined.strip():
-            yield _LogicalLine(joined, number)
+            heredocs, index = _read_heredocs(joined, lines, index)
+            yield _LogicalLine(joined, number, heredocs)
 
 
 def _trim_continuation(line: str, continuation: re.Pattern[str]) -> tuple[str, bool]:
@@ -383,6 +431,7 @@ class _Instruction:
     flag_words: tuple[str, ...]
     rest: str  # the arguments, stripped
     escape: str
+    heredocs: tuple[Heredoc, ...] = ()
 
     def error(self, reason: str) -> DockerfileParseError:
         return DockerfileParseError(self.line, reason)
@@ -411,6 +460,7 @@ def _split_instruction(item: _LogicalLine, escape: str) -> _Instruction:
         flag_words=tuple(flag_words),
         rest=rest.strip(),
         escape=escape,
+        heredocs=item.heredocs,
     )
 
 
@@ -676,8 +726,21 @@ def _run(instr: _Instruction) -> Command:
     others = dataclasses.replace(
         instr, flag_words=tuple(w for w in instr.flag_words if not w.startswith("--mount=")))
     cmd, prepend_shell = _command_line(instr)
+    if instr.heredocs and prepend_shell:
+        cmd = (_heredoc_script(instr),)
     return RunCommand(*others.common(_RUN_FLAGS), cmd=cmd, prepend_shell=prepend_shell,
-                      mounts=mounts)
+                      mounts=mounts, heredocs=instr.heredocs)
+
+
+def _heredoc_script(instr: _Instruction) -> str:
+    """The shell text of a RUN with heredocs: ``RUN <<EOF`` alone runs the content as
+    the script; otherwise the shell gets the line and the heredocs as written, and reads
+    them itself (BuildKit does the same)."""
+    first = instr.heredocs[0]
+    match = _HEREDOC.fullmatch(instr.rest)
+    if match is not None and len(instr.heredocs) == 1:
+        return first.content
+    return instr.rest + "\n" + "".join(h.raw for h in instr.heredocs)
 
 
 def _cmd(instr: _Instruction) -> Command:
@@ -814,6 +877,7 @@ def _copy_or_add(instr: _Instruction, allowed: Mapping[str, _FlagKind]) -> Comma
         sources=tuple(args[:-1]),
         dest=args[-1],
         is_add=instr.keyword == "ADD",
+        heredocs=instr.heredocs,
     )
 
 

@@ -19,7 +19,9 @@ import asyncio
 import contextlib
 import copy as copying
 import hashlib
+import os
 import posixpath
+import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -522,7 +524,13 @@ class StageBuilder:
         chown = self._word(c.flags["chown"]) if c.flags.get("chown") else ""
         chmod = self._parse_chmod(c.flags.get("chmod") or "")
         source_from = self._word(c.flags["from"]) if c.flags.get("from") else ""
-        async with self._source_root(source_from, sources, urls, dest) as (src_root, sources):
+        heredocs = {f"<<{h.name}": h for h in c.heredocs}
+        inline = [h for raw in c.sources if (h := heredocs.get(raw)) is not None]
+        if inline and (len(inline) != len(c.sources) or source_from or urls):
+            raise InvalidParameter(f"{instruction} of heredocs and other sources in one "
+                                   "instruction is not supported: use one for each")
+        async with self._source_root(source_from, sources, urls, dest, inline) as (
+                src_root, sources):
             resolved = await asyncio.to_thread(
                 files.resolve_sources, src_root, sources, cmd=instruction,
                 in_context=not source_from and not urls)
@@ -596,12 +604,34 @@ class StageBuilder:
         return image_id
 
     @contextlib.asynccontextmanager
+    async def _heredoc_files(
+        self, heredocs: Sequence[df.Heredoc]
+    ) -> AsyncIterator[tuple[Path, list[str]]]:
+        """``COPY <<EOF /dst``: each heredoc as a file named after it, in a directory of
+        the build's own (gone afterwards); unquoted ones have ``$VAR`` expanded."""
+        self._run.downloads += 1
+        directory = self._run.context_root.parent / f"heredoc-{self._run.downloads}"
+        env = {**self._state.env_map(), **self._args_in_effect()}
+        contents = {h.name: _expand_heredoc(h.content, env) if h.expand else h.content
+                    for h in heredocs}
+        await asyncio.to_thread(_write_files, directory, contents)
+        try:
+            yield directory, [h.name for h in heredocs]
+        finally:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+
+    @contextlib.asynccontextmanager
     async def _source_root(
-        self, source_from: str, sources: Sequence[str], urls: Sequence[str], dest: str
+        self, source_from: str, sources: Sequence[str], urls: Sequence[str], dest: str,
+        heredocs: Sequence[df.Heredoc] = (),
     ) -> AsyncIterator[tuple[Path, list[str]]]:
         """The directory COPY reads from and the source names in it: the context, the
-        files ADD downloaded, or the rootfs of a previous stage or another image
-        (``--from``), mounted through a container never started."""
+        files ADD downloaded, the heredocs, or the rootfs of a previous stage or another
+        image (``--from``), mounted through a container never started."""
+        if heredocs:
+            async with self._heredoc_files(heredocs) as found:
+                yield found
+            return
         if urls:
             async with self._downloads(urls, dest) as found:
                 yield found
@@ -656,3 +686,19 @@ _HANDLERS: dict[type, Handler] = {
     df.RunCommand: StageBuilder.run,
     df.CopyCommand: StageBuilder.copy,
 }
+
+
+_HEREDOC_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def _expand_heredoc(text: str, env: Mapping[str, str]) -> str:
+    """``$NAME`` and ``${NAME}`` in an unquoted heredoc; quotes stay as written."""
+    return _HEREDOC_VARIABLE.sub(lambda m: env.get(m.group(1) or m.group(2), ""), text)
+
+
+def _write_files(directory: Path, contents: Mapping[str, str]) -> None:
+    directory.mkdir(mode=0o700)
+    for name, text in contents.items():
+        path = directory / name
+        path.write_text(text)
+        os.chmod(path, 0o644)

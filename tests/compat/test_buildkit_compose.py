@@ -225,3 +225,54 @@ def test_run_mounts_through_buildkit(project: Compose, docker_cli: DockerCLI) ->
     out = project.ok("--progress", "plain", "build", "--no-cache", "--build-arg", "RUNID=3")
     assert re.search(r"#\d+ \d+\.\d+ 1\n", out), out
     assert "CACHED" not in out, out
+
+
+
+SCENARIO_DOCKERFILE = """\
+# syntax=docker/dockerfile:1
+FROM busybox AS base
+ARG RUNID=1
+RUN --mount=type=cache,target=/cache echo $RUNID >> /cache/runs && wc -l /cache/runs
+FROM busybox
+COPY --from=base --chmod=0755 /bin/busybox /usr/local/bin/bb
+ARG NAME=heredoc
+COPY <<EOF /etc/greeting
+hello $NAME
+EOF
+RUN <<EOT
+echo built > /built
+EOT
+CMD ["cat", "/built"]
+"""
+
+
+def test_issue_scenario_through_compose(project: Compose, docker_cli: DockerCLI) -> None:
+    """The issue's scenario: a syntax line, a cache mount, COPY --from --chmod, heredocs."""
+    image = f"{project.project}-img"
+    (project.project_dir / "app" / "Dockerfile").write_text(SCENARIO_DOCKERFILE)
+    out = project.ok("--progress", "plain", "build")
+    assert DOCKER_DRIVER in out and "/cache/runs" in out, out
+    assert re.search(r"#\d+ \d+\.\d+ 1 /cache/runs", out), out
+    r = project("run", "--rm", "app")
+    assert (r.returncode, r.stdout) == (0, "built\n"), r
+    assert docker_cli.ok("run", "--rm", image, "cat", "/etc/greeting") == "hello heredoc\n"
+    mode = docker_cli.ok("run", "--rm", image, "stat", "-c", "%a", "/usr/local/bin/bb")
+    assert mode.strip() == "755"
+    out = project.ok("--progress", "plain", "build", "--build-arg", "RUNID=2")
+    assert re.search(r"#\d+ \d+\.\d+ 2 /cache/runs", out), out
+    out = project.ok("--progress", "plain", "build", "--no-cache")
+    assert "CACHED" not in out, out
+    assert re.search(r"#\d+ \d+\.\d+ 1 /cache/runs", out), out
+
+
+def test_buildkit_syntax_on_the_classic_builder(docker_cli: DockerCLI, tmp_path: Path) -> None:
+    """The same Dockerfile through ``POST /build`` (the docker CLI without buildx)."""
+    (tmp_path / "Dockerfile").write_text(SCENARIO_DOCKERFILE)
+    tag = "wbkclassic" + secrets.token_hex(3)
+    try:
+        out = docker_cli.ok("build", "-t", tag, str(tmp_path))
+        assert "/cache/runs" in out, out
+        assert docker_cli.ok("run", "--rm", tag) == "built\n"
+        assert docker_cli.ok("run", "--rm", tag, "cat", "/etc/greeting") == "hello heredoc\n"
+    finally:
+        docker_cli("rmi", "-f", tag)

@@ -77,7 +77,8 @@ class Engine:
             self.containers, config, self.events, self.snapshotter.mounts
         )
         self.system = SystemInfo(config, self.layout, self.runtimes)
-        self.builder = BuildManager(self.db, self.layout, self.images, self.containers)
+        self.builder = BuildManager(self.db, self.layout, self.images, self.containers,
+                                    go_arch())
         self.buildkit = BuildKitFront(self.builder, go_arch())
         self.usage = DiskUsage(self.images, self.containers, self.volumes, self.snapshotter)
 

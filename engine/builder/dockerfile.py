@@ -350,6 +350,17 @@ def _split_lines(text: str | bytes) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
+def syntax_directive(text: str | bytes) -> str | None:
+    """The ``# syntax=`` parser directive's value, if the Dockerfile has one."""
+    for line in _split_lines(text):
+        match = _DIRECTIVE.match(_lstrip(line))
+        if match is None or match.group(1).lower() not in _KNOWN_DIRECTIVES:
+            return None
+        if match.group(1).lower() == "syntax":
+            return match.group(2)
+    return None
+
+
 def _read_directives(lines: Sequence[str]) -> str:
     """The escape character set by the directives at the top (a backslash by default)."""
     escape = "\\"

@@ -71,8 +71,10 @@ _FILESYSTEM_STEPS = (df.RunCommand, df.CopyCommand, df.WorkdirCommand)
 
 class BuildManager:
     def __init__(
-        self, db: Database, layout: Layout, images: ImageManager, containers: ContainerManager
+        self, db: Database, layout: Layout, images: ImageManager, containers: ContainerManager,
+        go_arch: str = "amd64",
     ) -> None:
+        self._go_arch = go_arch
         self._layout = layout
         self._images = images
         self._containers = containers
@@ -191,6 +193,11 @@ class BuildManager:
             run.say(f"Step {step}/{total} : {original}")
             run.say("\n")
 
+        # BuildKit's automatic platform args: global, so a stage (or FROM) that declares
+        # ``ARG TARGETPLATFORM`` sees the value; never reported as unused.
+        platform_args = _platform_args(options.platform, self._go_arch)
+        run.meta_args.update(platform_args)
+        run.consumed_args.update(platform_args)
         for arg in dockerfile.meta_args:
             announce(arg.original)
             for name, default in arg.args:
@@ -324,6 +331,20 @@ class BuildManager:
                 reclaimed += size if any("Deleted" in r for r in records) else 0
                 deleted.extend(r["Deleted"] for r in records if "Deleted" in r)
         return BuildPruneReport(deleted, reclaimed)
+
+
+def _platform_args(target: str, go_arch: str) -> dict[str, str | None]:
+    """TARGETPLATFORM, TARGETOS, TARGETARCH, TARGETVARIANT and the BUILD* family."""
+    build = ("linux", go_arch, "")
+    parts = target.split("/") if target else list(build)
+    os_name, arch, variant = [*parts, "", "", ""][:3]
+    out: dict[str, str | None] = {}
+    for prefix, (o, a, v) in (("BUILD", build), ("TARGET", (os_name, arch, variant))):
+        out[f"{prefix}PLATFORM"] = "/".join(p for p in (o, a, v) if p)
+        out[f"{prefix}OS"] = o
+        out[f"{prefix}ARCH"] = a
+        out[f"{prefix}VARIANT"] = v
+    return out
 
 
 def _stages_to_build(dockerfile: df.Dockerfile, options: BuildOptions) -> list[int]:

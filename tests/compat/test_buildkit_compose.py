@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import signal
@@ -236,6 +237,9 @@ RUN --mount=type=cache,target=/cache echo $RUNID >> /cache/runs && wc -l /cache/
 FROM busybox
 COPY --from=base --chmod=0755 /bin/busybox /usr/local/bin/bb
 ARG NAME=heredoc
+ARG TARGETPLATFORM
+ARG BUILDARCH
+RUN echo "target=$TARGETPLATFORM build=$BUILDARCH"
 COPY <<EOF /etc/greeting
 hello $NAME
 EOF
@@ -253,6 +257,8 @@ def test_issue_scenario_through_compose(project: Compose, docker_cli: DockerCLI)
     out = project.ok("--progress", "plain", "build")
     assert DOCKER_DRIVER in out and "/cache/runs" in out, out
     assert re.search(r"#\d+ \d+\.\d+ 1 /cache/runs", out), out
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    assert f"target=linux/{arch} build={arch}" in out, out
     r = project("run", "--rm", "app")
     assert (r.returncode, r.stdout) == (0, "built\n"), r
     assert docker_cli.ok("run", "--rm", image, "cat", "/etc/greeting") == "hello heredoc\n"

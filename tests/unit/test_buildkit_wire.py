@@ -24,6 +24,7 @@ from api.listeners import close_listeners, open_unix_listener
 from api.routers import grpc as grpc_router
 from api.server import ApiServer
 from engine.builder.buildkit.control import BuildKitFront
+from engine.builder.buildkit.frontend import check_syntax, options_from_attrs
 from engine.builder.buildkit.grpcwire import (
     Code,
     GrpcClientConnection,
@@ -309,3 +310,36 @@ async def test_get_grpc_is_not_a_route(socket_path: str) -> None:
         b"GET /grpc HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n", 5.0)
     assert resp.status == 404
     assert json.loads(resp.body) == {"message": "page not found"}
+
+
+# ------------------------------------------------------------------ the frontend's inputs
+
+
+@pytest.mark.parametrize("syntax", ["docker/dockerfile:1", "docker/dockerfile:1.7-labs",
+                                    "docker.io/docker/dockerfile:1.4.3", "docker/dockerfile"])
+def test_builtin_syntax_directives_are_accepted(syntax: str) -> None:
+    check_syntax(f"# syntax={syntax}\nFROM busybox\n".encode())
+
+
+def test_other_frontend_images_are_refused_by_name() -> None:
+    with pytest.raises(GrpcError) as exc:
+        check_syntax(b"# syntax=example.com/my/frontend:2\nFROM busybox\n")
+    assert exc.value.code == Code.UNIMPLEMENTED
+    assert "custom Dockerfile frontend example.com/my/frontend:2" in exc.value.message
+
+
+def test_frontend_attributes_become_build_options() -> None:
+    options = options_from_attrs({
+        "filename": "Dockerfile.app", "target": "final", "build-arg:A": "1",
+        "label:l": "v", "no-cache": "", "add-hosts": "h=1.2.3.4,g=5.6.7.8",
+        "force-network-mode": "none", "image-resolve-mode": "pull", "shm-size": "1024",
+        "platform": "linux/amd64"})
+    assert (options.dockerfile, options.target, dict(options.build_args),
+            dict(options.labels)) == ("Dockerfile.app", "final", {"A": "1"}, {"l": "v"})
+    assert options.no_cache and options.pull and options.force_remove
+    assert options.limits.extra_hosts == ("h:1.2.3.4", "g:5.6.7.8")
+    assert (options.limits.network_mode, options.limits.shm_size) == ("none", 1024)
+    for attr in ("context:extra", "requestid", "build-arg:BUILDKIT_SYNTAX"):
+        with pytest.raises(GrpcError) as exc:
+            options_from_attrs({attr: "x"})
+        assert exc.value.code == Code.UNIMPLEMENTED

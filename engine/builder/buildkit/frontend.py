@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from engine import rootscope
+from engine.builder import dockerfile as df
 from engine.builder.buildkit.filesync import fetch_dir
 from engine.builder.buildkit.grpcwire import Code, GrpcError
 from engine.builder.buildkit.progress import VertexStream
@@ -21,6 +23,10 @@ from engine.builder.manager import BuildManager
 from engine.builder.options import BuildOptions, RunLimits
 
 DOCKERFILE = "dockerfile.v0"
+# ``# syntax=`` values that mean the Dockerfile frontend we have: docker/dockerfile at
+# any 1.x tag (with -labs), with or without registry and digest.
+_BUILTIN_SYNTAX = re.compile(
+    r"^(?:docker\.io/)?docker/dockerfile(?::1(?:\.\d+){0,2}(?:-labs)?)?(?:@sha256:[0-9a-f]{64})?$")
 DEFAULT_FILENAME = "Dockerfile"
 
 # Attributes we act on or may safely ignore; anything else is named in an error rather
@@ -97,6 +103,7 @@ async def build_dockerfile(builder: BuildManager, session: Session, attrs: Mappi
         raise GrpcError(Code.UNKNOWN,
                         f"failed to solve: failed to read dockerfile: open {filename}: "
                         "no such file or directory")
+    check_syntax(text)
     progress.complete()
 
     progress.start("[internal] load .dockerignore")
@@ -120,6 +127,16 @@ async def build_dockerfile(builder: BuildManager, session: Session, attrs: Mappi
                            entries=sync.entries)
     return await builder.build_prepared(context, options, progress.sink,
                                         on_step=progress.on_step, secrets=session.secret)
+
+
+def check_syntax(dockerfile: bytes) -> None:
+    """Real BuildKit runs the ``# syntax=`` image as the frontend; the 1.x Dockerfile
+    frontend is built in here, any other image is refused by name."""
+    syntax = df.syntax_directive(dockerfile)
+    if syntax is not None and not _BUILTIN_SYNTAX.match(syntax.strip()):
+        raise GrpcError(Code.UNIMPLEMENTED,
+                        f"custom Dockerfile frontend {syntax} is not supported by this "
+                        "daemon: only the built-in docker/dockerfile:1 syntax")
 
 
 def _read_optional(path: Path, limit: int) -> bytes | None:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import os
 import shutil
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,9 @@ from engine.images.progress import Progress, ProgressSink, discard
 from engine.images.reference import Reference, parse_normalized_named
 from engine.layout import Layout
 from engine.store.db import Database
+
+# registry host → the build client's credentials for it (BuildKit session), or None
+CredentialSource = Callable[[str], Awaitable[AuthConfig | None]]
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class BuildManager:
     async def build_prepared(
         self, context: BuildContext, options: BuildOptions, sink: ProgressSink,
         tags: Sequence[Reference] = (), on_step: StepObserver | None = None,
-        secrets: SecretSource | None = None,
+        secrets: SecretSource | None = None, credentials: CredentialSource | None = None,
     ) -> str:
         """Run a build whose context is already on disk (``/build`` after receiving the
         tar; the BuildKit front after fetching it through the session). ``on_step`` hears
@@ -117,7 +120,7 @@ class BuildManager:
             cache=self._cache, sink=shown, context_root=context.root,
             escape=dockerfile.escape, meta_args={},
             resolve_image=lambda ref, platform: self._base_image(
-                ref, options, shown, platform),
+                ref, options, shown, platform, credentials),
             cache_sources=self._cache_sources(options.cache_from),
             on_step=on_step, secrets=secrets, cache_mounts=self.cache_mounts_dir,
             scratch_root=context.root.parent,
@@ -278,7 +281,8 @@ class BuildManager:
         return out
 
     async def _base_image(
-        self, ref: str, options: BuildOptions, sink: ProgressSink, platform: str = ""
+        self, ref: str, options: BuildOptions, sink: ProgressSink, platform: str = "",
+        credentials: CredentialSource | None = None,
     ) -> str:
         """A FROM or COPY --from image: local unless ``pull`` (or missing), then pulled
         for ``FROM --platform`` (else the request's platform) with the X-Registry-Config
@@ -288,6 +292,10 @@ class BuildManager:
                 return self._images.resolve(ref).id
         named = parse_normalized_named(ref)
         auth = _auth_for(named, options.registry_auth)
+        if auth == AuthConfig() and credentials is not None:
+            # BuildKit asks the client, naming Docker Hub by its registry host
+            host = "registry-1.docker.io" if named.domain == "docker.io" else named.domain
+            auth = await credentials(host) or auth
         await self._images.pull(str(named.tag_name_only()), None,
                                 platform or options.platform or None, auth, sink)
         return self._images.resolve(ref).id

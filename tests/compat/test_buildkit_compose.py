@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from tests.harness import buildkit
 from tests.harness.cli import DockerCLI
 from tests.harness.compose import Compose, compose_v2_unavailable_reason
 from tests.harness.daemon import BaseDaemon
+from tests.harness.registry import LocalRegistry, registry_unavailable_reason
 
 pytestmark = pytest.mark.root
 
@@ -282,3 +284,35 @@ def test_buildkit_syntax_on_the_classic_builder(docker_cli: DockerCLI, tmp_path:
         assert docker_cli.ok("run", "--rm", tag, "cat", "/etc/greeting") == "hello heredoc\n"
     finally:
         docker_cli("rmi", "-f", tag)
+
+
+@pytest.fixture(scope="module")
+def auth_registry(daemon: BaseDaemon) -> Iterator[LocalRegistry]:
+    reason = registry_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with LocalRegistry(daemon.netns, 5002, htpasswd=("bkuser", "bkpass")) as reg:
+        yield reg
+
+
+def test_from_a_private_registry_with_the_clients_credentials(
+        project: Compose, docker_cli: DockerCLI, auth_registry: LocalRegistry) -> None:
+    base = f"127.0.0.1:5002/bkbase{secrets.token_hex(2)}:1"
+    docker_cli.ok("login", "127.0.0.1:5002", "-u", "bkuser", "-p", "bkpass")
+    docker_cli.ok("tag", "busybox", base)
+    docker_cli.ok("push", base, timeout=120)
+    docker_cli.ok("rmi", base)
+    (project.project_dir / "app" / "Dockerfile").write_text(
+        f"FROM {base}\nRUN echo pulled-base\n")
+    # without credentials the daemon's pull is anonymous and refused
+    r = project("--progress", "plain", "build")
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert docker_cli("image", "inspect", base).returncode != 0
+    # the client's docker config has them: the daemon asks through the session
+    auth = base64.b64encode(b"bkuser:bkpass").decode()
+    (project.config_dir / "config.json").write_text(
+        json.dumps({"auths": {"127.0.0.1:5002": {"auth": auth}}}))
+    out = project.ok("--progress", "plain", "build")
+    assert "pulled-base" in out, out
+    docker_cli.ok("image", "inspect", base)
+    docker_cli("rmi", base)

@@ -126,7 +126,8 @@ async def build_dockerfile(builder: BuildManager, session: Session, attrs: Mappi
                            ignore=IgnoreRules.parse("\n".join(patterns)),
                            entries=sync.entries)
     return await builder.build_prepared(context, options, progress.sink,
-                                        on_step=progress.on_step, secrets=session.secret)
+                                        on_step=progress.on_step, secrets=session.secret,
+                                        credentials=session.credentials)
 
 
 def check_syntax(dockerfile: bytes) -> None:

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from engine.builder.buildkit.grpcwire import Code, GrpcClientConnection, GrpcError
 from engine.builder.buildkit.proto import wire_pb2 as pb
 from engine.errors import InvalidParameter
+from engine.images.auth import AuthConfig
 
 SESSION_WAIT = 10.0
 GET_SECRET = "/moby.buildkit.secrets.v1.Secrets/GetSecret"
+CREDENTIALS = "/moby.filesync.v1.Auth/Credentials"
 
 
 @dataclass(eq=False)
@@ -44,6 +46,27 @@ class Session:
             raise
         data: bytes = pb.GetSecretResponse.FromString(raw).data
         return data
+
+    async def credentials(self, host: str) -> AuthConfig | None:
+        """The client's credentials for registry ``host`` (its docker config), None when
+        it has none: then the pull is anonymous. An empty username means the secret is
+        an identity token."""
+        if not self.supports(CREDENTIALS):
+            return None
+        request = pb.CredentialsRequest(Host=host).SerializeToString()
+        try:
+            answer = pb.CredentialsResponse.FromString(await self.conn.unary(CREDENTIALS,
+                                                                             request))
+        except GrpcError as exc:
+            if exc.code in (Code.NOT_FOUND, Code.UNIMPLEMENTED):
+                return None
+            raise
+        if not answer.Secret:
+            return None
+        if not answer.Username:
+            return AuthConfig(identity_token=answer.Secret, server_address=host)
+        return AuthConfig(username=answer.Username, password=answer.Secret,
+                          server_address=host)
 
 
 class SessionRegistry:

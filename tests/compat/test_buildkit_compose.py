@@ -187,7 +187,8 @@ def test_disk_usage_prune_and_history_api(project: Compose, daemon: BaseDaemon) 
 MOUNTS_DOCKERFILE = """\
 FROM busybox AS base
 ARG RUNID=1
-RUN --mount=type=cache,target=/cache echo $RUNID >> /cache/runs && wc -l < /cache/runs
+RUN --mount=type=cache,id=mounts-test,target=/cache echo $RUNID >> /cache/runs \\
+    && wc -l < /cache/runs
 RUN --mount=type=secret,id=tok test "$(cat /run/secrets/tok)" = s3cr3t && echo secret-seen
 RUN --mount=type=secret,id=tok,env=TOK test "$TOK" = s3cr3t && echo env-secret-seen
 RUN --mount=type=bind,source=data.txt,target=/mnt/data.txt cat /mnt/data.txt

@@ -253,7 +253,14 @@ class BuildManager:
         if not base:
             raise InvalidParameter(f"base name ({stage.base}) should not be blank")
         image_id: str | None
-        if base.lower() in run.stage_images:
+        named = run.options.named_images.get(base)
+        if base in run.options.named_dirs:
+            raise InvalidParameter(f"FROM {base}: a named context that is a directory can "
+                                   "only be used by COPY --from and RUN --mount from=")
+        if named is not None:
+            assert run.resolve_image is not None
+            image_id = await run.resolve_image(named, "")
+        elif base.lower() in run.stage_images:
             image_id = run.stage_images[base.lower()]
         elif base == "scratch":
             image_id = None

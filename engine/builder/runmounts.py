@@ -262,6 +262,7 @@ def _write_secret(path: Path, value: bytes, spec: MountSpec) -> None:
 
 async def _bind_mount(spec: MountSpec, ctx: MountContext, stack: contextlib.AsyncExitStack,
                       copy_path: Path, out: PreparedMounts) -> None:
+    image_id = ""
     if spec.source_from:
         root, image_id = await stack.enter_async_context(ctx.stage_root(spec.source_from))
         out.key.append(image_id)
@@ -270,11 +271,11 @@ async def _bind_mount(spec: MountSpec, ctx: MountContext, stack: contextlib.Asyn
     source = spec.source or "."
     try:
         found = await asyncio.to_thread(files.resolve_sources, root, [source],
-                                        cmd="RUN --mount", in_context=not spec.source_from)
+                                        cmd="RUN --mount", in_context=not image_id)
     except NotFound:
         raise InvalidParameter(f"failed to compute cache key: {source}: not found") from None
     host = root.joinpath(*found[0].real) if found[0].real else root
-    if not spec.source_from:
+    if not image_id:  # files of the context or of a named context: their content counts
         out.key.append(await asyncio.to_thread(files.content_digest, root, found))
     if spec.rw:
         # writes are discarded: the RUN works on a copy

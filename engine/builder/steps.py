@@ -497,7 +497,12 @@ class StageBuilder:
 
     @contextlib.asynccontextmanager
     async def _stage_rootfs(self, source_from: str) -> AsyncIterator[tuple[Path, str]]:
-        """A stage's or image's rootfs (``RUN --mount=from=``), with its image id."""
+        """A stage's or image's rootfs (``RUN --mount=from=``), with its image id; a
+        named context's directory, with "" (its files then enter the cache key)."""
+        named_dir = self._run.options.named_dirs.get(source_from)
+        if named_dir is not None:
+            yield named_dir, ""
+            return
         image_id = await self._image_for(source_from, "RUN --mount from")
         cid, _ = await self._run.containers.create(
             {"Image": image_id, "Cmd": ["true"], "Labels": {},
@@ -590,7 +595,11 @@ class StageBuilder:
         """The image a ``--from``/``from=`` names: a stage of this build, else an image."""
         key = source_from.lower()
         image_id: str | None
-        if key in self._run.stage_images:
+        named = self._run.options.named_images.get(source_from)
+        if named is not None:
+            assert self._run.resolve_image is not None
+            image_id = await self._run.resolve_image(named, "")
+        elif key in self._run.stage_images:
             image_id = self._run.stage_images[key]
         else:
             assert self._run.resolve_image is not None
@@ -638,6 +647,10 @@ class StageBuilder:
             return
         if not source_from:
             yield self._run.context_root, list(sources)
+            return
+        named_dir = self._run.options.named_dirs.get(source_from)
+        if named_dir is not None:
+            yield named_dir, list(sources)
             return
         image_id = await self._image_for(source_from, "COPY --from")
         cid, _ = await self._run.containers.create(

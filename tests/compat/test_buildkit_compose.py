@@ -317,3 +317,35 @@ def test_from_a_private_registry_with_the_clients_credentials(
     assert "pulled-base" in out, out
     docker_cli.ok("image", "inspect", base)
     docker_cli("rmi", base)
+
+
+NAMED_COMPOSE = """\
+services:
+  app:
+    image: {image}
+    build:
+      context: ./app
+      additional_contexts:
+        extra: ./extra
+        base: docker-image://busybox
+"""
+
+
+def test_named_contexts_from_compose(project: Compose, docker_cli: DockerCLI) -> None:
+    image = f"{project.project}-img"
+    extra = project.project_dir / "extra"
+    extra.mkdir()
+    (extra / "note.txt").write_text("from the extra context\n")
+    (project.project_dir / "compose.yaml").write_text(NAMED_COMPOSE.format(image=image))
+    (project.project_dir / "app" / "Dockerfile").write_text(
+        "FROM base\nCOPY --from=extra note.txt /note.txt\n"
+        "RUN --mount=from=extra,target=/x cat /x/note.txt\n")
+    out = project.ok("--progress", "plain", "build")
+    assert "[app internal] load build context extra" in out, out
+    assert re.search(r"#\d+ \d+\.\d+ from the extra context", out), out
+    assert docker_cli.ok("run", "--rm", image, "cat", "/note.txt") == "from the extra context\n"
+    # a changed file of the named context reruns the steps that use it
+    (extra / "note.txt").write_text("changed\n")
+    out = project.ok("--progress", "plain", "build")
+    assert re.search(r"#\d+ \d+\.\d+ changed", out), out
+    assert docker_cli.ok("run", "--rm", image, "cat", "/note.txt") == "changed\n"

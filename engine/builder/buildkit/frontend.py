@@ -6,6 +6,7 @@ client through the session's file sync (§6.1); the classic executor runs the bu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ DEFAULT_FILENAME = "Dockerfile"
 
 # Attributes we act on or may safely ignore; anything else is named in an error rather
 # than silently dropped.
+_NAMED_KINDS = ("local:", "docker-image://")
 _IGNORED = frozenset({
     "image-resolve-mode", "frontend.caps", "multi-platform", "cache-imports", "cache-from",
     "contextkey", "dockerfilekey", "hostname", "attest:provenance", "attest:sbom",
@@ -41,11 +43,16 @@ _IGNORED = frozenset({
 
 def options_from_attrs(attrs: Mapping[str, str]) -> BuildOptions:
     """The classic build's options for these frontend attributes."""
-    for key in attrs:
-        if key.startswith(("context:", "input:")) or key in ("context", "contextsubdir"):
+    for key, value in attrs.items():
+        if key.startswith("input:") or key in ("context", "contextsubdir"):
             raise GrpcError(Code.UNIMPLEMENTED,
                             f"build contexts other than the local directory ({key}) are not "
                             "supported by this daemon yet")
+        if key.startswith("context:") and not value.startswith(_NAMED_KINDS):
+            raise GrpcError(Code.UNIMPLEMENTED,
+                            f"named context {key.removeprefix('context:')}={value} is not "
+                            "supported by this daemon: only local directories and "
+                            "docker-image:// references")
         if key == "requestid":
             raise GrpcError(Code.UNIMPLEMENTED,
                             f"frontend subrequest {attrs[key]!r} (--call/--check) is not "
@@ -54,6 +61,9 @@ def options_from_attrs(attrs: Mapping[str, str]) -> BuildOptions:
             raise GrpcError(Code.UNIMPLEMENTED,
                             f"custom Dockerfile frontend {attrs[key]} is not supported by "
                             "this daemon")
+    named_images = {key.removeprefix("context:"): value.removeprefix("docker-image://")
+                    for key, value in attrs.items()
+                    if key.startswith("context:") and value.startswith("docker-image://")}
     build_args: dict[str, str | None] = {
         key.removeprefix("build-arg:"): value for key, value in attrs.items()
         if key.startswith("build-arg:") and key not in _IGNORED}
@@ -77,6 +87,7 @@ def options_from_attrs(attrs: Mapping[str, str]) -> BuildOptions:
         remove=True,
         force_remove=True,  # BuildKit leaves no containers behind, even on failure
         platform=attrs.get("platform", "").split(",")[0],
+        named_images=named_images,
         limits=RunLimits(network_mode="" if network in ("", "default") else network,
                          shm_size=shm_size, extra_hosts=hosts,
                          cgroup_parent=attrs.get("cgroup-parent", "")),
@@ -121,6 +132,20 @@ async def build_dockerfile(builder: BuildManager, session: Session, attrs: Mappi
     sync = await fetch_dir(session, context_key, context_dir, exclude=patterns)
     progress.status(f"transferring context: {_size(sync.bytes)}")
     progress.complete()
+
+    named_dirs: dict[str, Path] = {}
+    for key, value in attrs.items():
+        if key.startswith("context:") and value.startswith("local:"):
+            name = key.removeprefix("context:")
+            progress.start(f"[internal] load build context {name}")
+            target = workdir / f"named-{len(named_dirs)}"
+            await asyncio.to_thread(target.mkdir)
+            sync = await fetch_dir(session, value.removeprefix("local:"), target)
+            progress.status(f"transferring {name}: {_size(sync.bytes)}")
+            progress.complete()
+            named_dirs[name] = target
+    if named_dirs:
+        options = dataclasses.replace(options, named_dirs=named_dirs)
 
     context = BuildContext(root=context_dir, dockerfile=filename, dockerfile_text=text,
                            ignore=IgnoreRules.parse("\n".join(patterns)),

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from engine.builder import dockerfile as df
 from engine.builder import remote
@@ -46,6 +49,24 @@ from engine.images.progress import Progress, ProgressSink, discard
 from engine.images.reference import Reference, parse_normalized_named
 from engine.layout import Layout
 from engine.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+class StageLane(Protocol):
+    """The progress of one concurrently built stage (BuildKit's vertices)."""
+
+    def sink(self, message: Progress) -> None: ...
+    def on_step(self, where: StepPosition) -> None: ...
+    def fail(self, message: str) -> None: ...
+    def complete(self, cached: bool = False) -> None: ...
+
+
+LaneFactory = Callable[[], StageLane]
+# Stages built at once at most (BuildKit-style concurrent stages).
+STAGE_WORKERS = 4
+# How long a failed or cancelled build waits for its containers' removal (seconds).
+CLEANUP_WAIT = 30.0
 
 # registry host → the build client's credentials for it (BuildKit session), or None
 CredentialSource = Callable[[str], Awaitable[AuthConfig | None]]
@@ -108,10 +129,13 @@ class BuildManager:
         self, context: BuildContext, options: BuildOptions, sink: ProgressSink,
         tags: Sequence[Reference] = (), on_step: StepObserver | None = None,
         secrets: SecretSource | None = None, credentials: CredentialSource | None = None,
+        lanes: LaneFactory | None = None,
     ) -> str:
         """Run a build whose context is already on disk (``/build`` after receiving the
         tar; the BuildKit front after fetching it through the session). ``on_step`` hears
-        of every instruction as it starts. Returns the image id."""
+        of every instruction as it starts. With ``lanes`` (BuildKit's progress), stages
+        that do not depend on each other run concurrently, each stage reporting through
+        a lane of its own. Returns the image id."""
         dockerfile = df.parse(context.dockerfile_text)
         stages = _stages_to_build(dockerfile, options)
         shown = discard if options.quiet else sink
@@ -126,7 +150,7 @@ class BuildManager:
             scratch_root=context.root.parent,
         )
         try:
-            image_id = await self._run_stages(run, dockerfile, stages)
+            image_id = await self._run_stages(run, dockerfile, stages, lanes)
         finally:
             if options.force_remove and run.failed_containers:
                 # Shielded: a cancelled build (its client went) is often cancelled more
@@ -135,7 +159,9 @@ class BuildManager:
                     self._remove_containers(list(run.failed_containers)))
                 self._cleanups.add(cleanup)
                 cleanup.add_done_callback(self._cleanups.discard)
-                await asyncio.shield(cleanup)
+                # bounded: the build answers even if a removal hangs (it goes on alone)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(cleanup), CLEANUP_WAIT)
         unused = sorted(set(k for k in options.build_args
                             if k not in PROXY_ARGS) - run.consumed_args)
         if unused:
@@ -180,7 +206,8 @@ class BuildManager:
         return dict(view.config)
 
     async def _run_stages(
-        self, run: BuildRun, dockerfile: df.Dockerfile, stages: Sequence[int]
+        self, run: BuildRun, dockerfile: df.Dockerfile, stages: Sequence[int],
+        lanes: LaneFactory | None = None,
     ) -> str:
         options = run.options
         total = len(dockerfile.meta_args) + sum(
@@ -188,13 +215,14 @@ class BuildManager:
         step = 0
         named = len(stages) > 1
 
-        def announce(original: str, where: StepPosition | None = None) -> None:
+        def announce(stage_run: BuildRun, original: str,
+                     where: StepPosition | None = None) -> None:
             nonlocal step
             step += 1
-            if run.on_step is not None and where is not None:
-                run.on_step(where)
-            run.say(f"Step {step}/{total} : {original}")
-            run.say("\n")
+            if stage_run.on_step is not None and where is not None:
+                stage_run.on_step(where)
+            stage_run.say(f"Step {step}/{total} : {original}")
+            stage_run.say("\n")
 
         # BuildKit's automatic platform args: global, so a stage (or FROM) that declares
         # ``ARG TARGETPLATFORM`` sees the value; never reported as unused.
@@ -202,7 +230,7 @@ class BuildManager:
         run.meta_args.update(platform_args)
         run.consumed_args.update(platform_args)
         for arg in dockerfile.meta_args:
-            announce(arg.original)
+            announce(run, arg.original)
             for name, default in arg.args:
                 given = options.build_args.get(name)
                 if given is not None:
@@ -214,28 +242,27 @@ class BuildManager:
                     run.meta_args[name] = None
                 run.consumed_args.add(name)
 
-        image_id: str | None = None
-        for index in stages:
+        async def build_stage(stage_run: BuildRun, index: int) -> str:
             stage = dockerfile.stages[index]
             label = (stage.name or f"stage-{index}") if named else ""
             # BuildKit numbers only the instructions that make a filesystem step
             # (metadata ones change the config and have no vertex)
             count = 1 + sum(1 for c in stage.commands if isinstance(c, _FILESYSTEM_STEPS))
-            announce(stage.original, StepPosition(label, 1, count, stage.original))
-            builder = await self._from(run, stage)
+            announce(stage_run, stage.original, StepPosition(label, 1, count, stage.original))
+            builder = await self._from(stage_run, stage)
             await builder.run_onbuild_triggers()
             number = 1
             for command in stage.commands:
                 visible = isinstance(command, _FILESYSTEM_STEPS)
                 number += visible
-                announce(command.original, StepPosition(
+                announce(stage_run, command.original, StepPosition(
                     label, number if visible else 0, count, command.original))
                 await builder.dispatch(command)
             if index == stages[-1]:
                 # The request's labels: one LABEL step each, sorted (moby's
                 # buildLabelOptions appends them to the Dockerfile).
                 for key, value in sorted(options.labels.items()):
-                    announce(f"LABEL {key}={value}")
+                    announce(stage_run, f"LABEL {key}={value}")
                     await builder.add_label(key, value)
             image_id = builder.state.image_id
             if image_id is None:
@@ -243,9 +270,56 @@ class BuildManager:
             run.stage_images[str(index)] = image_id
             if stage.name:
                 run.stage_images[stage.name] = image_id
-            run.sink(Progress(aux={"ID": image_id}))
-        assert image_id is not None
-        return image_id
+            stage_run.sink(Progress(aux={"ID": image_id}))
+            return image_id
+
+        if lanes is None:
+            image_id: str | None = None
+            for index in stages:
+                image_id = await build_stage(run, index)
+            assert image_id is not None
+            return image_id
+        return await self._run_stages_concurrently(run, dockerfile, stages, build_stage, lanes)
+
+    async def _run_stages_concurrently(
+        self, run: BuildRun, dockerfile: df.Dockerfile, stages: Sequence[int],
+        build_stage: Callable[[BuildRun, int], Awaitable[str]], lanes: LaneFactory,
+    ) -> str:
+        """BuildKit's order: a stage starts once the stages it uses are built, so
+        independent stages run side by side (at most STAGE_WORKERS at once), each
+        reporting through its own progress lane. The first failure cancels the rest."""
+        deps = _stage_dependencies(dockerfile, stages)
+        limit = asyncio.Semaphore(STAGE_WORKERS)
+        tasks: dict[int, asyncio.Task[str]] = {}
+
+        async def one(index: int) -> str:
+            if deps[index]:
+                await asyncio.gather(*(tasks[d] for d in deps[index]))
+            log.debug("build stage %d: starting (after %s)", index, sorted(deps[index]))
+            async with limit:
+                lane = lanes()
+                stage_run = dataclasses.replace(run, sink=lane.sink, on_step=lane.on_step)
+                try:
+                    image_id = await build_stage(stage_run, index)
+                except Exception as exc:
+                    lane.fail(str(exc))
+                    raise
+                lane.complete()
+                return image_id
+
+        for index in stages:
+            tasks[index] = asyncio.create_task(one(index))
+        try:
+            await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            results = await asyncio.gather(*tasks.values(), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(
+                    result, asyncio.CancelledError):
+                raise result
+        return tasks[stages[-1]].result()
 
     async def _from(self, run: BuildRun, stage: df.Stage) -> StageBuilder:
         env = {k: v for k, v in run.meta_args.items() if v is not None}
@@ -362,6 +436,39 @@ def _platform_args(target: str, go_arch: str) -> dict[str, str | None]:
     return out
 
 
+def _stage_dependencies(dockerfile: df.Dockerfile, stages: Sequence[int]
+                        ) -> dict[int, set[int]]:
+    """For each stage to build, the earlier stages it uses (FROM, COPY --from,
+    RUN --mount from=)."""
+    by_name = {s.name: i for i, s in enumerate(dockerfile.stages) if s.name}
+    wanted = set(stages)
+    out: dict[int, set[int]] = {}
+    for index in stages:
+        out[index] = {dep for ref in _stage_refs(dockerfile.stages[index])
+                      if (dep := _stage_index(ref, by_name, index)) is not None
+                      and dep in wanted}
+    return out
+
+
+def _stage_refs(stage: df.Stage) -> list[str]:
+    refs = [stage.base.lower()]
+    for c in stage.commands:
+        if isinstance(c, df.CopyCommand) and c.flags.get("from"):
+            refs.append(c.flags["from"].lower())
+        elif isinstance(c, df.RunCommand):
+            for mount in c.mounts:
+                refs += [f.partition("=")[2].lower() for f in mount.split(",")
+                         if f.startswith("from=")]
+    return refs
+
+
+def _stage_index(ref: str, by_name: Mapping[str, int], before: int) -> int | None:
+    dep = by_name.get(ref)
+    if dep is None and ref.isdigit():
+        dep = int(ref)
+    return dep if dep is not None and dep < before else None
+
+
 def _stages_to_build(dockerfile: df.Dockerfile, options: BuildOptions) -> list[int]:
     """The target stage and the stages it needs (by FROM or COPY --from), in order."""
     stages = dockerfile.stages
@@ -378,15 +485,9 @@ def _stages_to_build(dockerfile: df.Dockerfile, options: BuildOptions) -> list[i
     pending = [target]
     while pending:
         index = pending.pop()
-        stage = stages[index]
-        refs = [stage.base.lower()]
-        refs += [c.flags["from"].lower() for c in stage.commands
-                 if isinstance(c, df.CopyCommand) and c.flags.get("from")]
-        for ref in refs:
-            dep = by_name.get(ref)
-            if dep is None and ref.isdigit() and int(ref) < index:
-                dep = int(ref)
-            if dep is not None and dep < index and dep not in needed:
+        for ref in _stage_refs(stages[index]):
+            dep = _stage_index(ref, by_name, index)
+            if dep is not None and dep not in needed:
                 needed.add(dep)
                 pending.append(dep)
     return sorted(needed)

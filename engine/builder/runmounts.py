@@ -171,7 +171,8 @@ class PreparedMounts:
     key: list[str] = field(default_factory=list)
 
 
-_CACHE_LOCKS: dict[str, asyncio.Lock] = {}
+_CACHE_LOCKS: dict[str, asyncio.Lock] = {}  # sharing=locked: held while the RUN runs
+_CACHE_CREATION: dict[str, asyncio.Lock] = {}  # held while a cache directory is made
 
 
 @contextlib.asynccontextmanager
@@ -215,7 +216,9 @@ async def _cache_mount(spec: MountSpec, ctx: MountContext, stack: contextlib.Asy
         stack.callback(lock.release)
     fresh = ctx.no_cache and ident not in ctx.emptied
     ctx.emptied.add(ident)
-    await asyncio.to_thread(_make_cache_dir, directory, spec, fresh)
+    # RUNs of concurrently built stages may share an id: one of them makes the directory
+    async with _CACHE_CREATION.setdefault(ident, asyncio.Lock()):
+        await asyncio.to_thread(_make_cache_dir, directory, spec, fresh)
     out.mounts.append({"Type": "bind", "Source": str(directory), "Target": spec.target,
                        "ReadOnly": spec.readonly})
 
@@ -225,8 +228,7 @@ def _make_cache_dir(directory: Path, spec: MountSpec, fresh: bool) -> None:
         shutil.rmtree(directory)
     if not directory.exists():
         directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = directory.with_name(directory.name + ".new")
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = directory.with_name(f"{directory.name}.new-{os.urandom(4).hex()}")
         staging.mkdir()
         os.chmod(staging, spec.mode if spec.mode is not None else 0o755)
         os.chown(staging, spec.uid or 0, spec.gid or 0)

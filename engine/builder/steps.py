@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import copy as copying
 import hashlib
+import logging
 import os
 import posixpath
 import re
@@ -44,6 +45,7 @@ from engine.images.manager import ImageManager
 from engine.images.progress import Progress, ProgressSink, short
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
+log = logging.getLogger(__name__)
 
 
 class BuildStepFailed(EngineError):
@@ -113,7 +115,6 @@ class BuildRun:
     # (reference, platform) → image id, pulled when needed
     resolve_image: Callable[[str, str], Awaitable[str | None]] | None = None
     cache_sources: list[str] = field(default_factory=list)  # --cache-from image ids
-    downloads: int = 0  # ADD <url> directories made so far
     on_step: StepObserver | None = None  # told as each instruction starts (BuildKit front)
     # RUN --mount: the client's secrets (BuildKit session; None: there are none), where
     # cache mounts live, where a RUN's private files go
@@ -441,7 +442,9 @@ class StageBuilder:
                *(f"{k}={v}" for k, v in sorted(args.items()))]
         specs = [runmounts.parse_mount(m, self._word) for m in c.mounts]
         host_extra, key_extra = self._run_flags(c)
+        log.debug("RUN %s: preparing %d mounts", argv[-1][:40], len(specs))
         async with runmounts.prepared(specs, self._mount_context()) as mounts:
+            log.debug("RUN %s: mounts ready", argv[-1][:40])
             if mounts.mounts:
                 host_extra["Mounts"] = mounts.mounts
             key_extra += mounts.key
@@ -565,8 +568,8 @@ class StageBuilder:
         self, urls: Sequence[str], dest: str
     ) -> AsyncIterator[tuple[Path, list[str]]]:
         """ADD's URLs fetched into a directory of the build's own (gone afterwards)."""
-        self._run.downloads += 1
-        directory = self._run.context_root.parent / f"add-{self._run.downloads}"
+        # a name of its own: concurrently built stages share the build's directory
+        directory = self._run.context_root.parent / f"add-{os.urandom(6).hex()}"
         await asyncio.to_thread(directory.mkdir)
         try:
             names = []
@@ -618,8 +621,7 @@ class StageBuilder:
     ) -> AsyncIterator[tuple[Path, list[str]]]:
         """``COPY <<EOF /dst``: each heredoc as a file named after it, in a directory of
         the build's own (gone afterwards); unquoted ones have ``$VAR`` expanded."""
-        self._run.downloads += 1
-        directory = self._run.context_root.parent / f"heredoc-{self._run.downloads}"
+        directory = self._run.context_root.parent / f"heredoc-{os.urandom(6).hex()}"
         env = {**self._state.env_map(), **self._args_in_effect()}
         contents = {h.name: _expand_heredoc(h.content, env) if h.expand else h.content
                     for h in heredocs}

@@ -349,3 +349,43 @@ def test_named_contexts_from_compose(project: Compose, docker_cli: DockerCLI) ->
     out = project.ok("--progress", "plain", "build")
     assert re.search(r"#\d+ \d+\.\d+ changed", out), out
     assert docker_cli.ok("run", "--rm", image, "cat", "/note.txt") == "changed\n"
+
+
+PARALLEL_DOCKERFILE = """\
+FROM busybox AS left
+RUN --mount=type=cache,id={meet},target=/meet touch /meet/left && \\
+    for i in $(seq 150); do [ -e /meet/right ] && echo left-met && exit 0; sleep 0.1; done; \\
+    exit 1
+FROM busybox AS right
+RUN --mount=type=cache,id={meet},target=/meet touch /meet/right && \\
+    for i in $(seq 150); do [ -e /meet/left ] && echo right-met && exit 0; sleep 0.1; done; \\
+    exit 1
+FROM busybox
+COPY --from=left /bin/true /left-true
+COPY --from=right /bin/true /right-true
+"""
+
+
+def test_independent_stages_run_concurrently(project: Compose) -> None:
+    """Each of two independent stages waits (15 s at most) for the other to have
+    started: built one after the other, the first would fail."""
+    (project.project_dir / "app" / "Dockerfile").write_text(
+        PARALLEL_DOCKERFILE.format(meet="meet" + secrets.token_hex(4)))
+    out = project.ok("--progress", "plain", "build")
+    assert "left-met" in out and "right-met" in out, out
+
+
+def test_a_failing_stage_fails_the_build_and_names_its_step(
+        project: Compose, docker_cli: DockerCLI) -> None:
+    (project.project_dir / "app" / "Dockerfile").write_text(
+        "FROM busybox AS slow\nRUN sleep 30\nFROM busybox AS bad\nRUN exit 7\n"
+        "FROM busybox\nCOPY --from=slow /bin/true /a\nCOPY --from=bad /bin/true /b\n")
+    started = time.monotonic()
+    r = project("--progress", "plain", "build")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert re.search(r"#\d+ ERROR: .*returned a non-zero code: 7", out), out
+    # the other stage was cancelled, not waited for, and its container removed
+    assert time.monotonic() - started < 25, out
+    left = docker_cli.ok("ps", "-a", "--no-trunc", "--format", "{{.Command}}")
+    assert "sleep 30" not in left and "exit 7" not in left, left

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import stat as statmod
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from engine.builder.buildkit.proto import wire_pb2 as pb
 from engine.builder.buildkit.sessions import Session
 
 DIFFCOPY = "/moby.filesync.v1.FileSync/DiffCopy"
+log = logging.getLogger(__name__)
 
 # Go os.FileMode bits (not POSIX st_mode)
 GO_DIR = 1 << 31
@@ -170,6 +172,7 @@ async def fetch_dir(session: Session, dir_name: str, dest: Path, *,
         metadata = [(k, quote_plus(v)) for k, v in metadata]
         metadata += [(f"{k}-encoded", "1") for k in
                      ("dir-name", "followpaths", "exclude-patterns", "include-patterns")]
+    log.debug("filesync %s: fetching into %s", dir_name, dest)
     call = await session.conn.open(DIFFCOPY, metadata)
     receiver = _Receiver(dest)
     requester: asyncio.Task[None] | None = None
@@ -208,6 +211,7 @@ async def fetch_dir(session: Session, dir_name: str, dest: Path, *,
             while await call.receive() is not None:
                 pass
         await asyncio.to_thread(receiver.finish)
+        log.debug("filesync %s: %d entries, %d bytes", dir_name, stats.entries, stats.bytes)
         return stats
     finally:
         if requester is not None and not requester.done():

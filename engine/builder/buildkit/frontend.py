@@ -152,7 +152,8 @@ async def build_dockerfile(builder: BuildManager, session: Session, attrs: Mappi
                            entries=sync.entries)
     return await builder.build_prepared(context, options, progress.sink,
                                         on_step=progress.on_step, secrets=session.secret,
-                                        credentials=session.credentials)
+                                        credentials=session.credentials,
+                                        lanes=progress.lane)
 
 
 def check_syntax(dockerfile: bytes) -> None:

@@ -423,6 +423,7 @@ class GrpcServerConnection(_Connection):
             code, message = exc.code, exc.message
         except asyncio.CancelledError:
             if stream.reset or self.closed.is_set():
+                log.debug("gRPC %s: cancelled by the client", call.path)
                 return  # the client cancelled the call: nobody to answer
             raise
         except (ConnectionError, OSError):
@@ -432,6 +433,7 @@ class GrpcServerConnection(_Connection):
             code, message = Code.UNKNOWN, str(exc) or type(exc).__name__
         finally:
             self._streams.pop(stream.stream_id, None)
+        log.debug("gRPC %s: %s %s", call.path, code.name, message)
         with contextlib.suppress(ConnectionError, OSError):
             await call.finish(code, message)
 

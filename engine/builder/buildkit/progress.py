@@ -36,52 +36,92 @@ def now() -> Timestamp:
 
 class VertexStream:
     """The Status messages of one job. ``updates`` is read by ``Control.Status``; None
-    ends it. Thread-unsafe by design: everything runs on the event loop."""
+    ends it. Vertices are reported through lanes, each with its current vertex: the
+    main lane (the internal steps, the export, a sequential build) and one per stage
+    built concurrently. Everything runs on the event loop."""
 
     def __init__(self, job_ref: str) -> None:
         self.updates: asyncio.Queue[pb.StatusResponse | None] = asyncio.Queue()
         self._ref = job_ref
         self._counter = itertools.count()
-        self._current: pb.Vertex | None = None
         self._ended = False
+        self.failed = False
+        self.main = VertexLane(self)
+        # the main lane's methods, for callers that need no other lane
+        self.start = self.main.start
+        self.complete = self.main.complete
+        self.status = self.main.status
+        self.log = self.main.log
+        self.sink = self.main.sink
+        self.on_step = self.main.on_step
 
-    # ------------------------------------------------------------------ vertices
+    def lane(self) -> VertexLane:
+        """A new lane (for a stage built concurrently)."""
+        return VertexLane(self)
+
+    def fail(self, message: str) -> None:
+        """The job failed: mark the main lane's current vertex, unless a lane already
+        marked the failing step."""
+        if not self.failed or self.main.current is not None:
+            self.main.fail(message)
+
+    def end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self.updates.put_nowait(None)
+
+    def new_digest(self, name: str) -> str:
+        seed = f"{self._ref}\x00{next(self._counter)}\x00{name}".encode()
+        return "sha256:" + hashlib.sha256(seed).hexdigest()
+
+    def send(self, **fields: list[pb.Vertex] | list[pb.VertexStatus] | list[pb.VertexLog]
+             ) -> None:
+        if not self._ended:
+            self.updates.put_nowait(pb.StatusResponse(**fields))  # type: ignore[arg-type]
+
+
+class VertexLane:
+    """One sequence of vertices, one at a time."""
+
+    def __init__(self, stream: VertexStream) -> None:
+        self._stream = stream
+        self.current: pb.Vertex | None = None
+
     def start(self, name: str, inputs: tuple[str, ...] = ()) -> pb.Vertex:
         """A new vertex, started now (the previous one is completed first)."""
         self.complete()
-        seed = f"{self._ref}\x00{next(self._counter)}\x00{name}".encode()
-        vertex = pb.Vertex(digest="sha256:" + hashlib.sha256(seed).hexdigest(), name=name,
-                           inputs=list(inputs))
-        self._send(vertexes=[pb.Vertex(digest=vertex.digest, name=name,
-                                       inputs=list(inputs))])
+        digest = self._stream.new_digest(name)
+        self._stream.send(vertexes=[pb.Vertex(digest=digest, name=name, inputs=list(inputs))])
+        vertex = pb.Vertex(digest=digest, name=name, inputs=list(inputs))
         vertex.started.CopyFrom(now())
-        self._send(vertexes=[vertex])
-        self._current = vertex
+        self._stream.send(vertexes=[vertex])
+        self.current = vertex
         return vertex
 
     def complete(self, cached: bool = False) -> None:
-        vertex = self._current
+        vertex = self.current
         if vertex is None:
             return
-        self._current = None
+        self.current = None
         if cached:
             vertex.cached = True
         vertex.completed.CopyFrom(now())
-        self._send(vertexes=[vertex])
+        self._stream.send(vertexes=[vertex])
 
     def fail(self, message: str) -> None:
-        vertex = self._current
+        vertex = self.current
         if vertex is None:
             vertex = self.start("[internal] build")
-        self._current = None
+        self.current = None
+        self._stream.failed = True
         vertex.error = message
         vertex.completed.CopyFrom(now())
-        self._send(vertexes=[vertex])
+        self._stream.send(vertexes=[vertex])
 
     def status(self, text: str, current: int = 0, total: int = 0,
                done: bool = True) -> None:
         """A sub-progress line under the current vertex (``naming to ...``)."""
-        vertex = self._current
+        vertex = self.current
         if vertex is None:
             return
         stamp = now()
@@ -91,25 +131,15 @@ class VertexStream:
         item.started.CopyFrom(stamp)
         if done:
             item.completed.CopyFrom(stamp)
-        self._send(statuses=[item])
+        self._stream.send(statuses=[item])
 
     def log(self, data: bytes, stream: int = 1) -> None:
-        vertex = self._current
+        vertex = self.current
         if vertex is None or not data:
             return
         item = pb.VertexLog(vertex=vertex.digest, stream=stream, msg=data)
         item.timestamp.CopyFrom(now())
-        self._send(logs=[item])
-
-    def end(self) -> None:
-        if not self._ended:
-            self._ended = True
-            self.updates.put_nowait(None)
-
-    def _send(self, **fields: list[pb.Vertex] | list[pb.VertexStatus] | list[pb.VertexLog]
-              ) -> None:
-        if not self._ended:
-            self.updates.put_nowait(pb.StatusResponse(**fields))  # type: ignore[arg-type]
+        self._stream.send(logs=[item])
 
     # ------------------------------------------------------------------ the executor's side
     def on_step(self, where: StepPosition) -> None:

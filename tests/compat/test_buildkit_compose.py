@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -389,3 +390,26 @@ def test_a_failing_stage_fails_the_build_and_names_its_step(
     assert time.monotonic() - started < 25, out
     left = docker_cli.ok("ps", "-a", "--no-trunc", "--format", "{{.Command}}")
     assert "sleep 30" not in left and "exit 7" not in left, left
+
+
+@pytest.mark.slow
+def test_a_large_context_arrives_whole(project: Compose, docker_cli: DockerCLI) -> None:
+    """32 MiB in 32 files plus 3000 small ones: many times the HTTP/2 windows."""
+    app = project.project_dir / "app"
+    (app / "Dockerfile").write_text(
+        "FROM busybox\nCOPY big /big\nCOPY small /small\n"
+        "RUN find /small -type f | wc -l && cat /big/* | md5sum\n")
+    (app / "big").mkdir()
+    digest = hashlib.md5()
+    for i in range(32):
+        data = os.urandom(1 << 20)
+        (app / "big" / f"{i:02d}.bin").write_bytes(data)
+        digest.update(data)
+    for i in range(30):
+        sub = app / "small" / f"d{i}"
+        sub.mkdir(parents=True)
+        for j in range(100):
+            (sub / f"f{j}").write_text(f"{i}-{j}\n")
+    out = project.ok("--progress", "plain", "build", timeout=300)
+    assert re.search(r"#\d+ \d+\.\d+ 3000\n", out), out
+    assert digest.hexdigest() in out, out

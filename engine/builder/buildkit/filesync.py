@@ -45,6 +45,7 @@ GO_STICKY = 1 << 20
 GO_IRREGULAR = 1 << 19
 GO_TYPE = GO_DIR | GO_SYMLINK | GO_PIPE | GO_SOCKET | GO_DEVICE | GO_CHARDEV | GO_IRREGULAR
 
+_WRITE_BATCH = 1 << 20
 _STAT = pb.Packet.PACKET_STAT
 _REQ = pb.Packet.PACKET_REQ
 _DATA = pb.Packet.PACKET_DATA
@@ -115,19 +116,24 @@ class _Receiver:
                 self.hardlinks.append((safe_relative(st.linkname), st.path))
             # devices, pipes and sockets are skipped (a context is files for COPY)
 
-    def open_file(self, file_id: int, st: pb.Stat) -> None:
-        target = self._parent_ok(st.path)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600)
-        self.open_files[file_id] = fd
+    def _open(self, file_id: int, st: pb.Stat) -> int:
+        fd = self.open_files.get(file_id)
+        if fd is None:
+            target = self._parent_ok(st.path)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+            self.open_files[file_id] = fd
+        return fd
 
-    def write(self, file_id: int, data: bytes) -> None:
-        fd = self.open_files[file_id]
+    def write(self, file_id: int, st: pb.Stat, data: bytes) -> None:
+        fd = self._open(file_id, st)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
 
-    def close_file(self, file_id: int, st: pb.Stat) -> None:
+    def write_last(self, file_id: int, st: pb.Stat, data: bytes) -> None:
+        """The file's last bytes (maybe all of them); then its mode and times."""
+        self.write(file_id, st, data)
         fd = self.open_files.pop(file_id)
         try:
             os.fchmod(fd, posix_mode(st.mode))
@@ -186,6 +192,9 @@ async def fetch_dir(session: Session, dir_name: str, dest: Path, *,
         requester = asyncio.create_task(_request_files(call, sorted(wanted)))
         stats = SyncStats(entries=len(entries), files=len(wanted))
         pending = set(wanted)
+        # A file's data is written in batches (the client interleaves at most a few
+        # files, so this holds a few MiB at most).
+        buffers: dict[int, bytearray] = {}
         while pending:
             packet = await _next_packet(call)
             if packet.type != _DATA:
@@ -193,13 +202,17 @@ async def fetch_dir(session: Session, dir_name: str, dest: Path, *,
             st = wanted.get(packet.ID)
             if st is None or packet.ID not in pending:
                 raise GrpcError(Code.INTERNAL, f"filesync data for unrequested id {packet.ID}")
-            if packet.ID not in receiver.open_files:
-                await asyncio.to_thread(receiver.open_file, packet.ID, st)
+            buffer = buffers.setdefault(packet.ID, bytearray())
             if packet.data:
                 stats.bytes += len(packet.data)
-                await asyncio.to_thread(receiver.write, packet.ID, packet.data)
+                buffer += packet.data
+                if len(buffer) >= _WRITE_BATCH:
+                    await asyncio.to_thread(receiver.write, packet.ID, st, bytes(buffer))
+                    buffer.clear()
             else:
-                await asyncio.to_thread(receiver.close_file, packet.ID, st)
+                # one thread hop for a small file: open, write, set mode and times, close
+                await asyncio.to_thread(receiver.write_last, packet.ID, st, bytes(buffer))
+                del buffers[packet.ID]
                 pending.discard(packet.ID)
         await requester
         await call.send(pb.Packet(type=_FIN).SerializeToString())
@@ -233,8 +246,9 @@ async def _receive_stats(call: ClientCall) -> list[pb.Stat]:
 
 
 async def _request_files(call: ClientCall, ids: Sequence[int]) -> None:
-    for file_id in ids:
-        await call.send(pb.Packet(type=_REQ, ID=file_id).SerializeToString())
+    for start in range(0, len(ids), 512):
+        await call.send_many(pb.Packet(type=_REQ, ID=file_id).SerializeToString()
+                             for file_id in ids[start:start + 512])
 
 
 async def _next_packet(call: ClientCall) -> pb.Packet:

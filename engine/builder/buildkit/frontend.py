@@ -180,8 +180,12 @@ def _read_optional(path: Path, limit: int) -> bytes | None:
 
 
 def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n}{unit}" if unit == "B" else f"{n:.2f}{unit}"
-        n /= 1000  # type: ignore[assignment]
-    return f"{n}B"
+    """Byte counts as BuildKit's progress shows them: ``170B``, ``2.05kB``, ``1.20MB``."""
+    if n < 1000:
+        return f"{n}B"
+    value = float(n)
+    for unit in ("kB", "MB", "GB"):
+        value /= 1000
+        if value < 1000 or unit == "GB":
+            break
+    return f"{value:.2f}{unit}"

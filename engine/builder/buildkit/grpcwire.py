@@ -449,6 +449,10 @@ class ClientCall:
     async def send(self, message: bytes) -> None:
         await self._conn._send_data(self._stream, frame_message(message))
 
+    async def send_many(self, messages: Iterable[bytes]) -> None:
+        """Several messages in as few DATA frames as the peer's window allows."""
+        await self._conn._send_data(self._stream, b"".join(map(frame_message, messages)))
+
     async def done_sending(self) -> None:
         if not self._stream.reset and not self._conn.closed.is_set():
             with contextlib.suppress(h2.exceptions.StreamClosedError):

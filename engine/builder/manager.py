@@ -38,6 +38,7 @@ from engine.builder.steps import (
     StageState,
     StepObserver,
     StepPosition,
+    step_error_text,
 )
 from engine.containers.manager import ContainerManager
 from engine.errors import EngineError, InvalidParameter, NotFound
@@ -248,7 +249,8 @@ class BuildManager:
             # BuildKit numbers only the instructions that make a filesystem step
             # (metadata ones change the config and have no vertex)
             count = 1 + sum(1 for c in stage.commands if isinstance(c, _FILESYSTEM_STEPS))
-            announce(stage_run, stage.original, StepPosition(label, 1, count, stage.original))
+            announce(stage_run, stage.original,
+                     StepPosition(label, 1, count, _from_vertex_text(stage_run, stage)))
             builder = await self._from(stage_run, stage)
             await builder.run_onbuild_triggers()
             number = 1
@@ -302,7 +304,7 @@ class BuildManager:
                 try:
                     image_id = await build_stage(stage_run, index)
                 except Exception as exc:
-                    lane.fail(str(exc))
+                    lane.fail(step_error_text(exc, buildkit=True))
                     raise
                 lane.complete()
                 return image_id
@@ -420,6 +422,20 @@ class BuildManager:
                 reclaimed += size if any("Deleted" in r for r in records) else 0
                 deleted.extend(r["Deleted"] for r in records if "Deleted" in r)
         return BuildPruneReport(deleted, reclaimed)
+
+
+def _from_vertex_text(run: BuildRun, stage: df.Stage) -> str:
+    """BuildKit's name for a FROM step: the image's full name (``FROM
+    docker.io/library/busybox``); a stage, scratch or a named context as written."""
+    env = {k: v for k, v in run.meta_args.items() if v is not None}
+    base = expand_word(stage.base, env, run.escape)
+    if (base.lower() in run.stage_images or base == "scratch"
+            or base in run.options.named_images or base in run.options.named_dirs):
+        return f"FROM {base}"
+    try:
+        return f"FROM {parse_normalized_named(base)}"
+    except EngineError:
+        return stage.original
 
 
 def _platform_args(target: str, go_arch: str) -> dict[str, str | None]:

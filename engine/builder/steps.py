@@ -51,9 +51,23 @@ log = logging.getLogger(__name__)
 class BuildStepFailed(EngineError):
     """A RUN exited non-zero; ``exit_code`` goes into the stream's ``errorDetail``."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, command: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.command = tuple(command)
+
+    @property
+    def buildkit_message(self) -> str:
+        """The same failure in BuildKit's words (what its clients print)."""
+        return (f'process "{" ".join(self.command)}" did not complete successfully: '
+                f"exit code: {self.exit_code}")
+
+
+def step_error_text(exc: BaseException, buildkit: bool) -> str:
+    """How a failed step is reported: BuildKit's text for a RUN on its path."""
+    if buildkit and isinstance(exc, BuildStepFailed):
+        return exc.buildkit_message
+    return str(exc)
 
 
 @dataclass
@@ -460,7 +474,7 @@ class StageBuilder:
                 if code != 0:
                     raise BuildStepFailed(
                         f"The command '{' '.join(argv)}' returned a non-zero code: {code}",
-                        code)
+                        code, argv)
                 self._run.failed_containers.remove(cid)
                 return cid
 

@@ -87,6 +87,7 @@ def test_compose_build_through_buildkit(project: Compose, docker_cli: DockerCLI)
     assert DOCKER_DRIVER in out, out
     assert "docker-container" not in out, out
     assert "[app internal] load build definition from Dockerfile" in out, out
+    assert "[app base 1/2] FROM docker.io/library/busybox\n" in out, out
     assert "[app base 2/2] RUN echo" in out, out
     assert "[app stage-1 2/2] COPY data.txt sub/ /data/" in out, out
     assert "ARG GREETING" not in out, out  # metadata instructions have no vertex
@@ -118,7 +119,10 @@ def test_failing_run_exits_non_zero(project: Compose, docker_cli: DockerCLI) -> 
     assert r.returncode != 0, out
     assert DOCKER_DRIVER in out, out
     assert "before-failing" in out, out
-    assert "returned a non-zero code: 3" in out, out
+    # BuildKit's words, in the step's box and in compose's last line
+    message = 'process "/bin/sh -c echo before-failing && exit 3" did not complete ' \
+              "successfully: exit code: 3"
+    assert f"ERROR: {message}" in out and f"failed to solve: {message}" in out, out
     assert docker_cli("image", "inspect", f"{project.project}-img").returncode != 0
 
 
@@ -385,7 +389,8 @@ def test_a_failing_stage_fails_the_build_and_names_its_step(
     r = project("--progress", "plain", "build")
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
-    assert re.search(r"#\d+ ERROR: .*returned a non-zero code: 7", out), out
+    assert re.search(r'#\d+ ERROR: process "/bin/sh -c exit 7" did not complete '
+                     r"successfully: exit code: 7", out), out
     # the other stage was cancelled, not waited for, and its container removed
     assert time.monotonic() - started < 25, out
     left = docker_cli.ok("ps", "-a", "--no-trunc", "--format", "{{.Command}}")

@@ -36,6 +36,7 @@ from engine.builder.buildkit.progress import VertexStream
 from engine.builder.buildkit.proto import wire_pb2 as pb
 from engine.builder.buildkit.sessions import SessionRegistry
 from engine.builder.manager import BuildManager
+from engine.builder.steps import step_error_text
 from engine.errors import EngineError
 from engine.ids import new_id
 from engine.images.reference import parse_normalized_named
@@ -325,7 +326,7 @@ class BuildKitFront:
         except GrpcError:
             raise
         except EngineError as exc:
-            raise GrpcError(Code.UNKNOWN, str(exc)) from None
+            raise GrpcError(Code.UNKNOWN, step_error_text(exc, buildkit=True)) from None
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
 

@@ -1,7 +1,7 @@
 """kill -9 of the daemon in the middle of a BuildKit build (compose v2's default path;
 issue 11 item 6, reliability F7): after the restart nothing is tagged, what the build
-left (the RUN's container, the finished steps' images) is removable, and the same
-project then builds."""
+left (the RUN's container, still running its command, and the finished steps' images)
+is removable, and the same project then builds."""
 
 from __future__ import annotations
 
@@ -49,9 +49,12 @@ def test_kill9_during_a_buildkit_run(wharfd: DaemonProcess, tmp_path: Path) -> N
     wharfd.start()
 
     assert cli("image", "inspect", "crashbk").returncode != 0  # nothing tagged
-    for cid in cli.ok("ps", "-aq").split():  # the RUN's container: exited, removable
-        assert cli.ok("inspect", "-f", "{{.State.Running}}", cid).strip() == "false"
-        cli.ok("rm", cid)
+    # The RUN's container: conmon kept its process alive through the kill, and the
+    # restarted daemon adopts it like any container; it is removable.
+    leftovers = cli.ok("ps", "-aq").split()
+    assert len(leftovers) <= 1, cli.ok("ps", "-a")
+    for cid in leftovers:
+        cli.ok("rm", "-f", cid)
     cli.ok("builder", "prune", "-f")
     assert cli.ok("images", "-q", "--filter", "dangling=true").split() == []
 

@@ -4,6 +4,7 @@
 #   make run     setup, then wharfd in the foreground (ARGS="--log-level debug ...")
 #   make test    setup, then ruff, mypy --strict, import-linter and pytest
 #   make lint    ruff + mypy + import-linter only
+#   make proto   regenerate the BuildKit protobuf code (engine/builder/buildkit/proto)
 #   make bench   side-by-side benchmark against dockerd (not part of `make test`)
 #   make clean   caches and build leftovers;  make distclean  also the venv
 
@@ -23,7 +24,7 @@ DEB_PACKAGES := runc crun conmon busybox-static iproute2 util-linux systemd dock
                 docker-registry apache2-utils nftables socat tmux python3-venv tini curl \
                 docker-compose etcd-server openssl prometheus
 
-.PHONY: help setup debs venv run test lint ruff mypy importlint pytest bench clean distclean
+.PHONY: help setup debs venv run test lint ruff mypy importlint pytest bench proto clean distclean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -73,6 +74,14 @@ test: setup
 	$(MAKE) --no-print-directory pytest || failed="$$failed pytest"; \
 	if [ -n "$$failed" ]; then echo "FAILED:$$failed" >&2; exit 1; fi; \
 	echo "all checks passed"
+
+# The BuildKit wire messages: regenerate the checked-in code after editing wire.proto
+# (grpcio-tools is needed only here; the protoc it bundles must not be newer than the
+# protobuf runtime pinned in pyproject.toml).
+PROTO_DIR := engine/builder/buildkit/proto
+proto: venv
+	$(BIN)/python -m pip install -q 'grpcio-tools==1.85.1'
+	cd $(PROTO_DIR) && ../../../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. wire.proto
 
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

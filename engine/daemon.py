@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Set
 from pathlib import Path
 
+from engine.builder.buildkit.control import BuildKitFront
 from engine.builder.manager import BuildManager
 from engine.config import EngineConfig
 from engine.containers.exec import ExecManager
@@ -31,7 +32,7 @@ from engine.store.atomic import atomic_write, ensure_dir
 from engine.store.content import ContentStore
 from engine.store.db import Database
 from engine.swarm.cluster import SwarmManager
-from engine.system.info import ENGINE_VERSION, SystemInfo
+from engine.system.info import ENGINE_VERSION, SystemInfo, go_arch
 from engine.system.metrics import MetricsCollector, MetricSources
 from engine.system.usage import DiskUsage
 from engine.volumes.manager import VolumeManager
@@ -81,7 +82,9 @@ class Engine:
             self.containers, config, self.events, self.snapshotter.mounts
         )
         self.system = SystemInfo(config, self.layout, self.runtimes)
-        self.builder = BuildManager(self.db, self.layout, self.images, self.containers)
+        self.builder = BuildManager(self.db, self.layout, self.images, self.containers,
+                                    go_arch())
+        self.buildkit = BuildKitFront(self.builder, go_arch())
         self.metrics = MetricsCollector(MetricSources(
             containers=self.containers, networks=self.networks, events=self.events,
             health=self.health, sampler=self.container_files, facts=self.system.facts,

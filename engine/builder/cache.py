@@ -50,6 +50,14 @@ class BuildCache:
             "VALUES (?, ?, ?, ?)", (parent or "", key, image_id, time.time()),
         )
 
+    async def entries(self) -> list[tuple[str, str, float]]:
+        """(image id, parent image id or "", created) of every entry, oldest first,
+        one per image (its first recording)."""
+        rows = await self._db.query(
+            "SELECT image_id, parent, MIN(created) AS created FROM build_cache "
+            "GROUP BY image_id ORDER BY created")
+        return [(str(r["image_id"]), str(r["parent"]), float(r["created"])) for r in rows]
+
     async def prune(self) -> list[str]:
         """Forget every entry; returns the image ids they named (oldest first)."""
 

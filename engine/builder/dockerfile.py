@@ -17,7 +17,9 @@ line parsers, instructions), and their error texts where clients show them to pe
 * Values stay as written (quotes, escapes, ``$VAR``): the executor expands them with
   :mod:`engine.builder.shellwords`, at the moment the build reaches the instruction.
 
-Heredocs (``<<EOF``) are a BuildKit-only feature and are not recognised.
+* Heredocs (BuildKit, Dockerfile syntax 1.4) in RUN, COPY and ADD: ``<<EOF`` (``<<-EOF``
+  strips leading tabs; ``<<"EOF"``/``<<'EOF'`` is not expanded) takes the following
+  lines up to the terminator line as its content.
 """
 
 from __future__ import annotations
@@ -92,10 +94,14 @@ class Command:
 
 @dataclass(frozen=True)
 class RunCommand(Command):
-    """``cmd`` is ``(text,)`` with ``prepend_shell`` for the shell form, else the JSON list."""
+    """``cmd`` is ``(text,)`` with ``prepend_shell`` for the shell form, else the JSON list.
+    ``mounts`` are the ``--mount`` specs as written (BuildKit's, repeatable); ``flags``
+    may hold ``network`` and ``security``."""
 
     cmd: tuple[str, ...]
     prepend_shell: bool
+    mounts: tuple[str, ...] = ()
+    heredocs: tuple[Heredoc, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -192,6 +198,7 @@ class CopyCommand(Command):
     sources: tuple[str, ...]
     dest: str
     is_add: bool
+    heredocs: tuple[Heredoc, ...] = ()  # sources named ``<<NAME`` are these files
 
 
 # ADD is a CopyCommand with is_add=True; the alias keeps `isinstance` checks readable.
@@ -283,9 +290,52 @@ _BLANKS = re.compile(r"[\t\v\f\r ]+")
 
 
 @dataclass(frozen=True)
+class Heredoc:
+    """One ``<<NAME`` of a RUN, COPY or ADD: ``content`` ends with a newline (unless
+    empty); ``raw`` is the lines as written, terminator included (a shell reads them)."""
+
+    name: str
+    content: str
+    expand: bool  # unquoted: variables in the content are expanded (COPY/ADD)
+    raw: str
+
+
+@dataclass(frozen=True)
 class _LogicalLine:
     text: str  # continuation lines joined, comments dropped, not yet stripped
     number: int  # 1-based line where the instruction starts
+    heredocs: tuple[Heredoc, ...] = ()
+
+
+_HEREDOC = re.compile(r"<<(-?)(['\"]?)([A-Za-z_][A-Za-z0-9_.-]*)\2")
+_HEREDOC_KEYWORDS = frozenset({"RUN", "COPY", "ADD"})
+
+
+def _read_heredocs(text: str, lines: Sequence[str], index: int
+                   ) -> tuple[tuple[Heredoc, ...], int]:
+    """The heredocs an instruction opens, read from ``lines[index:]``; the index after."""
+    keyword = _BLANKS.split(text.strip(), maxsplit=1)[0].upper()
+    rest = text.strip()[len(keyword):].lstrip()
+    if keyword not in _HEREDOC_KEYWORDS or rest.startswith("["):
+        return (), index
+    found = []
+    for match in _HEREDOC.finditer(rest):
+        strip_tabs, quote, name = match.group(1) == "-", match.group(2), match.group(3)
+        body: list[str] = []
+        raw: list[str] = []
+        while True:
+            if index >= len(lines):
+                raise DockerfileParseError(index, f"unterminated heredoc {name}")
+            line = lines[index]
+            index += 1
+            raw.append(line)
+            candidate = line.lstrip("\t") if strip_tabs else line
+            if candidate == name:
+                break
+            body.append(candidate)
+        content = "".join(f"{b}\n" for b in body)
+        found.append(Heredoc(name, content, expand=not quote, raw="\n".join(raw) + "\n"))
+    return tuple(found), index
 
 
 def _split_lines(text: str | bytes) -> list[str]:
@@ -298,6 +348,17 @@ def _split_lines(text: str | bytes) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()  # the newline that ends the last line does not start another
     return [line.removesuffix("\r") for line in lines]
+
+
+def syntax_directive(text: str | bytes) -> str | None:
+    """The ``# syntax=`` parser directive's value, if the Dockerfile has one."""
+    for line in _split_lines(text):
+        match = _DIRECTIVE.match(_lstrip(line))
+        if match is None or match.group(1).lower() not in _KNOWN_DIRECTIVES:
+            return None
+        if match.group(1).lower() == "syntax":
+            return match.group(2)
+    return None
 
 
 def _read_directives(lines: Sequence[str]) -> str:
@@ -345,7 +406,8 @@ def _logical_lines(lines: Sequence[str], escape: str) -> Iterator[_LogicalLine]:
             parts.append(text)
         joined = "".join(parts)
         if joined.strip():
-            yield _LogicalLine(joined, number)
+            heredocs, index = _read_heredocs(joined, lines, index)
+            yield _LogicalLine(joined, number, heredocs)
 
 
 def _trim_continuation(line: str, continuation: re.Pattern[str]) -> tuple[str, bool]:
@@ -380,6 +442,7 @@ class _Instruction:
     flag_words: tuple[str, ...]
     rest: str  # the arguments, stripped
     escape: str
+    heredocs: tuple[Heredoc, ...] = ()
 
     def error(self, reason: str) -> DockerfileParseError:
         return DockerfileParseError(self.line, reason)
@@ -408,6 +471,7 @@ def _split_instruction(item: _LogicalLine, escape: str) -> _Instruction:
         flag_words=tuple(flag_words),
         rest=rest.strip(),
         escape=escape,
+        heredocs=item.heredocs,
     )
 
 
@@ -659,9 +723,35 @@ def _from(instr: _Instruction) -> _From:
     )
 
 
+# BuildKit's RUN flags (Dockerfile syntax 1.2+); dockerd's classic builder refuses them,
+# wharfd runs them on both paths.
+_RUN_FLAGS: Mapping[str, _FlagKind] = MappingProxyType({"network": "string",
+                                                        "security": "string"})
+
+
 def _run(instr: _Instruction) -> Command:
+    mounts = tuple(w.partition("=")[2] for w in instr.flag_words if w.startswith("--mount="))
+    for word in instr.flag_words:
+        if word == "--mount":
+            raise instr.error("Missing a value on flag: mount")
+    others = dataclasses.replace(
+        instr, flag_words=tuple(w for w in instr.flag_words if not w.startswith("--mount=")))
     cmd, prepend_shell = _command_line(instr)
-    return RunCommand(*instr.common(), cmd=cmd, prepend_shell=prepend_shell)
+    if instr.heredocs and prepend_shell:
+        cmd = (_heredoc_script(instr),)
+    return RunCommand(*others.common(_RUN_FLAGS), cmd=cmd, prepend_shell=prepend_shell,
+                      mounts=mounts, heredocs=instr.heredocs)
+
+
+def _heredoc_script(instr: _Instruction) -> str:
+    """The shell text of a RUN with heredocs: ``RUN <<EOF`` alone runs the content as
+    the script; otherwise the shell gets the line and the heredocs as written, and reads
+    them itself (BuildKit does the same)."""
+    first = instr.heredocs[0]
+    match = _HEREDOC.fullmatch(instr.rest)
+    if match is not None and len(instr.heredocs) == 1:
+        return first.content
+    return instr.rest + "\n" + "".join(h.raw for h in instr.heredocs)
 
 
 def _cmd(instr: _Instruction) -> Command:
@@ -798,6 +888,7 @@ def _copy_or_add(instr: _Instruction, allowed: Mapping[str, _FlagKind]) -> Comma
         sources=tuple(args[:-1]),
         dest=args[-1],
         is_add=instr.keyword == "ADD",
+        heredocs=instr.heredocs,
     )
 
 

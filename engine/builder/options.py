@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from engine.images.auth import AuthConfig
 
@@ -68,3 +69,7 @@ class BuildOptions:
     limits: RunLimits = field(default_factory=RunLimits)
     # X-Registry-Config: registry host → credentials, for FROM pulls
     registry_auth: Mapping[str, AuthConfig] = field(default_factory=dict)
+    # BuildKit named contexts (``--build-context``, compose ``additional_contexts``):
+    # name → an image reference (FROM/COPY --from use that image) or a directory
+    named_images: Mapping[str, str] = field(default_factory=dict)
+    named_dirs: Mapping[str, Path] = field(default_factory=dict)

@@ -18,14 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy as copying
+import hashlib
+import logging
+import os
 import posixpath
+import re
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.builder import cachefrom, history, remote
+from engine.builder import cachefrom, history, remote, runmounts
 from engine.builder import copy as files
 from engine.builder import dockerfile as df
 from engine.builder.cache import BuildCache, step_key
@@ -41,14 +45,29 @@ from engine.images.manager import ImageManager
 from engine.images.progress import Progress, ProgressSink, short
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
+log = logging.getLogger(__name__)
 
 
 class BuildStepFailed(EngineError):
     """A RUN exited non-zero; ``exit_code`` goes into the stream's ``errorDetail``."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, command: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.command = tuple(command)
+
+    @property
+    def buildkit_message(self) -> str:
+        """The same failure in BuildKit's words (what its clients print)."""
+        return (f'process "{" ".join(self.command)}" did not complete successfully: '
+                f"exit code: {self.exit_code}")
+
+
+def step_error_text(exc: BaseException, buildkit: bool) -> str:
+    """How a failed step is reported: BuildKit's text for a RUN on its path."""
+    if buildkit and isinstance(exc, BuildStepFailed):
+        return exc.buildkit_message
+    return str(exc)
 
 
 @dataclass
@@ -72,6 +91,26 @@ class StageState:
         return list(self.config.get("Shell") or DEFAULT_SHELL)
 
 
+@dataclass(frozen=True)
+class StepPosition:
+    """Where an instruction sits, as BuildKit names its vertices: ``[label n/count]``
+    (``label`` is the stage's name or ``stage-N`` in multi-stage builds, else empty).
+    ``number`` 0: a metadata instruction, which BuildKit shows no vertex for."""
+
+    stage_label: str
+    number: int
+    count: int
+    instruction: str
+
+    @property
+    def vertex_name(self) -> str:
+        prefix = f"{self.stage_label} " if self.stage_label else ""
+        return f"[{prefix}{self.number}/{self.count}] {self.instruction}"
+
+
+StepObserver = Callable[[StepPosition], None]
+
+
 @dataclass
 class BuildRun:
     """Shared by every stage of one build."""
@@ -90,7 +129,13 @@ class BuildRun:
     # (reference, platform) → image id, pulled when needed
     resolve_image: Callable[[str, str], Awaitable[str | None]] | None = None
     cache_sources: list[str] = field(default_factory=list)  # --cache-from image ids
-    downloads: int = 0  # ADD <url> directories made so far
+    on_step: StepObserver | None = None  # told as each instruction starts (BuildKit front)
+    # RUN --mount: the client's secrets (BuildKit session; None: there are none), where
+    # cache mounts live, where a RUN's private files go
+    secrets: runmounts.SecretSource | None = None
+    cache_mounts: Path | None = None
+    scratch_root: Path | None = None
+    emptied_caches: set[str] = field(default_factory=set)
 
     def say(self, text: str) -> None:
         self.sink(Progress(stream=text))
@@ -163,10 +208,12 @@ class StageBuilder:
     async def _commit_or_reuse(
         self, run_config: dict[str, Any],
         make_container: Callable[[], Awaitable[str]] | None,
-        announce_container: bool = False,
+        announce_container: bool = False, key_extra: Sequence[str] = (),
     ) -> None:
         parent = self._state.image_id
         key = step_key(run_config)
+        if key_extra:  # what the run config does not show (RUN --mount, --network)
+            key = hashlib.sha256("\n".join([key, *key_extra]).encode()).hexdigest()
         if not self._run.options.no_cache:
             # With --cache-from only the given images count, as with dockerd (whose
             # local hits must then be ancestors of those images).
@@ -209,7 +256,8 @@ class StageBuilder:
 
     async def _new_container(self, cmd: Sequence[str], env: Sequence[str] | None = None,
                              entrypoint: Sequence[str] | None = None,
-                             allow_scratch: bool = False) -> str:
+                             allow_scratch: bool = False,
+                             host_extra: Mapping[str, Any] | None = None) -> str:
         """A container of the stage's image. On ``FROM scratch`` with nothing committed
         yet (``allow_scratch``: COPY/ADD), of an empty image made for the purpose and
         removed at once: it stays hidden while the container names it and goes with it;
@@ -226,7 +274,7 @@ class StageBuilder:
                 config=empty, container_config=empty,
             )
         try:
-            return await self._create_container(image, cmd, env, entrypoint)
+            return await self._create_container(image, cmd, env, entrypoint, host_extra)
         finally:
             if image != self._state.image_id:
                 with contextlib.suppress(EngineError):
@@ -234,8 +282,10 @@ class StageBuilder:
 
     async def _create_container(self, image: str, cmd: Sequence[str],
                                 env: Sequence[str] | None,
-                                entrypoint: Sequence[str] | None) -> str:
+                                entrypoint: Sequence[str] | None,
+                                host_extra: Mapping[str, Any] | None = None) -> str:
         cfg = self._state.config
+        host_config = {**self._run.options.limits.host_config(), **(host_extra or {})}
         body: dict[str, Any] = {
             "Image": image,
             "Cmd": list(cmd),
@@ -246,7 +296,7 @@ class StageBuilder:
             "Labels": {},
             "AttachStdout": True,
             "AttachStderr": True,
-            "HostConfig": self._run.options.limits.host_config(),
+            "HostConfig": host_config,
         }
         cid, _warnings = await self._run.containers.create(body, None)
         return cid
@@ -404,21 +454,81 @@ class StageBuilder:
         run_config = self._run_config([*history.build_args_prefix(recorded), *argv])
         env = [*(self._state.config.get("Env") or []),
                *(f"{k}={v}" for k, v in sorted(args.items()))]
+        specs = [runmounts.parse_mount(m, self._word) for m in c.mounts]
+        host_extra, key_extra = self._run_flags(c)
+        log.debug("RUN %s: preparing %d mounts", argv[-1][:40], len(specs))
+        async with runmounts.prepared(specs, self._mount_context()) as mounts:
+            log.debug("RUN %s: mounts ready", argv[-1][:40])
+            if mounts.mounts:
+                host_extra["Mounts"] = mounts.mounts
+            key_extra += mounts.key
 
-        async def make() -> str:
-            cid = await self._new_container(argv, env=env, entrypoint=[])
-            self._run.say(f" ---> Running in {cid[:12]}\n")
-            # Kept for forcerm until the step succeeds (dockerd leaves a failed step's
-            # container behind unless forcerm).
-            self._run.failed_containers.append(cid)
-            code = await self._run.containers.run_attached(cid, self._output)
-            if code != 0:
-                raise BuildStepFailed(
-                    f"The command '{' '.join(argv)}' returned a non-zero code: {code}", code)
-            self._run.failed_containers.remove(cid)
-            return cid
+            async def make() -> str:
+                cid = await self._new_container(argv, env=[*env, *mounts.env], entrypoint=[],
+                                                host_extra=host_extra)
+                self._run.say(f" ---> Running in {cid[:12]}\n")
+                # Kept for forcerm until the step succeeds (dockerd leaves a failed step's
+                # container behind unless forcerm).
+                self._run.failed_containers.append(cid)
+                code = await self._run.containers.run_attached(cid, self._output)
+                if code != 0:
+                    raise BuildStepFailed(
+                        f"The command '{' '.join(argv)}' returned a non-zero code: {code}",
+                        code, argv)
+                self._run.failed_containers.remove(cid)
+                return cid
 
-        await self._commit_or_reuse(run_config, make, announce_container=True)
+            await self._commit_or_reuse(run_config, make, announce_container=True,
+                                        key_extra=key_extra)
+
+    def _run_flags(self, c: df.RunCommand) -> tuple[dict[str, Any], list[str]]:
+        """``RUN --network`` and ``--security``: HostConfig additions, cache-key text."""
+        host: dict[str, Any] = {}
+        key: list[str] = []
+        network = self._word(c.flags.get("network", "")).lower()
+        if network == "none":
+            host["NetworkMode"] = "none"
+            key.append("network=none")
+        elif network == "host":
+            raise InvalidParameter("RUN --network=host is not allowed: it needs the "
+                                   "network.host entitlement, which this daemon does not grant")
+        elif network not in ("", "default"):
+            raise InvalidParameter(f"unsupported RUN --network value {network!r}")
+        security = self._word(c.flags.get("security", "")).lower()
+        if security == "insecure":
+            raise InvalidParameter("RUN --security=insecure is not allowed: it needs the "
+                                   "security.insecure entitlement, which this daemon does "
+                                   "not grant")
+        if security not in ("", "sandbox"):
+            raise InvalidParameter(f"unsupported RUN --security value {security!r}")
+        return host, key
+
+    def _mount_context(self) -> runmounts.MountContext:
+        run = self._run
+        return runmounts.MountContext(
+            context_root=run.context_root,
+            scratch_root=run.scratch_root or run.context_root.parent,
+            cache_root=run.cache_mounts, no_cache=run.options.no_cache,
+            secrets=run.secrets, stage_root=self._stage_rootfs,
+            emptied=run.emptied_caches)
+
+    @contextlib.asynccontextmanager
+    async def _stage_rootfs(self, source_from: str) -> AsyncIterator[tuple[Path, str]]:
+        """A stage's or image's rootfs (``RUN --mount=from=``), with its image id; a
+        named context's directory, with "" (its files then enter the cache key)."""
+        named_dir = self._run.options.named_dirs.get(source_from)
+        if named_dir is not None:
+            yield named_dir, ""
+            return
+        image_id = await self._image_for(source_from, "RUN --mount from")
+        cid, _ = await self._run.containers.create(
+            {"Image": image_id, "Cmd": ["true"], "Labels": {},
+             "HostConfig": {"NetworkMode": "none", "LogConfig": {"Type": "none"}}}, None)
+        try:
+            async with self._run.containers.rootfs(cid) as (_view, rootfs):
+                yield rootfs, image_id
+        finally:
+            await self._remove_container(cid)
 
     async def _output(self, stream: int, data: bytes) -> None:
         text = data.decode("utf-8", "replace")
@@ -436,7 +546,13 @@ class StageBuilder:
         chown = self._word(c.flags["chown"]) if c.flags.get("chown") else ""
         chmod = self._parse_chmod(c.flags.get("chmod") or "")
         source_from = self._word(c.flags["from"]) if c.flags.get("from") else ""
-        async with self._source_root(source_from, sources, urls, dest) as (src_root, sources):
+        heredocs = {f"<<{h.name}": h for h in c.heredocs}
+        inline = [h for raw in c.sources if (h := heredocs.get(raw)) is not None]
+        if inline and (len(inline) != len(c.sources) or source_from or urls):
+            raise InvalidParameter(f"{instruction} of heredocs and other sources in one "
+                                   "instruction is not supported: use one for each")
+        async with self._source_root(source_from, sources, urls, dest, inline) as (
+                src_root, sources):
             resolved = await asyncio.to_thread(
                 files.resolve_sources, src_root, sources, cmd=instruction,
                 in_context=not source_from and not urls)
@@ -466,8 +582,8 @@ class StageBuilder:
         self, urls: Sequence[str], dest: str
     ) -> AsyncIterator[tuple[Path, list[str]]]:
         """ADD's URLs fetched into a directory of the build's own (gone afterwards)."""
-        self._run.downloads += 1
-        directory = self._run.context_root.parent / f"add-{self._run.downloads}"
+        # a name of its own: concurrently built stages share the build's directory
+        directory = self._run.context_root.parent / f"add-{os.urandom(6).hex()}"
         await asyncio.to_thread(directory.mkdir)
         try:
             names = []
@@ -492,22 +608,15 @@ class StageBuilder:
             raise InvalidParameter(f"invalid chmod parameter: {text}")
         return value
 
-    @contextlib.asynccontextmanager
-    async def _source_root(
-        self, source_from: str, sources: Sequence[str], urls: Sequence[str], dest: str
-    ) -> AsyncIterator[tuple[Path, list[str]]]:
-        """The directory COPY reads from and the source names in it: the context, the
-        files ADD downloaded, or the rootfs of a previous stage or another image
-        (``--from``), mounted through a container never started."""
-        if urls:
-            async with self._downloads(urls, dest) as found:
-                yield found
-            return
-        if not source_from:
-            yield self._run.context_root, list(sources)
-            return
+    async def _image_for(self, source_from: str, what: str) -> str:
+        """The image a ``--from``/``from=`` names: a stage of this build, else an image."""
         key = source_from.lower()
-        if key in self._run.stage_images:
+        image_id: str | None
+        named = self._run.options.named_images.get(source_from)
+        if named is not None:
+            assert self._run.resolve_image is not None
+            image_id = await self._run.resolve_image(named, "")
+        elif key in self._run.stage_images:
             image_id = self._run.stage_images[key]
         else:
             assert self._run.resolve_image is not None
@@ -516,8 +625,50 @@ class StageBuilder:
             except EngineError as exc:
                 raise type(exc)(f"invalid from flag value {source_from}: {exc}") from None
         if image_id is None:
-            raise InvalidParameter(f"COPY --from={source_from}: the stage has no files "
+            raise InvalidParameter(f"{what}={source_from}: the stage has no files "
                                    "(FROM scratch with nothing added)")
+        return image_id
+
+    @contextlib.asynccontextmanager
+    async def _heredoc_files(
+        self, heredocs: Sequence[df.Heredoc]
+    ) -> AsyncIterator[tuple[Path, list[str]]]:
+        """``COPY <<EOF /dst``: each heredoc as a file named after it, in a directory of
+        the build's own (gone afterwards); unquoted ones have ``$VAR`` expanded."""
+        directory = self._run.context_root.parent / f"heredoc-{os.urandom(6).hex()}"
+        env = {**self._state.env_map(), **self._args_in_effect()}
+        contents = {h.name: _expand_heredoc(h.content, env) if h.expand else h.content
+                    for h in heredocs}
+        await asyncio.to_thread(_write_files, directory, contents)
+        try:
+            yield directory, [h.name for h in heredocs]
+        finally:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+
+    @contextlib.asynccontextmanager
+    async def _source_root(
+        self, source_from: str, sources: Sequence[str], urls: Sequence[str], dest: str,
+        heredocs: Sequence[df.Heredoc] = (),
+    ) -> AsyncIterator[tuple[Path, list[str]]]:
+        """The directory COPY reads from and the source names in it: the context, the
+        files ADD downloaded, the heredocs, or the rootfs of a previous stage or another
+        image (``--from``), mounted through a container never started."""
+        if heredocs:
+            async with self._heredoc_files(heredocs) as found:
+                yield found
+            return
+        if urls:
+            async with self._downloads(urls, dest) as found:
+                yield found
+            return
+        if not source_from:
+            yield self._run.context_root, list(sources)
+            return
+        named_dir = self._run.options.named_dirs.get(source_from)
+        if named_dir is not None:
+            yield named_dir, list(sources)
+            return
+        image_id = await self._image_for(source_from, "COPY --from")
         cid, _ = await self._run.containers.create(
             {"Image": image_id, "Cmd": ["true"], "Labels": {},
              "HostConfig": {"NetworkMode": "none", "LogConfig": {"Type": "none"}}}, None)
@@ -564,3 +715,19 @@ _HANDLERS: dict[type, Handler] = {
     df.RunCommand: StageBuilder.run,
     df.CopyCommand: StageBuilder.copy,
 }
+
+
+_HEREDOC_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def _expand_heredoc(text: str, env: Mapping[str, str]) -> str:
+    """``$NAME`` and ``${NAME}`` in an unquoted heredoc; quotes stay as written."""
+    return _HEREDOC_VARIABLE.sub(lambda m: env.get(m.group(1) or m.group(2), ""), text)
+
+
+def _write_files(directory: Path, contents: Mapping[str, str]) -> None:
+    directory.mkdir(mode=0o700)
+    for name, text in contents.items():
+        path = directory / name
+        path.write_text(text)
+        os.chmod(path, 0o644)

@@ -333,6 +333,12 @@ async def command_version(path: str) -> tuple[str, str]:
 # --- files (blocking: called through asyncio.to_thread) -------------------------------
 
 
+def go_arch() -> str:
+    """This host's architecture as Go (and image platforms) spell it."""
+    machine = os.uname().machine
+    return _GO_ARCH.get(machine, machine)
+
+
 def read_host_facts(data_root: Path) -> HostFacts:
     uname = os.uname()
     mounts = cgroups.read_mountinfo()

@@ -59,8 +59,11 @@ class Compose:
     """``compose("build")`` for one project directory, one daemon, v1 or v2."""
 
     def __init__(self, daemon: HasDockerEnv, project_dir: Path, project: str,
-                 version: int, config_dir: Path) -> None:
+                 version: int, config_dir: Path, buildkit: bool = False) -> None:
         self.daemon = daemon
+        # buildkit: v2's default path (BuildKit over /grpc, its embedded buildx), run as
+        # the bundled binary itself, whose exit code is the build's
+        self.buildkit = buildkit
         self.project_dir = project_dir
         self.project = project
         self.version = version
@@ -80,13 +83,19 @@ class Compose:
     def env(self) -> dict[str, str]:
         e = dict(self.daemon.env)
         e["DOCKER_CONFIG"] = str(self.config_dir)
-        e.update(CLASSIC_BUILD_ENV)
-        for k in ("COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES"):
+        if not self.buildkit:
+            e.update(CLASSIC_BUILD_ENV)
+        for k in ("COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES",
+                  *(("DOCKER_BUILDKIT", "COMPOSE_BAKE", "BUILDX_BUILDER") if self.buildkit
+                    else ())):
             e.pop(k, None)
         return e
 
     def argv(self, *args: str) -> list[str]:
-        head = [docker_binary(), "compose"] if self.version == 2 else [COMPOSE_V1]
+        if self.buildkit:
+            head = [str(compose_v2_binary())]
+        else:
+            head = [docker_binary(), "compose"] if self.version == 2 else [COMPOSE_V1]
         return [*head, "-p", self.project, "--project-directory", str(self.project_dir),
                 *args]
 

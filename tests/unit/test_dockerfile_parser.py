@@ -433,9 +433,9 @@ def test_keywords_are_case_insensitive_original_is_not() -> None:
     assert entrypoint.keyword == "ENTRYPOINT"
 
 
-def test_heredoc_is_plain_text() -> None:
-    run = one("RUN <<EOF\n")
-    assert isinstance(run, RunCommand) and run.cmd == ("<<EOF",)
+def test_heredoc_in_json_form_is_plain_text() -> None:
+    run = one('RUN ["cat", "<<EOF"]\n')
+    assert isinstance(run, RunCommand) and run.cmd == ("cat", "<<EOF")
 
 
 # ---------------------------------------------------------------------------------------
@@ -480,11 +480,17 @@ def test_json_array_of_non_strings_is_an_error(rest: str) -> None:
     )
 
 
-def test_run_rejects_buildkit_flags() -> None:
-    error = parse_error("FROM a\nRUN --mount=type=cache,target=/c make\n")
-    assert error.reason == "Unknown flag: mount"
-    error = parse_error("FROM a\nRUN --network=none true\n")
-    assert error.reason == "Unknown flag: network"
+def test_run_takes_buildkit_flags() -> None:
+    run = one("RUN --mount=type=cache,target=/c --network=none --mount=type=tmpfs,target=/t "
+              "make\n")
+    assert isinstance(run, RunCommand)
+    assert run.mounts == ("type=cache,target=/c", "type=tmpfs,target=/t")
+    assert dict(run.flags) == {"network": "none"}
+    assert run.cmd == ("make",)
+    error = parse_error("FROM a\nRUN --mount type=cache true\n")
+    assert error.reason == "Missing a value on flag: mount"
+    error = parse_error("FROM a\nRUN --device=/dev/x true\n")
+    assert error.reason == "Unknown flag: device"
 
 
 def test_dashes_that_are_not_flags_stay_in_the_command() -> None:
@@ -923,3 +929,26 @@ def test_dockerfile_is_a_frozen_value() -> None:
         dockerfile.escape = "`"  # type: ignore[misc]
     with pytest.raises(TypeError):
         dockerfile.stages[0].commands[0].flags["x"] = "y"  # type: ignore[index]
+
+
+def test_heredocs_in_run_copy_and_add() -> None:
+    parsed = parse("FROM a\nRUN <<EOT\necho built > /built\nEOT\n"
+                   "RUN cat <<A > /x && cat <<-\"B\"\nhello $X\nA\n\tworld\n\tB\n"
+                   "COPY <<one <<'two' /dst/\n1 $V\none\n2 $V\ntwo\nCMD <<x\n")
+    script, shell, copy, cmd = parsed.stages[0].commands
+    assert isinstance(script, RunCommand) and script.cmd == ("echo built > /built\n",)
+    assert isinstance(shell, RunCommand)
+    # the shell reads the heredocs itself: line and bodies as written
+    assert shell.cmd == ('cat <<A > /x && cat <<-"B"\nhello $X\nA\n\tworld\n\tB\n',)
+    assert [(h.name, h.content, h.expand) for h in shell.heredocs] == [
+        ("A", "hello $X\n", True), ("B", "world\n", False)]
+    assert isinstance(copy, CopyCommand) and copy.sources == ("<<one", "<<'two'")
+    assert [(h.name, h.content, h.expand) for h in copy.heredocs] == [
+        ("one", "1 $V\n", True), ("two", "2 $V\n", False)]
+    # CMD has no heredocs: the text stays the command (and the next line an instruction)
+    assert cmd.keyword == "CMD"
+
+
+def test_unterminated_heredoc_is_an_error() -> None:
+    error = parse_error("FROM a\nRUN <<EOT\necho x\n")
+    assert error.reason == "unterminated heredoc EOT"

@@ -27,6 +27,7 @@ from engine.errors import InvalidParameter, Unauthorized
 from engine.layout import Layout
 from engine.store.atomic import atomic_write, ensure_dir
 from engine.swarm.ca import RootCA
+from engine.swarm.etcd import EtcdCredentials
 from engine.swarm.objects import (
     EngineDescription,
     NodeDescription,
@@ -39,6 +40,7 @@ from engine.swarm.objects import (
 CA_CERT = "swarm-root-ca.crt"
 NODE_CERT = "swarm-node.crt"
 NODE_KEY = "swarm-node.key"
+ETCD_CLIENT_CERT = "swarm-etcd-client.crt"  # the node key's CN-less etcd client certificate
 
 NO_SYSTEM_ADDRESS = "could not find the system's IP address"
 BAD_ADVERTISE = ("advertise address must be a non-zero IP address or network interface "
@@ -58,6 +60,11 @@ class LocalState(BaseModel):
     etcd_endpoints: list[str] = Field(default_factory=list)  # managers' etcd client URLs
     manager_addrs: list[str] = Field(default_factory=list)  # managers' ip:port
     sealed_with: str = ""  # fingerprint of the unlock key the node key is sealed with
+    # This node's etcd user (its node id) and password (docs/swarm.md, "Who may read and
+    # write what"); state.json is mode 0600 in a 0700 directory, and the password is
+    # kept plain there even under autolock.
+    etcd_user: str = ""
+    etcd_password: str = Field(default="", repr=False)
 
     @property
     def manager_addr(self) -> str:
@@ -66,6 +73,12 @@ class LocalState(BaseModel):
     @property
     def is_manager(self) -> bool:
         return self.role == "manager"
+
+    @property
+    def etcd_credentials(self) -> EtcdCredentials | None:
+        if not self.etcd_user:
+            return None
+        return EtcdCredentials(self.etcd_user, self.etcd_password)
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,10 @@ class SwarmFiles:
     @property
     def node_key(self) -> Path:
         return self.certs / NODE_KEY
+
+    @property
+    def etcd_client_cert(self) -> Path:
+        return self.certs / ETCD_CLIENT_CERT
 
     def load_state(self) -> LocalState | None:
         try:
@@ -111,6 +128,7 @@ class SwarmFiles:
         node_cert: bytes,
         node_key: bytes | None = None,
         unlock_key: str = "",
+        etcd_client_cert: bytes | None = None,
     ) -> None:
         """Write what is given; the node key first so the pair never mismatches for long.
         ``unlock_key`` (autolock) seals the key kept on the data disk."""
@@ -120,6 +138,8 @@ class SwarmFiles:
             ensure_dir(self.layout.swarm_exec_dir, 0o700)
             atomic_write(self.live_node_key, node_key)
             atomic_write(self.node_key, seal(node_key, unlock_key) if unlock_key else node_key)
+        if etcd_client_cert is not None:
+            atomic_write(self.etcd_client_cert, etcd_client_cert, mode=0o644)
         atomic_write(self.node_cert, node_cert, mode=0o644)
         atomic_write(self.ca_cert, ca_bundle, mode=0o644)
 

@@ -55,7 +55,7 @@ from engine.swarm.ca import (
     renewal_time,
     verify_node_certificate,
 )
-from engine.swarm.etcd import ClusterMember, EtcdClient
+from engine.swarm.etcd import AccessDenied, ClusterMember, EtcdClient
 from engine.swarm.liveness import (
     Election,
     Heartbeat,
@@ -694,6 +694,15 @@ class SwarmManager:
                     elif not membership.state.is_manager:
                         self._after(self._removed(membership))
                         return
+            except AccessDenied as err:
+                if _user_is_gone(err) and not membership.state.is_manager:
+                    # Only `node rm` deletes a node's etcd user (passwords never change):
+                    # the watch missed the document's deletion, the node is removed all
+                    # the same.
+                    self._after(self._removed(membership))
+                    return
+                log.warning("swarm: following our node: %s", err)
+                await asyncio.sleep(1.0)
             except EngineError as err:
                 # A role change that failed half way is tried again from a fresh read.
                 log.warning("swarm: following our node: %s", err)
@@ -1115,6 +1124,11 @@ def _check_can_listen(host: str, port: int) -> None:
             raise InvalidParameter(
                 f"failed to listen on remote API address: listen tcp {host}:{port}: "
                 f"bind: {err.strerror or err}") from None
+
+
+def _user_is_gone(err: AccessDenied) -> bool:
+    """etcd refused our user's password: the user was deleted."""
+    return "authentication failed" in str(err)
 
 
 def _own_endpoint_first(state: LocalState) -> list[str]:

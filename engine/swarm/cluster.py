@@ -228,6 +228,7 @@ class SwarmManager:
             return
         try:
             await asyncio.to_thread(self._files.unseal, "")
+            state = await asyncio.to_thread(self._files.load_state) or state  # + password
             await self._restore(state)
         except Exception as err:
             # The daemon still starts (containers do not depend on the swarm); /info
@@ -433,6 +434,8 @@ class SwarmManager:
                                              "etcd_password": credentials.password})
             membership.state = state
             member.use_credentials(credentials)  # its health checks need the user now
+            await asyncio.to_thread(self._files.save_etcd_password, credentials.password,
+                                    unlock_key)
             await asyncio.to_thread(self._files.save_state, state)
         except BaseException:
             if membership is not None:
@@ -558,6 +561,7 @@ class SwarmManager:
                     await self._promote_own_member(state, answer.member_id)
             membership = await self._open(state, root)
             membership.member = member
+            await asyncio.to_thread(self._files.save_etcd_password, answer.etcd_password)
             await asyncio.to_thread(self._files.save_state, state)
         except BaseException:
             if membership is not None:
@@ -960,6 +964,8 @@ class SwarmManager:
                 raise Conflict("swarm is not locked")
             await asyncio.to_thread(self._files.unseal, key)
             self._locked = None
+            # Loaded again: the etcd password was sealed with the key too.
+            state = await asyncio.to_thread(self._files.load_state) or state
             await self._restore(state)
             log.info("swarm unlocked")
 

@@ -287,6 +287,11 @@ def test_autolock_a_restarted_manager_stays_locked_until_unlocked(
     _init(h1, "--autolock")
     key = _ok(h1, "swarm", "unlock-key", "-q").strip()
     assert key.startswith("SWMKEY-1-")
+    # the etcd password (it opens the CA key in etcd) is sealed on the data disk too
+    swarm = h1.require_daemon().data_root / "swarm"
+    assert "etcd_password" not in (swarm / "state.json").read_text()
+    sealed = (swarm / "certificates" / "swarm-etcd-password").read_bytes()
+    assert sealed.startswith(b"WHARFD-SEALED-KEY-1\n")
     h1.stop()
     h1.start()
     info = json.loads(_ok(h1, "info", "--format", "{{json .Swarm}}"))
@@ -386,9 +391,10 @@ def _node_files(host: Host, into: Path) -> _NodeFiles:
                          ("key", daemon.exec_root / "swarm" / "swarm-node.key")):
         copies[name] = into / name
         copies[name].write_bytes(source.read_bytes())
+    password = (daemon.exec_root / "swarm" / "swarm-etcd-password").read_text()
     return _NodeFiles(
         node_id=state["node_id"],
-        credentials=EtcdCredentials(state["etcd_user"], state["etcd_password"]),
+        credentials=EtcdCredentials(state["etcd_user"], password),
         ca=str(copies["ca"]), node_cert=str(copies["node_cert"]),
         etcd_cert=str(copies["etcd_cert"]), key=str(copies["key"]),
     )

@@ -412,9 +412,9 @@ class EtcdClient:
         self._token = ""
 
     # -- auth ----------------------------------------------------------------------------
-    def _headers(self, require_leader: bool) -> dict[str, str]:
+    def _headers(self, require_leader: bool, with_token: bool = True) -> dict[str, str]:
         headers = dict(_REQUIRE_LEADER) if require_leader else {}
-        if self._token:
+        if with_token and self._token:
             headers["Authorization"] = self._token
         return headers
 
@@ -558,7 +558,7 @@ class EtcdClient:
         require_leader: bool = True,
         authenticated: bool = True,
     ) -> dict[str, Any]:
-        headers = self._headers(require_leader) if authenticated else None
+        headers = self._headers(require_leader, with_token=authenticated)
         try:
             async with session.post(url, json=body, timeout=budget, headers=headers) as resp:
                 text = await resp.text()

@@ -38,22 +38,11 @@ pytestmark = [
 DEAD_ENDPOINT = "http://127.0.0.1:2999"  # nothing listens there inside the namespace
 
 
-@pytest.fixture(scope="module")
-def member() -> Iterator[EtcdMember]:
-    with NetNS() as netns, EtcdMember(netns) as etcd:
-        yield etcd
-
-
-@pytest.fixture
-def inside(member: EtcdMember) -> Iterator[EtcdMember]:
-    """Run the test (its event loop's sockets) inside the member's namespace."""
-    with thread_in_netns(member.netns):
-        yield member
-
-
 @pytest_asyncio.fixture
-async def etcd(inside: EtcdMember, request: pytest.FixtureRequest) -> AsyncIterator[EtcdClient]:
-    async with EtcdClient([inside.client_url]) as client:
+async def etcd(
+    inside_etcd: EtcdMember, request: pytest.FixtureRequest
+) -> AsyncIterator[EtcdClient]:
+    async with EtcdClient([inside_etcd.client_url]) as client:
         await client.delete_prefix(f"/t/{request.node.name}/")
         yield client
 
@@ -175,13 +164,14 @@ async def test_watch_in_order_and_from_revision(
 
 @pytest.mark.asyncio
 async def test_watch_from_a_compacted_revision_says_so(
-    etcd: EtcdClient, inside: EtcdMember, request: pytest.FixtureRequest
+    etcd: EtcdClient, inside_etcd: EtcdMember, request: pytest.FixtureRequest
 ) -> None:
     p = _prefix(request)
     old = await etcd.put(p + "k", b"1")
     now = await etcd.put(p + "k", b"2")
     async with aiohttp.ClientSession() as raw:  # compaction is the member's job, not ours
-        answer = await raw.post(inside.client_url + "/v3/kv/compaction", json={"revision": now})
+        answer = await raw.post(
+            inside_etcd.client_url + "/v3/kv/compaction", json={"revision": now})
         assert answer.status == 200
     with pytest.raises(WatchCompacted) as compacted:
         await asyncio.wait_for(_collect(etcd.watch_prefix(p, old), 1), 5)
@@ -230,10 +220,10 @@ class _DroppableProxy:
 
 @pytest.mark.asyncio
 async def test_watch_resumes_after_dropped_stream(
-    etcd: EtcdClient, inside: EtcdMember, request: pytest.FixtureRequest
+    etcd: EtcdClient, inside_etcd: EtcdMember, request: pytest.FixtureRequest
 ) -> None:
     p = _prefix(request)
-    proxy = _DroppableProxy(int(inside.client_url.rsplit(":", 1)[1]))
+    proxy = _DroppableProxy(int(inside_etcd.client_url.rsplit(":", 1)[1]))
     proxied = await proxy.start()
     try:
         async with EtcdClient([proxied]) as through_proxy:
@@ -253,7 +243,7 @@ async def test_watch_resumes_after_dropped_stream(
 
 
 @pytest.mark.asyncio
-async def test_unreachable_cluster_is_unavailable_quickly(inside: EtcdMember) -> None:
+async def test_unreachable_cluster_is_unavailable_quickly(inside_etcd: EtcdMember) -> None:
     async with EtcdClient([DEAD_ENDPOINT, "http://127.0.0.1:2998"]) as client:
         began = time.monotonic()
         with pytest.raises(Unavailable, match="etcd cluster unavailable"):
@@ -265,10 +255,10 @@ async def test_unreachable_cluster_is_unavailable_quickly(inside: EtcdMember) ->
 
 @pytest.mark.asyncio
 async def test_fails_over_to_the_next_endpoint(
-    inside: EtcdMember, request: pytest.FixtureRequest
+    inside_etcd: EtcdMember, request: pytest.FixtureRequest
 ) -> None:
     key = _prefix(request) + "k"
-    async with EtcdClient([DEAD_ENDPOINT, inside.client_url]) as client:
+    async with EtcdClient([DEAD_ENDPOINT, inside_etcd.client_url]) as client:
         revision = await client.put(key, b"v")
         kv = await client.get(key)
         assert kv is not None and kv.mod_revision == revision

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
@@ -19,8 +19,7 @@ from engine.errors import Conflict
 from engine.swarm.etcd import EtcdClient
 from engine.swarm.objects import Node, NodeSpec
 from engine.swarm.store import OUT_OF_SEQUENCE, SwarmStore, UpdateOutOfSequence
-from tests.harness.etcd import EtcdMember, thread_in_netns
-from tests.harness.netns import NetNS
+from tests.harness.etcd import EtcdMember
 
 pytestmark = [
     pytest.mark.root,
@@ -29,22 +28,11 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def member() -> Iterator[EtcdMember]:
-    with NetNS() as netns, EtcdMember(netns) as etcd:
-        yield etcd
-
-
-@pytest.fixture
-def inside(member: EtcdMember) -> Iterator[EtcdMember]:
-    """Run the test (its event loop's sockets) inside the member's namespace."""
-    with thread_in_netns(member.netns):
-        yield member
-
-
 @pytest_asyncio.fixture
-async def store(inside: EtcdMember, request: pytest.FixtureRequest) -> AsyncIterator[SwarmStore]:
-    async with EtcdClient([inside.client_url]) as client:
+async def store(
+    inside_etcd: EtcdMember, request: pytest.FixtureRequest
+) -> AsyncIterator[SwarmStore]:
+    async with EtcdClient([inside_etcd.client_url]) as client:
         await client.delete_prefix(f"/t/{request.node.name}/")
         yield SwarmStore(client)
 

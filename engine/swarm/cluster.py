@@ -438,16 +438,24 @@ class SwarmManager:
                                     unlock_key)
             await asyncio.to_thread(self._files.save_state, state)
         except BaseException:
-            if membership is not None:
-                await membership.close()
-            with contextlib.suppress(EngineError):
-                await member.remove()
-            await asyncio.to_thread(self._files.remove_all)
+            await self._undo_membership(membership, member)
             raise
         membership.member_ready.set()
         self._activate(membership)
         log.info("swarm initialised: node %s, cluster %s", node_id, cluster_id)
         return node_id
+
+    async def _undo_membership(
+        self, membership: _Membership | None, member: EtcdMember | None
+    ) -> None:
+        """A failed init or join leaves no swarm behind: loops closed, the etcd member
+        stopped and its data gone, the node's files removed."""
+        if membership is not None:
+            await membership.close()
+        if member is not None:
+            with contextlib.suppress(EngineError):
+                await member.remove()
+        await asyncio.to_thread(self._files.remove_all)
 
     def _description(self, root: RootCA) -> NodeDescription:
         """Blocking (reads /proc): call it in a thread."""
@@ -564,12 +572,7 @@ class SwarmManager:
             await asyncio.to_thread(self._files.save_etcd_password, answer.etcd_password)
             await asyncio.to_thread(self._files.save_state, state)
         except BaseException:
-            if membership is not None:
-                await membership.close()
-            if member is not None:
-                with contextlib.suppress(EngineError):
-                    await member.remove()
-            await asyncio.to_thread(self._files.remove_all)
+            await self._undo_membership(membership, member)
             raise
         membership.member_ready.set()
         self._activate(membership)

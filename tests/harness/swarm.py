@@ -32,7 +32,7 @@ class SwarmStepError(AssertionError):
     """A swarm step through the CLI failed or a wait ran out (the message says which)."""
 
 
-def wait_for(probe: Callable[[], T], timeout: float, what: str,
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str,
              interval: float = 0.2) -> T:
     """Call ``probe`` until it returns a truthy value (returned) or ``timeout`` seconds
     pass (SwarmStepError naming ``what`` and the probe's last answer). A probe that
@@ -47,7 +47,7 @@ def wait_for(probe: Callable[[], T], timeout: float, what: str,
         else:
             last = value
         if value:
-            return value
+            return value  # truthy, so not None
         if time.monotonic() >= deadline:
             raise SwarmStepError(f"{what}: not within {timeout:.0f}s; last seen: {last!r}")
         time.sleep(interval)
@@ -73,14 +73,14 @@ def fails(host: Host, *args: str, timeout: float = 60) -> subprocess.CompletedPr
 
 # -- reading the swarm -----------------------------------------------------------------------
 
-def nodes(host: Host, timeout: float = 30) -> list[dict[str, str]]:
+def nodes(host: Host, timeout: float = 30) -> list[dict[str, Any]]:
     """``docker node ls`` as rows (ID, Hostname, Status, Availability, ManagerStatus,
     EngineVersion, Self, TLSStatus), from ``--format '{{json .}}'``."""
     out = ok(host, "node", "ls", "--format", "{{json .}}", timeout=timeout)
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def nodes_by_hostname(host: Host) -> dict[str, dict[str, str]]:
+def nodes_by_hostname(host: Host) -> dict[str, dict[str, Any]]:
     return {row["Hostname"]: row for row in nodes(host)}
 
 
@@ -103,7 +103,7 @@ def leader_hostname(host: Host) -> str | None:
     except (SwarmStepError, subprocess.TimeoutExpired):
         return None
     leaders = [r["Hostname"] for r in rows if r["ManagerStatus"] == "Leader"]
-    return leaders[0] if len(leaders) == 1 else None
+    return str(leaders[0]) if len(leaders) == 1 else None
 
 
 def node_status(host: Host, hostname: str) -> str | None:
@@ -112,7 +112,7 @@ def node_status(host: Host, hostname: str) -> str | None:
         row = nodes_by_hostname(host).get(hostname)
     except (SwarmStepError, subprocess.TimeoutExpired):
         return None
-    return row["Status"] if row else None
+    return str(row["Status"]) if row else None
 
 
 # -- forming a swarm -------------------------------------------------------------------------

@@ -265,6 +265,8 @@ def make_app(engine: Engine) -> web.Application:
         exec,
         images,
         networks,
+        nodes,
+        swarm,
         usage,
         volumes,
     )
@@ -290,6 +292,9 @@ def make_app(engine: Engine) -> web.Application:
         Mount(build.routes, build.BACKEND, engine.builder),
         Mount(networks.routes, networks.BACKEND,
               networks.EngineNetworks(engine.networks, engine.containers)),
+        # One backend for /swarm and /nodes (and /info's Swarm section reads it).
+        Mount(swarm.routes, swarm.BACKEND, engine.swarm),
+        Mount(nodes.routes, swarm.BACKEND, engine.swarm),
     ]
     return build_app(
         mounts, experimental=engine.config.experimental, lifecycle_ctx=engine_lifecycle(engine)

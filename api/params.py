@@ -123,3 +123,41 @@ def _skip_ws(text: str, index: int) -> int:
     while index < len(text) and text[index] in " \t\r\n":
         index += 1
     return index
+
+
+_GO_UINT = re.compile(r"[0-9]+")
+_UINT64_MAX = 2**64 - 1
+
+
+def go_quote(text: str) -> str:
+    """Go's strconv.Quote for the texts that reach it here (JSON's escapes match it)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def version_param(request: web.Request, kind: str) -> int:
+    """``?version=`` of a swarm object update, with dockerd's 400 text when it is not a
+    uint64: ``invalid <kind> version '': strconv.ParseUint: parsing "": invalid syntax``."""
+    raw = request.query.get("version", "")
+    if not _GO_UINT.fullmatch(raw):
+        reason = "invalid syntax"
+    elif int(raw) > _UINT64_MAX:
+        reason = "value out of range"
+    else:
+        return int(raw)
+    raise InvalidParameter(
+        f"invalid {kind} version '{raw}': strconv.ParseUint: parsing {go_quote(raw)}: {reason}")
+
+
+_GO_TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
+_GO_FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False"})
+
+
+def go_bool_param(request: web.Request, name: str) -> bool:
+    """A flag dockerd reads with strconv.ParseBool (absent or "" is false); anything
+    else is 400 ``invalid value for <name>: <value>``."""
+    raw = request.query.get(name, "")
+    if raw == "" or raw in _GO_FALSE:
+        return False
+    if raw in _GO_TRUE:
+        return True
+    raise InvalidParameter(f"invalid value for {name}: {raw}")

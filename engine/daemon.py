@@ -27,7 +27,8 @@ from engine.snapshots.overlay import OverlaySnapshotter
 from engine.store.atomic import atomic_write, ensure_dir
 from engine.store.content import ContentStore
 from engine.store.db import Database
-from engine.system.info import SystemInfo
+from engine.swarm.cluster import SwarmManager
+from engine.system.info import ENGINE_VERSION, SystemInfo
 from engine.system.usage import DiskUsage
 from engine.volumes.manager import VolumeManager
 
@@ -78,6 +79,7 @@ class Engine:
         self.system = SystemInfo(config, self.layout, self.runtimes)
         self.builder = BuildManager(self.db, self.layout, self.images, self.containers)
         self.usage = DiskUsage(self.images, self.containers, self.volumes, self.snapshotter)
+        self.swarm = SwarmManager(self.layout, ENGINE_VERSION)
 
     async def start(self) -> None:
         rebooted = await asyncio.to_thread(self._note_boot)
@@ -92,6 +94,9 @@ class Engine:
         await self.networks.load()
         await self.containers.restore(rebooted=rebooted)
         await self.health.start()
+        # After containers and networks (a manager's work will drive them); it does not
+        # wait for etcd, so a restarted swarm node answers at once.
+        await self.swarm.start()
         log.info("engine started (data root %s)", self.layout.data_root)
 
     async def _probe_runtimes(self) -> None:
@@ -140,6 +145,8 @@ class Engine:
                 entry.unlink(missing_ok=True)
 
     async def close(self) -> None:
+        # The local etcd member keeps running, as containers do (live-restore).
+        await self.swarm.close()
         await self.health.close()
         await self.execs.close()
         await self.containers.close()

@@ -10,6 +10,10 @@ Persistent state lives under ``data_root``; state that must not survive a reboot
       snapshots/<id>/{fs,work}      overlay layers and container rw layers
       containers/<id>/              bundle: config.json, hostname, hosts, resolv.conf, ctr.log
       volumes/<name>/_data
+      swarm/                        this node's swarm membership (docs/swarm.md)
+        state.json                  its presence = "this node is in a swarm"
+        certificates/               root CA bundle (and key on managers), node cert + key
+        etcd/, etcd.log             the local etcd member of a swarm manager
       tmp/                          same filesystem, temp + rename; wiped at start
     <exec-root>
       wharfd.pid, boot_id
@@ -17,6 +21,7 @@ Persistent state lives under ``data_root``; state that must not survive a reboot
       conmon/<id>/                  conmon pid files, exit dir, persist dir
       sock/                         short symlinks to attach sockets
       netns/<id>                    bind-mounted network namespaces
+      swarm/etcd.pid                the local etcd member's pid
 """
 
 from __future__ import annotations
@@ -86,6 +91,28 @@ class Layout:
     def tmp_dir(self) -> Path:
         return self.data_root / "tmp"
 
+    # swarm (made when the node joins a swarm, not at every start)
+    @property
+    def swarm_dir(self) -> Path:
+        return self.data_root / "swarm"
+
+    @property
+    def swarm_state_file(self) -> Path:
+        return self.swarm_dir / "state.json"
+
+    @property
+    def swarm_certificates_dir(self) -> Path:
+        return self.swarm_dir / "certificates"
+
+    @property
+    def swarm_etcd_data_dir(self) -> Path:
+        """The local etcd member's --data-dir (managers only)."""
+        return self.swarm_dir / "etcd"
+
+    @property
+    def swarm_etcd_log(self) -> Path:
+        return self.swarm_dir / "etcd.log"
+
     # --- volatile ---------------------------------------------------------------
     @property
     def pidfile(self) -> Path:
@@ -116,6 +143,14 @@ class Layout:
 
     def netns_path(self, container_id: str) -> Path:
         return self.netns_dir / container_id
+
+    @property
+    def swarm_exec_dir(self) -> Path:
+        return self.exec_root / "swarm"
+
+    @property
+    def swarm_etcd_pidfile(self) -> Path:
+        return self.swarm_exec_dir / "etcd.pid"
 
     def subpath_mounts_dir(self, container_id: str) -> Path:
         """Where a container's volume subpaths are bound before the runtime binds them."""

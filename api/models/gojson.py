@@ -55,6 +55,7 @@ Int64 = _go_int("int64", -(2**63), 2**63 - 1)
 Int = _go_int("int", -(2**63), 2**63 - 1)
 Uint = _go_int("uint", 0, 2**64 - 1)
 Uint16 = _go_int("uint16", 0, 2**16 - 1)
+Uint32 = _go_int("uint32", 0, 2**32 - 1)
 Uint64 = _go_int("uint64", 0, 2**64 - 1)
 Duration = _go_int("time.Duration", -(2**63), 2**63 - 1)
 

@@ -7,7 +7,7 @@ already-validated facts, and keys must be spelled exactly as Docker spells them
 
 from __future__ import annotations
 
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class ComponentVersion(TypedDict):
@@ -57,15 +57,6 @@ class ServiceConfig(TypedDict):
 class RuntimeInfo(TypedDict):
     path: str
     runtimeArgs: NotRequired[list[str]]
-
-
-class SwarmInfo(TypedDict):
-    NodeID: str
-    NodeAddr: str
-    LocalNodeState: str
-    ControlAvailable: bool
-    Error: str
-    RemoteManagers: None
 
 
 class Commit(TypedDict):
@@ -119,7 +110,8 @@ class SystemInfo(TypedDict):
     ServerVersion: str
     Runtimes: dict[str, RuntimeInfo]
     DefaultRuntime: str
-    Swarm: SwarmInfo
+    # engine.swarm.objects.LocalSwarmInfo.info_wire(): Go omitempty rules, built there
+    Swarm: dict[str, Any]
     LiveRestoreEnabled: bool
     Isolation: str
     InitBinary: str

@@ -1,4 +1,5 @@
-"""``/_ping``, ``/version``, ``/info`` (and the swarm and plugin stand-ins).
+"""``/_ping``, ``/version``, ``/info`` (and the services/tasks/secrets/configs and plugin
+stand-ins).
 
 All three answer from cached facts (``SystemFacts``, probed once at start-up) plus a few
 in-memory counters, so they cost well under a millisecond and never wait on the runtime.
@@ -24,8 +25,10 @@ from api.models.system import (
     SystemInfo,
     SystemVersion,
 )
+from api.routers import swarm
 from api.versioning import API_VERSION, MIN_API_VERSION
-from engine.errors import InvalidParameter, NotSupported, Unavailable
+from engine.errors import InvalidParameter, NotFound, NotSupported, Unavailable
+from engine.swarm.objects import NOT_IN_SWARM_MANAGER, LocalSwarmInfo, no_manager_error
 from engine.system.info import SystemFacts
 
 PLATFORM_NAME = "wharfd"
@@ -87,7 +90,9 @@ async def get_version(request: web.Request) -> web.Response:
 async def get_info(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
     counts = await backend.counts()
-    return json_response(info_body(backend.facts(), counts, time.time_ns()))
+    swarm_backend = request.app.get(swarm.BACKEND)
+    local = await swarm_backend.local_info() if swarm_backend is not None else LocalSwarmInfo()
+    return json_response(info_body(backend.facts(), counts, time.time_ns(), local))
 
 
 # --- bodies (pure functions of the facts) -------------------------------------------
@@ -172,7 +177,8 @@ def _runtimes(facts: SystemFacts) -> dict[str, RuntimeInfo]:
     return result
 
 
-def info_body(facts: SystemFacts, counts: Counts, now_nano: int) -> SystemInfo:
+def info_body(facts: SystemFacts, counts: Counts, now_nano: int,
+              swarm_info: LocalSwarmInfo | None = None) -> SystemInfo:
     host, cg = facts.host, facts.host.cgroups
     runc = facts.runtime("runc") or facts.runtime(facts.default_runtime)
     return SystemInfo(
@@ -227,14 +233,7 @@ def info_body(facts: SystemFacts, counts: Counts, now_nano: int) -> SystemInfo:
         ServerVersion=facts.version,
         Runtimes=_runtimes(facts),
         DefaultRuntime=facts.default_runtime,
-        Swarm={
-            "NodeID": "",
-            "NodeAddr": "",
-            "LocalNodeState": "inactive",
-            "ControlAvailable": False,
-            "Error": "",
-            "RemoteManagers": None,
-        },
+        Swarm=(swarm_info or LocalSwarmInfo()).info_wire(),
         LiveRestoreEnabled=facts.live_restore,
         Isolation="",
         InitBinary="",
@@ -247,43 +246,65 @@ def info_body(facts: SystemFacts, counts: Counts, now_nano: int) -> SystemInfo:
     )
 
 
-# ------------------------------------------------------------------ swarm (inactive)
-# This daemon is never part of a swarm (``Swarm: inactive`` above), and answers the
-# swarm endpoints as dockerd does on such a node: 503 with dockerd's texts (api-notes
-# §2.8). Clients rely on them: docker-py's test teardown leaves the swarm "by force" and
-# accepts "not part of a swarm"; the CLI prints the manager message.
-_NOT_A_MANAGER = ('This node is not a swarm manager. Use "docker swarm init" or '
-                  '"docker swarm join" to connect this node to swarm and try again.')
-_NOT_IN_SWARM = "This node is not part of a swarm"
-_MANAGER_PATHS = ("/swarm", "/swarm/unlockkey", "/nodes", "/services", "/tasks",
-                  "/secrets", "/configs")
+# ------------------------------------------------ services, tasks, secrets, configs
+# They come with services (issue 13). Until then each answers as dockerd does on a node
+# that cannot serve them (503 with dockerd's texts, api-notes §2.8: clients rely on them;
+# docker-py's teardown lists services and accepts the 503), and on a manager as a swarm
+# that has none of them: empty lists, 404 for a reference, 501 for a create.
+
+SWARM_OBJECTS: dict[str, tuple[str, frozenset[str]]] = {
+    # path → (singular for the 404 text, list filters dockerd accepts)
+    "services": ("service", frozenset({"id", "label", "mode", "name", "runtime"})),
+    "tasks": ("task", frozenset({"name", "id", "label", "service", "node", "desired-state",
+                                 "_up-to-date", "runtime"})),
+    "secrets": ("secret", frozenset({"names", "name", "id", "label"})),
+    "configs": ("config", frozenset({"name", "id", "label"})),
+}
 
 
-async def _not_a_manager(_request: web.Request) -> web.Response:
-    raise Unavailable(_NOT_A_MANAGER)
+async def require_manager(request: web.Request) -> None:
+    """Return when this node is a manager that can answer cluster calls; otherwise raise
+    dockerd's 503 for the node's state."""
+    backend = request.app.get(swarm.BACKEND)
+    if backend is None:
+        raise Unavailable(NOT_IN_SWARM_MANAGER)
+    info = await backend.local_info()
+    if not (info.LocalNodeState == "active" and info.ControlAvailable):
+        raise no_manager_error(info)
 
 
-for _path in _MANAGER_PATHS:
-    routes.get(_path)(_not_a_manager)
-    if _path not in ("/swarm", "/swarm/unlockkey"):
-        routes.get(_path + "/{id}")(_not_a_manager)
-for _path in ("/swarm/update", "/swarm/unlock", "/services/create", "/secrets/create",
-              "/configs/create", "/services/{id}/update", "/nodes/{id}/update",
-              "/secrets/{id}/update", "/configs/{id}/update"):
-    routes.post(_path)(_not_a_manager)
-for _path in ("/services/{id}", "/nodes/{id}", "/secrets/{id}", "/configs/{id}"):
-    routes.delete(_path)(_not_a_manager)
+async def list_swarm_objects(request: web.Request) -> web.Response:
+    await require_manager(request)
+    params.filters_param(request, SWARM_OBJECTS[_plural_of(request)][1])
+    return json_response([])
 
 
-@routes.post("/swarm/leave")
-async def post_swarm_leave(_request: web.Request) -> web.Response:
-    raise Unavailable(_NOT_IN_SWARM)
+async def no_such_swarm_object(request: web.Request) -> web.Response:
+    await require_manager(request)
+    singular = SWARM_OBJECTS[_plural_of(request)][0]
+    raise NotFound(f"{singular} {request.match_info['id']} not found")
 
 
-@routes.post("/swarm/init")
-@routes.post("/swarm/join")
-async def post_swarm_init(_request: web.Request) -> web.Response:
-    raise NotSupported("swarm mode is not supported by this daemon yet")
+async def create_swarm_object(request: web.Request) -> web.Response:
+    await require_manager(request)
+    raise NotSupported(f"{_plural_of(request)} are not supported yet")
+
+
+def _plural_of(request: web.Request) -> str:
+    """The object kind a stand-in route serves, from its path: /v1.41/services/x → services."""
+    parts = [part for part in request.path.split("/") if part]
+    if parts and parts[0].startswith("v") and parts[0][1:2].isdigit():
+        parts = parts[1:]
+    return parts[0]
+
+
+for _plural_path in SWARM_OBJECTS:
+    routes.get(f"/{_plural_path}")(list_swarm_objects)
+    routes.get(f"/{_plural_path}/{{id}}")(no_such_swarm_object)
+    if _plural_path != "tasks":
+        routes.delete(f"/{_plural_path}/{{id}}")(no_such_swarm_object)
+        routes.post(f"/{_plural_path}/create")(create_swarm_object)
+        routes.post(f"/{_plural_path}/{{id}}/update")(no_such_swarm_object)
 
 
 # --- plugins --------------------------------------------------------------------------

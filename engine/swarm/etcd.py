@@ -22,12 +22,20 @@ from typing import Any, Literal
 
 import aiohttp
 
-from engine.errors import EngineError, InvalidParameter, NotFound, SystemError_, Unavailable
+from engine.errors import (
+    Conflict,
+    EngineError,
+    InvalidParameter,
+    NotFound,
+    SystemError_,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
 # gRPC status codes the gateway puts in its error bodies.
 _GRPC_NOT_FOUND = 5
+_GRPC_FAILED_PRECONDITION = 9
 _GRPC_UNAVAILABLE = 14
 
 
@@ -42,6 +50,19 @@ class OutOfSequence(EngineError):
         super().__init__("update out of sequence")
         self.key = key
         self.expected = expected
+
+
+class ClusterNotReady(Unavailable):
+    """etcd refused a member change for now ("unhealthy cluster"): with the change, the
+    members connected to the leader for at least 5 s would not make a quorum. Right after
+    a member started (or the leader did) this clears by itself within 5 s; member_add and
+    member_promote wait that long before raising it."""
+
+
+class MemberChangeRefused(Conflict):
+    """etcd refused a member change outright (gRPC FailedPrecondition): the peer URL is
+    already a member's, the removal would leave too few started members for a quorum, a
+    learner is not in sync yet, ..."""
 
 
 class WatchCompacted(EngineError):
@@ -89,6 +110,49 @@ class WatchEvent:
         return self.kv.mod_revision
 
 
+@dataclass(frozen=True)
+class ClusterMember:
+    """One member as etcd's member list shows it. ``id`` is etcd's uint64 member ID.
+
+    A member that was added but has not started yet has an empty ``name`` and no client
+    URLs: it takes its name from its own ``--name`` when it first talks to the cluster.
+    """
+
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    is_learner: bool
+
+    @property
+    def started(self) -> bool:
+        return bool(self.name)
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    """What one member says about itself (``/v3/maintenance/status``); a local answer,
+    given even when the member has no leader."""
+
+    endpoint: str
+    member_id: int
+    leader: int  # 0: the member knows no leader now
+    raft_term: int
+    raft_index: int
+    db_size: int
+    version: str
+    is_learner: bool
+    errors: tuple[str, ...]  # active alarms, e.g. "NOSPACE"
+
+    @property
+    def has_leader(self) -> bool:
+        return self.leader != 0
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leader != 0 and self.leader == self.member_id
+
+
 def _b64(data: str | bytes) -> str:
     raw = data.encode() if isinstance(data, str) else data
     return base64.b64encode(raw).decode("ascii")
@@ -125,12 +189,66 @@ def _kv(raw: dict[str, Any]) -> KeyValue:
     )
 
 
+def _member(raw: dict[str, Any]) -> ClusterMember:
+    return ClusterMember(
+        id=_int(raw.get("ID")),
+        name=raw.get("name") or "",
+        peer_urls=tuple(raw.get("peerURLs") or ()),
+        client_urls=tuple(raw.get("clientURLs") or ()),
+        is_learner=bool(raw.get("isLearner")),
+    )
+
+
+def _members(answer: dict[str, Any]) -> list[ClusterMember]:
+    return [_member(raw) for raw in answer.get("members") or []]
+
+
+def initial_cluster(members: Sequence[ClusterMember], new_member_id: int, new_name: str) -> str:
+    """``--initial-cluster`` for a member joining after ``member_add``: ``name=peerURL,...``.
+
+    etcd checks a joining member's initial cluster against the live member list: same
+    number of members, every peer URL matched (it takes the member IDs from that match,
+    not the names). So every member is listed. The new member appears unnamed in the list
+    until it starts: it is listed under ``new_name`` (the name it will start with). Any
+    other unnamed member (another join still under way) gets a placeholder name, its ID
+    in hex, because names must be unique in the flag and an empty one would merge them.
+    """
+    if not any(m.id == new_member_id for m in members):
+        raise InvalidParameter(f"etcd member {new_member_id:x} is not in the member list")
+    entries = []
+    for member in members:
+        if member.id == new_member_id:
+            name = new_name
+        else:
+            name = member.name or f"{member.id:x}"
+        entries += [f"{name}={url}" for url in member.peer_urls]
+    return ",".join(entries)
+
+
 def _revision(body: dict[str, Any]) -> int:
     return _int(body.get("header", {}).get("revision"))
 
 
 class _EndpointDown(Exception):
-    """One endpoint failed to answer; the next one is tried."""
+    """One endpoint failed to answer (the request may have reached it)."""
+
+
+class _NotSent(_EndpointDown):
+    """The request surely did not take effect there: no connection, or no leader."""
+
+
+class _NoLeader(_NotSent):
+    """The member refused the request because it knows no leader now."""
+
+
+# gRPC metadata through the gateway: a member that knows no leader refuses at once
+# ("etcdserver: no leader") instead of holding the request until etcd's own request
+# timeout (several seconds) while an election is under way or the quorum is lost.
+_REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
+_NO_LEADER = "etcdserver: no leader"
+_UNHEALTHY = "etcdserver: unhealthy cluster"
+_LEADER_POLL = 0.2  # seconds between rounds while the members know no leader
+_MEMBER_CHANGE_PATIENCE = 10.0  # etcd counts a member as started 5 s after it connected
 
 
 class LeaseKeeper:
@@ -164,7 +282,20 @@ class LeaseKeeper:
 
 
 class EtcdClient:
-    """A client of one etcd cluster. Use ``async with EtcdClient(...)`` or open/close."""
+    """A client of one etcd cluster. Use ``async with EtcdClient(...)`` or open/close.
+
+    Time bounds: one request to one endpoint takes at most ``timeout`` seconds (its
+    connection at most ``connect_timeout``); a round tries each endpoint at most once. A
+    member without a leader (election under way, quorum lost) refuses at once, because
+    every request asks for a leader (gRPC metadata ``hasleader``); while that is the only
+    answer, rounds are repeated for ``leader_patience`` seconds, which rides through an
+    election (about 1-2 s with the member's settings) and gives up on a lost quorum. So a
+    call raises Unavailable within ``leader_patience + len(endpoints) * timeout``, in
+    practice much sooner: a stopped member refuses the connection at once. Nothing waits
+    for etcd's own request timeout (5 s + 2 election timeouts).
+    Watches have no total timeout (they are long-lived streams); they end when their
+    member loses its leader or connection and are reopened elsewhere (``watch_prefix``).
+    """
 
     def __init__(
         self,
@@ -172,12 +303,16 @@ class EtcdClient:
         tls: EtcdTLS | None = None,
         timeout: float = 5.0,
         connect_timeout: float = 2.0,
+        leader_patience: float = 3.0,
     ) -> None:
         if not endpoints:
             raise InvalidParameter("etcd: no endpoints given")
         self._endpoints = [e.rstrip("/") for e in endpoints]
         self._current = 0
         self._tls = tls
+        self._connect = connect_timeout
+        self._leader_patience = leader_patience
+        self._request_timeout = timeout
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -211,6 +346,14 @@ class EtcdClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def set_endpoints(self, endpoints: Sequence[str]) -> None:
+        """Replace the endpoints (managers joined or left); the next call starts with the
+        first. Streams already open stay on their endpoint until they end."""
+        if not endpoints:
+            raise InvalidParameter("etcd: no endpoints given")
+        self._endpoints = [e.rstrip("/") for e in endpoints]
+        self._current = 0
+
     # -- transport -----------------------------------------------------------------------
     def _order(self) -> list[str]:
         """Endpoints starting with the one that answered last."""
@@ -225,25 +368,85 @@ class EtcdClient:
             raise Unavailable("etcd client is not open")
         return self._session
 
-    async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _call(
+        self,
+        path: str,
+        body: dict[str, Any],
+        retry_after_send: bool = True,
+        require_leader: bool = True,
+    ) -> dict[str, Any]:
+        """Post to the sticky endpoint, failing over to the next ones.
+
+        A request that surely did not take effect (no connection, or the member answered
+        that it has no leader) is tried on the next endpoint. One that may have been
+        applied (sent, then no answer in time) is tried again elsewhere only when
+        ``retry_after_send``: a compare-and-swap or a member change repeated after it was
+        applied would fail or act twice, so those raise Unavailable at once and the next
+        call starts on the next endpoint. When the only answers were "no leader", the
+        round is repeated for up to ``leader_patience`` seconds: an election ends within
+        that, a lost quorum does not.
+        """
         session = self._require_session()
-        failures: list[str] = []
-        for endpoint in self._order():
-            try:
-                answer = await self._post_once(session, endpoint + path, body)
-            except _EndpointDown as err:
-                failures.append(f"{endpoint}: {err}")
-                continue
-            self._remember(endpoint)
-            return answer
-        raise Unavailable("etcd cluster unavailable: " + "; ".join(failures))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._leader_patience
+        while True:
+            failures: list[str] = []
+            leaderless = False
+            for endpoint in self._order():
+                try:
+                    answer = await self._post_once(
+                        session, endpoint + path, body, self._timeout, require_leader
+                    )
+                except _NoLeader as err:
+                    leaderless = True
+                    failures.append(f"{endpoint}: {err}")
+                    continue
+                except _NotSent as err:
+                    failures.append(f"{endpoint}: {err}")
+                    continue
+                except _EndpointDown as err:
+                    failures.append(f"{endpoint}: {err}")
+                    if retry_after_send:
+                        continue
+                    self._current = (self._endpoints.index(endpoint) + 1) % len(self._endpoints)
+                    leaderless = False  # the request may be applied: no second round
+                    break
+                self._remember(endpoint)
+                return answer
+            if not leaderless or loop.time() >= deadline:
+                raise Unavailable("etcd cluster unavailable: " + "; ".join(failures))
+            await asyncio.sleep(_LEADER_POLL)
+
+    async def _post_to(
+        self,
+        endpoint: str,
+        path: str,
+        body: dict[str, Any],
+        patience: float,
+        require_leader: bool = True,
+    ) -> dict[str, Any]:
+        """One request to one endpoint (no failover); Unavailable if it does not answer."""
+        session = self._require_session()
+        budget = aiohttp.ClientTimeout(total=patience, sock_connect=min(patience, self._connect))
+        try:
+            return await self._post_once(session, endpoint + path, body, budget, require_leader)
+        except _EndpointDown as err:
+            raise Unavailable(f"etcd member {endpoint} unavailable: {err}") from err
 
     async def _post_once(
-        self, session: aiohttp.ClientSession, url: str, body: dict[str, Any]
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        body: dict[str, Any],
+        budget: aiohttp.ClientTimeout,
+        require_leader: bool = True,
     ) -> dict[str, Any]:
+        headers = _REQUIRE_LEADER if require_leader else None
         try:
-            async with session.post(url, json=body, timeout=self._timeout) as resp:
+            async with session.post(url, json=body, timeout=budget, headers=headers) as resp:
                 text = await resp.text()
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
+            raise _NotSent(str(err) or type(err).__name__) from err
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
             raise _EndpointDown(str(err) or type(err).__name__) from err
         try:
@@ -313,6 +516,7 @@ class EtcdClient:
                 ],
                 "success": [operation],
             },
+            retry_after_send=False,
         )
         if not answer.get("succeeded"):  # false is omitted by the gateway
             raise OutOfSequence(key, mod_revision)
@@ -343,6 +547,140 @@ class EtcdClient:
         """Revoke (its keys go at once). An already expired lease is not an error."""
         with contextlib.suppress(NotFound):
             await self._call("/v3/lease/revoke", {"ID": str(lease_id)})
+
+    # -- membership ----------------------------------------------------------------------
+    async def member_list(self, linearizable: bool = True) -> list[ClusterMember]:
+        """The cluster's members.
+
+        etcd 3.4 answers a member list from the answering member's own view, which is
+        stale on a member cut off from the quorum (``linearizable`` in the request came
+        with 3.5). So a linearizable read goes to the same member first: once it is
+        served, that member has applied everything committed before it, membership
+        changes included. ``linearizable=False`` skips that (and asks for no leader):
+        the local view, answered even without a quorum."""
+        if not linearizable:
+            return _members(await self._call("/v3/cluster/member/list", {}, require_leader=False))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._leader_patience
+        while True:
+            await self._call("/v3/kv/range", _barrier_read())
+            endpoint = self._endpoints[self._current]
+            try:
+                answer = await self._post_to(
+                    endpoint, "/v3/cluster/member/list", {}, self._request_timeout
+                )
+            except Unavailable:
+                # That member went between the two requests: again, on the next one.
+                if loop.time() >= deadline:
+                    raise
+                self._current = (self._current + 1) % len(self._endpoints)
+                continue
+            return _members(answer)
+
+    async def member_add(
+        self, peer_urls: Sequence[str], learner: bool = False
+    ) -> tuple[int, list[ClusterMember]]:
+        """Add a member (it starts unnamed); returns its ID and the new member list, from
+        which :func:`initial_cluster` builds the joiner's ``--initial-cluster``.
+
+        A voting member counts towards the quorum at once: a 1-member cluster that adds one
+        is unavailable until the new member runs. ``learner=True`` adds a non-voting member
+        instead, promoted with :meth:`member_promote` once it has caught up. Waits up to
+        10 s while etcd answers ClusterNotReady (a member started less than 5 s ago);
+        MemberChangeRefused when the peer URL is already a member's.
+        """
+        body: dict[str, Any] = {"peerURLs": list(peer_urls)}
+        if learner:
+            body["isLearner"] = True
+        answer = await self._member_change("/v3/cluster/member/add", body)
+        new_id = _int(answer.get("member", {}).get("ID"))
+        if not new_id:
+            raise SystemError_("etcd member add: no member ID in the answer")
+        return new_id, _members(answer)
+
+    async def _member_change(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _MEMBER_CHANGE_PATIENCE
+        while True:
+            try:
+                # A refusal is never applied, so asking again is safe; a lost answer is
+                # not retried (the change may have happened).
+                return await self._call(path, body, retry_after_send=False)
+            except ClusterNotReady:
+                if loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(0.5)
+
+    async def member_remove(self, member_id: int) -> list[ClusterMember]:
+        """Remove a member; returns the members left. An unknown ID raises NotFound;
+        MemberChangeRefused when the members left would have too few started ones for a
+        quorum (etcd's strict reconfiguration check)."""
+        answer = await self._member_change("/v3/cluster/member/remove", {"ID": str(member_id)})
+        return _members(answer)
+
+    async def member_promote(self, member_id: int) -> list[ClusterMember]:
+        """Make a learner a voting member; MemberChangeRefused while it has not caught up
+        with the leader (ask again a moment later)."""
+        answer = await self._member_change("/v3/cluster/member/promote", {"ID": str(member_id)})
+        return _members(answer)
+
+    # -- per-endpoint probes -----------------------------------------------------------------
+    async def endpoint_status(self, endpoint: str, patience: float = 2.0) -> EndpointStatus:
+        """Ask one member (any client URL, not only this client's endpoints) for its status.
+
+        Unavailable when it does not answer within ``patience`` seconds: that member is
+        unreachable.
+        """
+        endpoint = endpoint.rstrip("/")
+        # Answered from the member's own state, with or without a leader.
+        answer = await self._post_to(
+            endpoint, "/v3/maintenance/status", {}, patience, require_leader=False
+        )
+        header = answer.get("header", {})
+        return EndpointStatus(
+            endpoint=endpoint,
+            member_id=_int(header.get("member_id")),
+            leader=_int(answer.get("leader")),
+            raft_term=_int(answer.get("raftTerm")),
+            raft_index=_int(answer.get("raftIndex")),
+            db_size=_int(answer.get("dbSize")),
+            version=str(answer.get("version") or ""),
+            is_learner=bool(answer.get("isLearner")),
+            errors=tuple(str(e) for e in answer.get("errors") or ()),
+        )
+
+    async def member_statuses(
+        self, members: Sequence[ClusterMember], patience: float = 1.0
+    ) -> dict[int, EndpointStatus | None]:
+        """Every member's status by member ID, asked concurrently on its first client URL;
+        None for a member that did not answer within ``patience`` or has not started (no
+        client URL): a manager's Reachability is ``reachable`` when its status is there."""
+
+        async def one(member: ClusterMember) -> EndpointStatus | None:
+            if not member.client_urls:
+                return None
+            try:
+                return await self.endpoint_status(member.client_urls[0], patience)
+            except EngineError:
+                return None
+
+        answers = await asyncio.gather(*(one(member) for member in members))
+        return {member.id: answer for member, answer in zip(members, answers, strict=True)}
+
+    async def endpoint_healthy(self, endpoint: str, patience: float = 2.0) -> bool:
+        """True when that member answers, knows a leader, has no alarm, and serves a
+        linearizable read (which goes through the leader: the member is in the quorum).
+        A learner serves no such reads: it is healthy once it knows the leader."""
+        try:
+            status = await self.endpoint_status(endpoint, patience)
+            if not status.has_leader or status.errors:
+                return False
+            if status.is_learner:
+                return True
+            await self._post_to(endpoint.rstrip("/"), "/v3/kv/range", _barrier_read(), patience)
+        except EngineError:
+            return False
+        return True
 
     # -- watch ---------------------------------------------------------------------------
     async def watch_prefix(
@@ -393,7 +731,12 @@ class EtcdClient:
         session = self._require_session()
         try:
             async with session.post(
-                endpoint + "/v3/watch", json=request, timeout=self._stream_timeout
+                endpoint + "/v3/watch",
+                json=request,
+                timeout=self._stream_timeout,
+                # A member cut off from the quorum ends the stream (no leader) instead of
+                # keeping it open with no events: the loop then moves to another endpoint.
+                headers=_REQUIRE_LEADER,
             ) as resp:
                 if resp.status != 200:
                     raise _EndpointDown(f"watch: HTTP {resp.status}")
@@ -425,6 +768,12 @@ def _watch_events(line: bytes) -> list[WatchEvent]:
     return events
 
 
+def _barrier_read() -> dict[str, Any]:
+    """A linearizable read of (at most) one key name: proof the member is in the quorum
+    and has applied everything committed before it."""
+    return {"key": _b64("/wharfd/barrier"), "keys_only": True, "limit": 1}
+
+
 def _put_body(key: str, value: bytes, lease: int) -> dict[str, Any]:
     body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
     if lease:
@@ -435,6 +784,12 @@ def _put_body(key: str, value: bytes, lease: int) -> dict[str, Any]:
 def _raise_gateway_error(answer: dict[str, Any], status: int) -> None:
     code = _int(answer.get("code"))
     message = answer.get("message") or answer.get("error") or f"HTTP {status}"
+    if code == _GRPC_UNAVAILABLE and message == _NO_LEADER:
+        raise _NoLeader(str(message))
+    if code == _GRPC_UNAVAILABLE and message == _UNHEALTHY:
+        raise ClusterNotReady(f"etcd: {message}")
+    if code == _GRPC_FAILED_PRECONDITION:
+        raise MemberChangeRefused(f"etcd: {message}")
     if code == _GRPC_UNAVAILABLE or status in (502, 503):
         raise _EndpointDown(str(message))
     if code == _GRPC_NOT_FOUND:

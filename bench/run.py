@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import buildbench, netbench  # noqa: E402
+from bench import buildbench, netbench, swarmbench  # noqa: E402
 from tests.harness import rawhttp  # noqa: E402
 from tests.harness.busybox import BusyboxArtifacts  # noqa: E402
 from tests.harness.cli import docker_binary, import_busybox  # noqa: E402
@@ -684,6 +684,37 @@ def m_build_big_context(d: BaseDaemon, a: argparse.Namespace) -> float:
     return buildbench.big_context(d)
 
 
+def _swarm(measure: Callable[[], float]) -> float:
+    try:
+        return measure()
+    except (swarmbench.SwarmBenchError, AssertionError) as e:
+        raise MetricError(str(e)[:300]) from e
+
+
+def m_swarm_init(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return _swarm(lambda: swarmbench.init_seconds(d))
+
+
+def m_swarm_join(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return _swarm(lambda: swarmbench.join_seconds(d))
+
+
+def m_swarm_worker_down_5s(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return _swarm(lambda: swarmbench.worker_down_seconds(d, heartbeat=None))
+
+
+def m_swarm_worker_down_1s(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return _swarm(lambda: swarmbench.worker_down_seconds(d, heartbeat="1s"))
+
+
+def m_swarm_leader_failover(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return _swarm(lambda: swarmbench.leader_failover_seconds(d))
+
+
+def m_swarm_manager_restart(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return _swarm(lambda: swarmbench.manager_restart_seconds(d))
+
+
 def m_net_loopback(d: BaseDaemon, a: argparse.Namespace) -> float:
     return netbench.published_loopback(d, a.net_mib)
 
@@ -761,6 +792,18 @@ METRICS = [
            m_build_ten_cached),
     Metric("build_big_context", "docker build, COPY of a 100 MiB / 20 000 file context",
            "s", "lower", "(none)", m_build_big_context, heavy=True),
+    Metric("swarm_init", "docker swarm init --advertise-addr", "s", "lower",
+           "(none)", m_swarm_init, heavy=True),
+    Metric("swarm_join", "docker swarm join of a worker", "s", "lower", "(none)",
+           m_swarm_join, heavy=True),
+    Metric("swarm_worker_down_5s", "kill -9 worker daemon -> Down (heartbeat 5s)", "s",
+           "lower", "<= 15 s (3 heartbeats)", m_swarm_worker_down_5s, heavy=True),
+    Metric("swarm_worker_down_1s", "kill -9 worker daemon -> Down (heartbeat 1s)", "s",
+           "lower", "<= 3 s (3 heartbeats)", m_swarm_worker_down_1s, heavy=True),
+    Metric("swarm_leader_failover", "kill -9 leader (3 managers) -> write accepted", "s",
+           "lower", "<= 0.25x and <= 5 s", m_swarm_leader_failover, heavy=True),
+    Metric("swarm_manager_restart", "manager restart -> its node ls answers", "s",
+           "lower", "<= 1 s", m_swarm_manager_restart, heavy=True),
     Metric("net_loopback", "TCP N MiB via published port, from lo", "MiB/s", "higher",
            ">= 1x", m_net_loopback, heavy=True, network=True),
     Metric("net_other_netns", "TCP N MiB via published port, other netns", "MiB/s",

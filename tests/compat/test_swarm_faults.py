@@ -40,6 +40,7 @@ from tests.harness.swarm import (
     join,
     join_token,
     leader_hostname,
+    new_leader,
     node_status,
     nodes,
     nodes_by_hostname,
@@ -268,12 +269,12 @@ def test_killed_leader_gives_way_and_writes_resume(managers: Cluster) -> None:
     h1, h2, h3 = managers.hosts
     assert leader_hostname(h2) == "h1"
     h1.kill9()
-    new_leader = wait_for(lambda: leader_hostname(h2), 60, "a new leader seen from h2")
-    assert new_leader in ("h2", "h3")
+    leader = wait_for(lambda: new_leader(h2, "h1"), 60, "a new leader seen from h2")
+    assert leader in ("h2", "h3")
     wait_for(lambda: write_accepted(h2, "h3", "after-failover=1"), 60,
              "a write through h2 after the failover")
     assert write_accepted(h3, "h2", "after-failover=1")
-    assert leader_hostname(h3) == new_leader
+    assert leader_hostname(h3) == leader
 
 
 def test_quorum_loss_then_force_new_cluster(managers: Cluster, against_dockerd: bool) -> None:

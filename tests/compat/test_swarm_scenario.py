@@ -25,6 +25,7 @@ from tests.harness.swarm import (
     join,
     join_token,
     leader_hostname,
+    new_leader,
     node_status,
     nodes,
     nodes_by_hostname,
@@ -112,8 +113,8 @@ def test_seed_three_host_scenario(cluster: ClusterFactory) -> None:
 
     # kill -9 <h1's daemon>; h2$ docker node ls  -> h2 or h3 Leader, h1 Down/Unreachable
     h1.kill9()
-    new_leader = wait_for(lambda: leader_hostname(h2), 60, "a new leader seen from h2")
-    assert new_leader in ("h2", "h3")
+    leader = wait_for(lambda: new_leader(h2, "h1"), 60, "a new leader seen from h2")
+    assert leader in ("h2", "h3")
     def h1_unreachable() -> dict[str, dict[str, Any]] | None:
         rows = nodes_by_hostname(h2)
         return rows if rows["h1"]["ManagerStatus"] == "Unreachable" else None
@@ -121,7 +122,7 @@ def test_seed_three_host_scenario(cluster: ClusterFactory) -> None:
     rows = wait_for(h1_unreachable, 60, "h1 Unreachable seen from h2")
     assert rows["h1"]["Status"] in ("Down", "Unknown"), rows["h1"]
     # the other survivor answers too, with the same leader
-    assert wait_for(lambda: leader_hostname(h3), 30, "the leader seen from h3") == new_leader
+    assert wait_for(lambda: leader_hostname(h3), 30, "the leader seen from h3") == leader
 
     # a new leader learns the survivors' state from their next heartbeats (dockerd shows
     # them Unknown until then)
@@ -137,7 +138,7 @@ def test_seed_three_host_scenario(cluster: ClusterFactory) -> None:
     assert fields["Status.Availability"] == "Drain", pretty
     assert fields["Manager Status.Address"] == f"{h3.address}:{CLUSTER_PORT}", pretty
     assert fields["Manager Status.Raft Status"] == "Reachable", pretty
-    assert fields["Manager Status.Leader"] == ("Yes" if new_leader == "h3" else "No"), pretty
+    assert fields["Manager Status.Leader"] == ("Yes" if leader == "h3" else "No"), pretty
     assert NODE_ID.match(fields["ID"]), pretty
     assert fields["Platform.Operating System"] == "linux", pretty
     assert fields["Engine Version"], pretty

@@ -106,6 +106,13 @@ def leader_hostname(host: Host) -> str | None:
     return str(leaders[0]) if len(leaders) == 1 else None
 
 
+def new_leader(observer: Host, old: str) -> str | None:
+    """The leader ``observer`` shows when it is not ``old`` (None while it still is, or
+    while there is none)."""
+    leader = leader_hostname(observer)
+    return leader if leader not in (None, old) else None
+
+
 def node_status(host: Host, hostname: str) -> str | None:
     """``Status`` (Ready, Down, ...) of ``hostname``'s row in ``host``'s node ls."""
     try:

@@ -180,7 +180,8 @@ def test_join_with_a_malformed_token_is_refused(workers: Cluster) -> None:
     h1, _h2, h3, h4 = workers.hosts
     before1, before4 = _ids(h1), _ids(h4)
     r = fails(h3, "swarm", "join", "--token", "SWMTKN-1-nonsense", f"{h1.address}:{CLUSTER_PORT}")
-    assert "invalid join token" in r.stderr.lower(), r.stderr
+    # dockerd parses the token before any call: its text has no rpc prefix
+    assert r.stderr.strip() == "Error response from daemon: invalid join token", r.stderr
     _assert_nothing_joined(workers, before1, before4)
 
 
@@ -190,13 +191,10 @@ def test_join_with_another_swarms_token_is_refused(workers: Cluster) -> None:
     before1, before4 = _ids(h1), _ids(h4)
     foreign = join_token(h4, "worker")
     assert foreign.split("-")[2] != join_token(h1).split("-")[2]
-    r = fails(h3, "swarm", "join", "--token", foreign, f"{h1.address}:{CLUSTER_PORT}")
-    assert "fingerprint" in r.stderr.lower() or "ca" in r.stderr.lower(), r.stderr
-    _assert_nothing_joined(workers, before1, before4)
-    # and a manager token of the other swarm, for good measure
-    r = fails(h3, "swarm", "join", "--token", join_token(h4, "manager"),
-              f"{h1.address}:{CLUSTER_PORT}")
-    _assert_nothing_joined(workers, before1, before4)
+    for token in (foreign, join_token(h4, "manager")):
+        r = fails(h3, "swarm", "join", "--token", token, f"{h1.address}:{CLUSTER_PORT}")
+        assert "remote CA does not match fingerprint. Expected: " in r.stderr, r.stderr
+        _assert_nothing_joined(workers, before1, before4)
 
 
 def test_refused_joins_left_nothing_half_joined(workers: Cluster) -> None:

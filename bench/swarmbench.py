@@ -10,8 +10,10 @@ docker CLI 28 (tests/harness/swarm.py) and times one of them:
 - ``swarm_worker_down_5s`` / ``_1s``: kill -9 of a worker's daemon until the manager's
   ``node ls`` shows it ``Down``, with the default heartbeat (5 s) and with
   ``--dispatcher-heartbeat 1s``;
-- ``swarm_leader_failover``: kill -9 of the leader's daemon (3 managers) until a write
-  (``node update --label-add``) through another manager is accepted;
+- ``swarm_leader_failover``: kill -9 of the leader's daemon (3 managers) until another
+  manager's ``node ls`` shows a new leader and a write through it (``node update
+  --label-add``) is accepted; ``swarm_leader_host_lost``: the same when the leader's
+  host goes as a whole (daemon killed, cable cut: wharfd's etcd member goes with it);
 - ``swarm_manager_restart``: a manager's daemon stopped (SIGTERM) and started again,
   from the spawn until its ``node ls`` answers.
 
@@ -32,6 +34,7 @@ from tests.harness.swarm import (
     init,
     join,
     join_token,
+    new_leader,
     node_status,
     nodes,
     write_accepted,
@@ -100,20 +103,26 @@ def worker_down_seconds(d: BaseDaemon, heartbeat: str | None) -> float:
         return _until("worker Down", lambda: node_status(h1, "h2") == "Down") - t0
 
 
-def leader_failover_seconds(d: BaseDaemon) -> float:
+def leader_failover_seconds(d: BaseDaemon, host_lost: bool = False) -> float:
+    """Until another manager shows a new leader and accepts a write. ``host_lost``: the
+    leader's host goes as a whole (daemon killed and cable cut: wharfd's etcd member,
+    which outlives a daemon's kill -9, goes too)."""
     with _cluster(d, 3) as c:
         h1, h2, _h3 = c.hosts
         form(c, managers=3, heartbeat=None)
         n = 0
 
-        def one_write() -> bool:
+        def failed_over() -> bool:
             nonlocal n
             n += 1
-            return write_accepted(h2, "h3", f"failover={n}")
+            return (new_leader(h2, "h1") is not None
+                    and write_accepted(h2, "h3", f"failover={n}"))
 
         t0 = time.monotonic()
         h1.kill9()
-        return _until("a write after the leader's kill -9", one_write) - t0
+        if host_lost:
+            h1.disconnect("link")
+        return _until("a new leader and a write after the leader's loss", failed_over) - t0
 
 
 def _answers(host: Host) -> bool:

@@ -99,7 +99,7 @@ def run(a: argparse.Namespace) -> int:
         rc = subprocess.run(argv, cwd=src, env=env, timeout=a.timeout).returncode
         counts = summarize(junit)
         print(f"\n{d.kind}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-              + f" (pytest exit {rc})")
+              + f" (pytest exit {rc}; JUnit counts xfailed as skipped, xpassed as passed)")
         if a.log_tail and rc != 0:
             print(f"--- {d.kind} log tail ---\n{d.log_tail(a.log_tail)}")
         return rc

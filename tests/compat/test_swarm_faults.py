@@ -21,6 +21,7 @@ said where it is skipped.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -323,11 +324,18 @@ def _skewed_wharfd(offsets: dict[str, str]) -> Callable[..., DaemonProcess]:
     return make
 
 
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
+
+
 def _clock_offset(host: Host) -> float:
-    """Seconds the daemon's clock (``/info`` SystemTime) is ahead of ours."""
+    """Seconds the daemon's clock (``/info`` SystemTime, RFC 3339 with nanoseconds) is
+    ahead of ours."""
     stamp = ok(host, "info", "--format", "{{.SystemTime}}").strip()
-    theirs = datetime.fromisoformat(stamp.replace("Z", "+00:00")[:26] + stamp[-6:]
-                                    if not stamp.endswith("Z") else stamp[:26] + "+00:00")
+    m = _RFC3339.match(stamp)
+    assert m, stamp
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    micros = (m.group(2) or "0")[:6].ljust(6, "0")
+    theirs = datetime.fromisoformat(f"{m.group(1)}.{micros}{zone}")
     return theirs.timestamp() - time.time()
 
 

@@ -688,7 +688,7 @@ def _swarm(measure: Callable[[], float]) -> float:
     try:
         return measure()
     except (swarmbench.SwarmBenchError, AssertionError) as e:
-        raise MetricError(str(e)[:300]) from e
+        raise MetricError(str(e)[:1500]) from e
 
 
 def m_swarm_init(d: BaseDaemon, a: argparse.Namespace) -> float:

@@ -375,3 +375,31 @@ def test_autolocked_manager_restarts_locked(cluster: ClusterFactory) -> None:
     wait_for(lambda: swarm_info(h1)["LocalNodeState"] == "active", 30, "active after unlock")
     rows = wait_for(lambda: nodes(h1), 30, "node ls after unlock")
     assert [(r["Hostname"], r["ManagerStatus"]) for r in rows] == [("h1", "Leader")]
+
+
+def test_manager_join_and_the_quorum_warning_on_leave(cluster: ClusterFactory) -> None:
+    c = cluster(2, client=False)
+    h1, h2 = c.hosts
+    init(h1)
+    out = join(h2, join_token(h1, "manager"), h1)
+    assert out.strip() == "This node joined a swarm as a manager."
+    s = swarm_info(h2)
+    assert s["ControlAvailable"] is True
+    assert s["Managers"] == 2 and s["Nodes"] == 2
+    assert sorted(m["Addr"] for m in s["RemoteManagers"]) == sorted(
+        f"{h.address}:{CLUSTER_PORT}" for h in (h1, h2))
+    wait_for(lambda: nodes_by_hostname(h1)["h2"]["ManagerStatus"] == "Reachable", 30,
+             "h2 Reachable")
+    assert nodes_by_hostname(h2)["h1"]["ManagerStatus"] == "Leader"
+    # one of two managers leaving loses the quorum: refused with the reason
+    r = fails(h2, "swarm", "leave")
+    for part in (MANAGER_LEAVE_WARNING, "Removing this node leaves 1 managers out of 2.",
+                 "Use `--force` to suppress this message."):
+        assert part in r.stderr, r.stderr
+    assert swarm_info(h2)["LocalNodeState"] == "active"
+    # demoted first, it leaves as a worker
+    assert "Manager h2 demoted in the swarm." in ok(h1, "node", "demote", "h2")
+    wait_for(lambda: swarm_info(h2)["ControlAvailable"] is False, 30, "h2 a worker")
+    assert ok(h2, "swarm", "leave").strip() == NODE_LEFT
+    wait_for(lambda: node_status(h1, "h2") == "Down", 30, "h2 Down after it left")
+    assert nodes_by_hostname(h1)["h1"]["ManagerStatus"] == "Leader"

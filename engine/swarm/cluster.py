@@ -17,9 +17,10 @@ import base64
 import contextlib
 import ipaddress
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from secrets import token_bytes
 from typing import TypeVar
 
@@ -40,9 +41,11 @@ from engine.swarm.ca import (
     NodeIdentity,
     NodeRole,
     RootCA,
+    load_certificate,
     new_join_token,
     new_node_key_and_csr,
     parse_join_token,
+    renewal_time,
     role_for_join_token,
     verify_node_certificate,
 )
@@ -127,8 +130,11 @@ INVALID_ARGUMENT = "rpc error: code = InvalidArgument desc = "
 ETCD_TIMEOUT = 3.0  # one etcd request on one endpoint
 HEALTH_TIMEOUT = 1.0  # a member's health probe when a node list is read
 MEMBER_PATIENCE = 30.0
-MEMBER_CHANGE_PATIENCE = 12.0
+MEMBER_CHANGE_PATIENCE = 15.0
+PROMOTE_PATIENCE = 15.0
 MANAGERS_REFRESH = 3.0
+RENEWAL_CHECK = 3600.0  # the clock is looked at again at least hourly (it may jump)
+RENEWAL_RETRY = 30.0
 INFO_PATIENCE = 2.0  # /info answers without the cluster's counts rather than wait longer
 LOCKED_LEAVE = ("Swarm is encrypted and locked. Please unlock it first or use `--force` to "
                 "ignore this message.")
@@ -138,15 +144,20 @@ _LEAVE_SUFFIX = ("The only way to restore a swarm that has lost consensus is to 
                  "it with `--force-new-cluster`. Use `--force` to suppress this message.")
 
 
+_PASSING_REFUSALS = ("unhealthy cluster", "too many learner members")
+
+
 async def _while_unhealthy(call: Callable[[], Awaitable[T]]) -> T:
     """etcd refuses a membership change until every member has been connected for its
-    health interval (5 s): a change right after another waits here."""
+    health interval (5 s), and takes one learner at a time: a change right after another
+    (two managers joining or promoted together) waits here."""
     deadline = time.monotonic() + MEMBER_CHANGE_PATIENCE
     while True:
         try:
             return await call()
-        except Unavailable as err:
-            if "unhealthy cluster" not in str(err) or time.monotonic() > deadline:
+        except (Unavailable, Conflict) as err:
+            passing = any(text in str(err) for text in _PASSING_REFUSALS)
+            if not passing or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.5)
 
@@ -247,6 +258,7 @@ class SwarmManager:
         self._m: _Membership | None = None
         self._pending = False  # a join is under way
         self._locked: LocalState | None = None  # autolock: restarted, key still sealed
+        self._closing: set[asyncio.Task[None]] = set()  # memberships replaced, closing
         self._error = ""
 
     # ------------------------------------------------------------------ daemon lifecycle
@@ -266,8 +278,14 @@ class SwarmManager:
             self._locked = state
             log.info("swarm: this manager is locked (autolock); waiting for its unlock key")
             return
-        await asyncio.to_thread(self._files.unseal, "")
-        await self._restore(state)
+        try:
+            await asyncio.to_thread(self._files.unseal, "")
+            await self._restore(state)
+        except Exception as err:
+            # The daemon still starts (containers do not depend on the swarm); /info
+            # shows the swarm in error.
+            log.exception("swarm: could not restore this node's membership")
+            self._error = f"could not restore the swarm membership: {err}"
 
     async def _restore(self, state: LocalState) -> None:
         root = await asyncio.to_thread(self._files.load_root)
@@ -336,6 +354,7 @@ class SwarmManager:
         membership.spawn(membership.heartbeat.run(), "swarm-heartbeat")
         membership.spawn(self._follow_own_node(membership), "swarm-self-watch")
         membership.spawn(self._follow_managers(membership), "swarm-managers")
+        membership.spawn(self._renew_certificate(membership), "swarm-cert-renewal")
         if membership.state.is_manager:
             self._start_manager_work(membership)
 
@@ -399,6 +418,7 @@ class SwarmManager:
         listen_host, listen_port = split_host_port(request.ListenAddr)
         address, cluster_port = await asyncio.to_thread(
             advertise_address, request.AdvertiseAddr, listen_host, listen_port)
+        await asyncio.to_thread(_check_can_listen, listen_host, listen_port)
         root = await asyncio.to_thread(RootCA.create)
         cluster_id, node_id = new_swarm_id(), new_swarm_id()
         key, csr = await asyncio.to_thread(new_node_key_and_csr)
@@ -564,6 +584,8 @@ class SwarmManager:
                     raise Unavailable("the manager sent no etcd cluster to join")
                 await member.start_joining(answer.initial_cluster)
                 await member.wait_healthy(MEMBER_PATIENCE)
+                if answer.member_id is not None:
+                    await self._promote_own_member(state, answer.member_id)
             membership = await self._open(state, root)
             membership.member = member
             await asyncio.to_thread(self._files.save_state, state)
@@ -630,9 +652,10 @@ class SwarmManager:
             endpoints, manager_addrs = await self._manager_endpoints(membership)
             await store.create(node_key(node_id), node)
             initial: str | None = None
+            member_id: int | None = None
             if role is NodeRole.MANAGER:
                 try:
-                    initial = await self._add_member(membership, node_id, address,
+                    initial, member_id = await self._add_member(membership, node_id, address,
                                                      request.listen_port)
                 except BaseException:
                     await store.delete(node_key(node_id))
@@ -647,6 +670,7 @@ class SwarmManager:
             ca_key=secrets.doc.ca_key if role is NodeRole.MANAGER else None,
             etcd_endpoints=endpoints, manager_addrs=manager_addrs,
             initial_cluster=initial, member_name=node_id if initial else None,
+            member_id=member_id,
         )
 
     async def _add_member(
@@ -655,10 +679,36 @@ class SwarmManager:
         node_id: str,
         address: ipaddress.IPv4Address | ipaddress.IPv6Address,
         cluster_port: int,
-    ) -> str:
+    ) -> tuple[str, int]:
+        """Add the node's member as a *learner* (it does not count for the quorum until
+        it has caught up and promoted itself: a joiner that never starts cannot take the
+        quorum away); returns its ``--initial-cluster`` and member ID."""
         member_id, members = await _while_unhealthy(
-            lambda: membership.client.member_add([peer_url_for(address, cluster_port)]))
-        return initial_cluster(members, member_id, node_id)
+            lambda: membership.client.member_add([peer_url_for(address, cluster_port)],
+                                                 learner=True))
+        return initial_cluster(members, member_id, node_id), member_id
+
+    async def _promote_own_member(self, state: LocalState, member_id: int) -> None:
+        """Make our freshly started learner a voting member, through the other managers'
+        members (a learner serves almost nothing itself)."""
+        own = client_url_for(_ip(state.advertise_addr), state.cluster_port)
+        others = [e for e in state.etcd_endpoints if e != own]
+        deadline = time.monotonic() + PROMOTE_PATIENCE
+        async with EtcdClient(others, tls=self._member_tls().client_tls(),
+                              timeout=ETCD_TIMEOUT, connect_timeout=1.0) as client:
+            while True:
+                try:
+                    await client.member_promote(member_id)
+                    return
+                except EngineError as err:
+                    with contextlib.suppress(EngineError):
+                        # A promotion whose answer was lost may have happened.
+                        members = await client.member_list()
+                        if any(m.id == member_id and not m.is_learner for m in members):
+                            return
+                    if time.monotonic() > deadline:
+                        raise Unavailable(f"etcd member not promoted: {err}") from err
+                await asyncio.sleep(0.3)
 
     async def _manager_endpoints(self, membership: _Membership) -> tuple[list[str], list[str]]:
         members = await membership.client.member_list()
@@ -721,6 +771,29 @@ class SwarmManager:
             await asyncio.to_thread(self._files.save_state, state)
             membership.state = state
             membership.client.set_endpoints(_own_endpoint_first(state))
+
+    async def _renew_certificate(self, membership: _Membership) -> None:
+        """Renew the node certificate at a random point between half and 80% of its
+        lifetime (ca.renewal_time), from any manager; then reopen with it."""
+        cert = load_certificate(await asyncio.to_thread(self._files.node_cert.read_bytes))
+        due = renewal_time(cert)
+        while True:
+            wait = (due - datetime.now(UTC)).total_seconds()
+            if wait <= 0:
+                break
+            await asyncio.sleep(min(wait, RENEWAL_CHECK))
+        while True:
+            try:
+                async with self._lock:
+                    if self._m is not membership:
+                        return
+                    await self._new_certificate(membership)
+                    await self._reopen(membership, membership.state, membership.member)
+                log.info("swarm: node certificate renewed")
+                return
+            except EngineError as err:
+                log.warning("swarm: node certificate not renewed yet: %s", err)
+                await asyncio.sleep(RENEWAL_RETRY)
 
     async def _seal_as_the_cluster_says(self, membership: _Membership) -> None:
         """Autolock on a manager: the node key on disk sealed with the current unlock key
@@ -789,13 +862,13 @@ class SwarmManager:
         if answer.role != "manager":
             return
         membership.root = RootCA.from_pem(answer.ca_bundle.encode())
-        membership.member_ready.clear()
         state = membership.state.model_copy(update={"role": "manager"})
         member = self._member_for(state)
-        initial = await self._add_member(membership, state.node_id, _ip(state.advertise_addr),
-                                         state.cluster_port)
+        initial, member_id = await self._add_member(
+            membership, state.node_id, _ip(state.advertise_addr), state.cluster_port)
         await member.start_joining(initial)
         await member.wait_healthy(MEMBER_PATIENCE)
+        await self._promote_own_member(state, member_id)
 
         def with_manager_status(node: Node) -> Node | None:
             if node.ManagerStatus is not None:
@@ -847,13 +920,22 @@ class SwarmManager:
     ) -> None:
         """Replace the membership's client and loops for a new role (from inside a loop
         of the old one: it is closed by a task of its own after this returns)."""
+        # The old leader work and listener go first: the new ones take the same port.
+        await old.stop_manager_tasks()
+        if old.election is not None:
+            await old.election.resign()
+        if old.server is not None:
+            await old.server.close()
+            old.server = None
         root = await asyncio.to_thread(self._files.load_root)
         fresh = await self._open(state, root)
         fresh.member = member
         fresh.member_ready.set()
         self._m = fresh
         self._activate(fresh)
-        asyncio.get_running_loop().create_task(old.close())
+        closing = asyncio.get_running_loop().create_task(old.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     # ------------------------------------------------------------------ leave
     async def leave(self, force: bool) -> None:
@@ -1041,12 +1123,9 @@ class SwarmManager:
     async def _healthy_members(
         self, membership: _Membership, members: Sequence[ClusterMember]
     ) -> dict[str, bool]:
-        """Node id (the member's name) → whether its member serves reads now."""
-        async def probe(name: str, url: str) -> tuple[str, bool]:
-            return name, await membership.client.endpoint_healthy(url, HEALTH_TIMEOUT)
-
-        probes = [probe(m.name, m.client_urls[0]) for m in members if m.name and m.client_urls]
-        return dict(await asyncio.gather(*probes))
+        """Node id (the member's name) → whether its member answers now."""
+        statuses = await membership.client.member_statuses(members, HEALTH_TIMEOUT)
+        return {m.name: statuses.get(m.id) is not None for m in members if m.name}
 
     async def list_nodes(self, filters: Mapping[str, Sequence[str]]) -> list[Node]:
         membership = self._manager()
@@ -1124,6 +1203,20 @@ class _PeerHandlers:
     async def _ready(self) -> None:
         if not self._membership.member_ready.is_set():
             raise Unavailable(MANAGER_NOT_READY)
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Fail init/join at once (dockerd's text) when the cluster port is taken, rather
+    than leave a node whose listener could not start."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise InvalidParameter(
+                f"failed to listen on remote API address: listen tcp {host}:{port}: "
+                f"bind: {err.strerror or err}") from None
 
 
 def _own_endpoint_first(state: LocalState) -> list[str]:

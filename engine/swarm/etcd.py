@@ -4,7 +4,9 @@ It talks to etcd 3.4's JSON gateway (``/v3/...``, keys and values base64) over a
 which the import contract in pyproject allows here; docs/decisions.md says why this and
 not a gRPC client. Every call tries the endpoints in turn on a connection failure and
 sticks to the one that answered; when none answers the caller gets
-:class:`engine.errors.Unavailable`. Nothing here blocks the event loop (the TLS files are
+:class:`engine.errors.Unavailable` (time bounds: :class:`EtcdClient`). Membership calls
+(list, add, remove, promote) and per-member status serve the swarm's etcd members
+(engine/swarm/member.py). Nothing here blocks the event loop (the TLS files are
 read in a thread).
 """
 
@@ -247,6 +249,7 @@ class _NoLeader(_NotSent):
 _REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 _NO_LEADER = "etcdserver: no leader"
 _UNHEALTHY = "etcdserver: unhealthy cluster"
+_LEARNER_REFUSES = "etcdserver: rpc not supported for learner"
 _LEADER_POLL = 0.2  # seconds between rounds while the members know no leader
 _MEMBER_CHANGE_PATIENCE = 10.0  # etcd counts a member as started 5 s after it connected
 
@@ -786,6 +789,8 @@ def _raise_gateway_error(answer: dict[str, Any], status: int) -> None:
     message = answer.get("message") or answer.get("error") or f"HTTP {status}"
     if code == _GRPC_UNAVAILABLE and message == _NO_LEADER:
         raise _NoLeader(str(message))
+    if message == _LEARNER_REFUSES:
+        raise _NotSent(str(message))  # a learner serves no writes nor linearizable reads
     if code == _GRPC_UNAVAILABLE and message == _UNHEALTHY:
         raise ClusterNotReady(f"etcd: {message}")
     if code == _GRPC_FAILED_PRECONDITION:

@@ -21,6 +21,7 @@ Flags and timeouts are explained in docs/swarm.md ("The etcd member").
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import enum
 import ipaddress
@@ -28,9 +29,12 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Iterator
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cryptography import x509
 
@@ -43,6 +47,7 @@ from engine.swarm.etcd import EtcdClient, EtcdTLS
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_T = TypeVar("_T")
 
 CLIENT_PORT_OFFSET = 2  # etcd client port = cluster (ListenAddr) port + 2: 2379 for 2377
 PEER_PORT_OFFSET = 3  # etcd peer port = cluster port + 3: 2380
@@ -331,37 +336,7 @@ class EtcdMember:
     ) -> None:
         binary = await asyncio.to_thread(self._prepare)
         argv = member_argv(binary, self.config, self.data_dir, mode, initial_cluster, cluster_token)
-        launcher = await asyncio.create_subprocess_exec(
-            "/bin/sh",
-            "-c",
-            _LAUNCHER,
-            "wharfd-etcd-launcher",
-            str(self.log_file),
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            # Under uvloop the launcher's pipes stay open in etcd after sh exits, so
-            # reading them to EOF (communicate) would wait for etcd's exit: read the one
-            # line sh prints and wait for sh alone. sh has nothing else to say.
-            stderr=asyncio.subprocess.DEVNULL,
-            env=_ETCD_ENV,
-            cwd="/",
-            start_new_session=True,
-        )
-        assert launcher.stdout is not None
-        try:
-            async with asyncio.timeout(LAUNCH_PATIENCE):
-                out = await launcher.stdout.readline()
-                await launcher.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                launcher.kill()
-            await launcher.wait()
-            raise SystemError_("etcd launcher did not answer") from None
-        try:
-            pid = int(out.strip())
-        except ValueError:
-            raise SystemError_(f"etcd launcher failed ({launcher.returncode})") from None
+        pid = await _in_a_new_thread(_launch, argv, self.log_file)
         await asyncio.to_thread(self._write_pid_file, pid)
         self._pid = pid
         log.info("started etcd member %s (%s) as pid %d", self.config.name, mode.value, pid)
@@ -393,9 +368,7 @@ class EtcdMember:
         deadline = loop.time() + patience
         async with self.client() as client:
             while True:
-                if self._pid is None or not await asyncio.to_thread(
-                    _is_etcd_of, self._pid, self.data_dir
-                ):
+                if not await self.is_running():
                     tail = await asyncio.to_thread(_log_tail, self.log_file)
                     raise Unavailable(f"etcd member is not running; its log ends: {tail}")
                 remaining = deadline - loop.time()
@@ -416,7 +389,7 @@ class EtcdMember:
             await self._stop(patience)
 
     async def _stop(self, patience: float = 10.0) -> None:
-        pid = self._pid if self._pid is not None else await self.adopt()
+        pid = await self.adopt()  # the pid file's process if it is ours, else a search
         if pid is not None:
             await self._terminate(pid, patience)
         self._pid = None
@@ -461,6 +434,58 @@ class EtcdMember:
 
 
 # -- processes ------------------------------------------------------------------------------
+
+
+def _launch(argv: list[str], log_file: Path) -> int:
+    """Run the launcher sh (blocking); returns etcd's pid.
+
+    The standard library's subprocess, not the event loop's: uvloop's children inherit
+    copies of their stdio sockets and of a loop pipe above fd 2 (close_fds does not reach
+    them), which the backgrounded etcd would keep open for its whole life (so the
+    launcher's output never ended) along with whatever else leaked. subprocess closes
+    every descriptor above 2 in the child.
+    """
+    with subprocess.Popen(
+        ["/bin/sh", "-c", _LAUNCHER, "wharfd-etcd-launcher", str(log_file), *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_ETCD_ENV,
+        cwd="/",
+        start_new_session=True,
+        close_fds=True,
+    ) as launcher:
+        try:
+            out, err = launcher.communicate(timeout=LAUNCH_PATIENCE)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            launcher.wait()
+            raise SystemError_("etcd launcher did not answer") from None
+    try:
+        return int(out.strip())
+    except ValueError:
+        raise SystemError_(
+            f"etcd launcher failed ({launcher.returncode}): {err.decode(errors='replace')}"
+        ) from None
+
+
+async def _in_a_new_thread(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` in a thread started for it. Unlike a pool thread, which keeps the
+    namespaces it was created in, a new thread starts in the caller's current ones: the
+    launched member lives in the network namespace the caller is in (the tests start the
+    members of several hosts from one event loop)."""
+    outcome: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+    def run() -> None:
+        if not outcome.set_running_or_notify_cancel():
+            return
+        try:
+            outcome.set_result(fn(*args))
+        except BaseException as error:  # handed to the awaiting coroutine
+            outcome.set_exception(error)
+
+    threading.Thread(target=run, name="etcd-launcher", daemon=True).start()
+    return await asyncio.wrap_future(outcome)
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -550,8 +575,9 @@ def _log_tail(path: Path, size: int = 2000) -> str:
 
 def _check_certificate_names(cert_file: Path, address: IPAddress) -> None:
     """etcd's peers and clients dial ``https://<ip>:port`` and check that IP in the
-    certificate: a node certificate without it would start, then fail every handshake.
-    Say so at once instead (the CA adds it: ``sign_node_csr(addresses=[...])``)."""
+    certificate, and peers accept only managers' certificates: a node certificate without
+    either would start, then fail handshakes. Say so at once instead (the CA adds the IP:
+    ``sign_node_csr(addresses=[...])``)."""
     try:
         cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
     except (OSError, ValueError) as err:
@@ -564,4 +590,9 @@ def _check_certificate_names(cert_file: Path, address: IPAddress) -> None:
         raise InvalidParameter(
             f"node certificate has no IP SAN for the advertise address {address}: "
             "etcd peers and clients could not verify it"
+        )
+    if NodeRole.MANAGER.ou not in sans.get_values_for_type(x509.DNSName):
+        raise InvalidParameter(
+            "node certificate is not a manager's: the other members would refuse it "
+            "on their peer port (--peer-cert-allowed-hostname)"
         )

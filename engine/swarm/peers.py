@@ -79,6 +79,7 @@ class JoinPeerAnswer(BaseModel):
     manager_addrs: list[str]  # the managers' cluster API addresses (ip:port)
     initial_cluster: str | None = None  # managers: etcd's --initial-cluster
     member_name: str | None = None
+    member_id: int | None = None  # managers join as an etcd learner and promote it
 
 
 class CertificateRequest(BaseModel):

@@ -32,6 +32,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+import uvloop
 
 from engine.errors import NotFound, Unavailable
 from engine.layout import Layout
@@ -575,6 +576,14 @@ async def test_learner_joins_without_risking_the_quorum(stopped_after: list[Mana
         await second.member.wait_healthy(30)
         status = await client.endpoint_status(second.member.client_url)
         assert status.is_learner and status.has_leader
+        # A learner refuses writes and linearizable reads: a client goes on to the next
+        # endpoint, even with a compare-and-swap (the refusal is not a lost answer).
+        endpoints = [second.member.client_url, first.member.client_url]
+        async with EtcdClient(endpoints, tls=first.member.config.tls.client_tls()) as both:
+            await both.put_if_mod_revision("/t/past-the-learner", b"x", 0)
+        async with second.member.client() as learner_only:
+            with pytest.raises(Unavailable, match="not supported for learner"):
+                await learner_only.get("/t/past-the-learner")
 
         deadline = time.monotonic() + 15
         while True:
@@ -610,3 +619,147 @@ async def test_a_join_the_cluster_does_not_expect_fails_clearly(
     assert not await second.member.has_data()
     async with first.member.client() as client:
         assert [m.name for m in await client.member_list()] == [first.name]
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_a_partitioned_member_neither_serves_nor_disrupts(
+    stopped_after: list[Manager],
+) -> None:
+    """A follower cut off the LAN refuses requests (no leader) while the majority writes
+    on; back on the LAN it catches up without deposing the leader (pre-vote: its failed
+    elections did not raise the term)."""
+    managers = stopped_after
+    await _grow(managers)
+    async with _all_endpoints(managers) as client:
+        by_url = {m.member.client_url: m for m in managers}
+        statuses = {url: await client.endpoint_status(url) for url in by_url}
+        leader_id = next(iter(statuses.values())).leader
+        leader_url = next(u for u, st in statuses.items() if st.member_id == leader_id)
+        cut = next(m for u, m in by_url.items() if u != leader_url)
+        term_before = statuses[leader_url].raft_term
+
+        await asyncio.to_thread(cut.host.disconnect, "nft")
+        try:
+            with on(cut.host):  # as the cut-off node's own wharfd sees it
+                async with cut.member.client(timeout=2.0) as local:
+                    deadline = time.monotonic() + 10
+                    while (await local.endpoint_status(cut.member.client_url)).has_leader:
+                        assert time.monotonic() < deadline, "cut-off member keeps its leader"
+                        await asyncio.sleep(0.2)
+                    with pytest.raises(Unavailable, match="no leader"):
+                        await local.put("/t/cut-off", b"refused")
+            during = await client.put("/t/during-partition", b"majority")
+            await asyncio.sleep(3)  # several election timeouts on the cut-off side
+        finally:
+            await asyncio.to_thread(cut.host.reconnect)
+
+        await cut.member.wait_healthy(30)
+        async with cut.member.client() as through_cut:
+            kv = await through_cut.get("/t/during-partition")
+            assert kv is not None and kv.mod_revision == during
+            assert await through_cut.get("/t/cut-off") is None
+        after = await client.endpoint_status(leader_url)
+        assert (after.leader, after.raft_term) == (leader_id, term_before)
+
+
+async def _served_certificate(url: str, tls: MemberTLS) -> bytes:
+    """The certificate (DER) the member presents on a new TLS connection."""
+    context = await asyncio.to_thread(_tls_context, tls)
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    _, writer = await asyncio.open_connection(host, int(port), ssl=context)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        assert isinstance(der, bytes)
+        return der
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_a_renewed_certificate_is_served_without_a_restart(
+    stopped_after: list[Manager], root_ca: RootCA, tmp_path: Path
+) -> None:
+    """etcd reads its certificate and key at every handshake: renewing the node
+    certificate (files replaced atomically, same paths) needs no restart of the member."""
+    m = stopped_after[0]
+    tls = m.member.config.tls
+    await m.member.start_new(CLUSTER_ID)
+    await m.member.wait_healthy(30)
+    before = await _served_certificate(m.member.client_url, tls)
+    assert before == ssl.PEM_cert_to_DER_cert(await asyncio.to_thread(tls.cert_file.read_text))
+
+    renewed = await asyncio.to_thread(
+        _write_node_files,
+        root_ca,
+        tmp_path / "renewed",
+        m.name,
+        NodeRole.MANAGER,
+        m.host.address,
+    )
+    for new, old in ((renewed.key_file, tls.key_file), (renewed.cert_file, tls.cert_file)):
+        await asyncio.to_thread(os.replace, new, old)
+    pid = m.member.pid
+    for url in (m.member.client_url, m.member.peer_url):
+        served = await _served_certificate(url, tls)
+        assert served != before
+        assert served == ssl.PEM_cert_to_DER_cert(await asyncio.to_thread(tls.cert_file.read_text))
+    assert m.member.pid == pid and await m.member.is_running()
+    async with m.member.client() as client:
+        await client.put("/t/after-renewal", b"ok")
+
+
+def _fd_targets(pid: int) -> dict[int, str]:
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+    return out
+
+
+def _signal_masks(pid: int) -> dict[str, int]:
+    masks = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("SigBlk", "SigIgn"):
+            masks[name] = int(value.strip(), 16)
+    return masks
+
+
+def test_started_from_uvloop_the_member_holds_nothing_of_ours(
+    managers: list[Manager], lan: Cluster
+) -> None:
+    """wharfd runs uvloop, whose children inherit copies of their stdio sockets and of a
+    loop pipe above fd 2: a member launched that way would hold them (and its launcher's
+    output would never end). Launched from uvloop, the member has /dev/null and its log
+    as stdio and no descriptor shared with us."""
+    m = managers[0]
+
+    async def scenario() -> tuple[float, dict[int, str], dict[str, int], float]:
+        began = time.monotonic()
+        try:
+            await m.member.start_new(CLUSTER_ID)
+            took = time.monotonic() - began
+            await m.member.wait_healthy(30)
+            assert m.member.pid is not None
+            fds = await asyncio.to_thread(_fd_targets, m.member.pid)
+            masks = await asyncio.to_thread(_signal_masks, m.member.pid)
+        finally:
+            stopping = time.monotonic()
+            await m.member.stop()
+        return took, fds, masks, time.monotonic() - stopping
+
+    with thread_in_netns(lan.hosts[0].netns):
+        took, fds, masks, stop_took = uvloop.run(scenario())
+    assert took < 5
+    # SIGTERM reaches it (neither blocked nor ignored), so stop needs no SIGKILL.
+    assert not masks["SigBlk"] & (1 << (signal.SIGTERM - 1))
+    assert not masks["SigIgn"] & (1 << (signal.SIGTERM - 1))
+    assert stop_took < 5
+    assert fds[0] == "/dev/null"
+    assert fds[1] == fds[2] == str(m.layout.swarm_etcd_log)
+    ours = {t for t in _fd_targets(os.getpid()).values() if t.startswith(("pipe:", "socket:"))}
+    assert not [fd for fd, t in fds.items() if fd > 2 and (t == "/dev/null" or t in ours)]
+    assert _etcd_pids_of(m.layout.swarm_etcd_data_dir) == []

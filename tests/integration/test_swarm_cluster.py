@@ -6,12 +6,15 @@ a manager's restart. Broader scenarios and faults live in the swarm scenario tes
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.harness.cli import import_busybox
 from tests.harness.cluster import Cluster, Host
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -165,11 +168,15 @@ def test_update_leave_and_rm(cluster: ClusterFactory) -> None:
         "inactive")
 
 
-def test_worker_killed_goes_down_and_comes_back(cluster: ClusterFactory) -> None:
+def test_worker_killed_goes_down_and_comes_back(
+    cluster: ClusterFactory, busybox_tar: Path
+) -> None:
     c = cluster(2)
     h1, h2 = c.hosts
     _init(h1, "--dispatcher-heartbeat", "1s")
     _join(h2, h1, "worker")
+    import_busybox(h2.require_daemon(), busybox_tar)
+    container = _ok(h2, "run", "-d", "busybox", "sleep", "600").strip()
     h2.kill9()
     took = _eventually(lambda: _by_hostname(h1)["h2"]["Status"] == "Down",
                        within=3 * HEARTBEAT + 2.0)
@@ -178,6 +185,8 @@ def test_worker_killed_goes_down_and_comes_back(cluster: ClusterFactory) -> None
     _eventually(lambda: _by_hostname(h1)["h2"]["Status"] == "Ready", within=10)
     state = json.loads(_ok(h2, "info", "--format", "{{json .Swarm}}"))
     assert state["LocalNodeState"] == "active"
+    # live-restore in swarm mode: the worker's containers outlived its daemon
+    assert _ok(h2, "inspect", "--format", "{{.State.Running}}", container).strip() == "true"
 
 
 def test_leader_killed_another_manager_leads_and_writes(cluster: ClusterFactory) -> None:
@@ -251,6 +260,18 @@ def test_autolock_a_restarted_manager_stays_locked_until_unlocked(
 ) -> None:
     c = cluster(1, client=False)
     (h1,) = c.hosts
+    # a cluster port that is taken fails the init at once, leaving no swarm behind
+    taken = subprocess.Popen(h1.wrap(["busybox", "nc", "-l", "-p", "2377"]),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _eventually(lambda: "2377" in h1.run(["ss", "-ltn"]).stdout, within=5)
+        refused = h1.docker("swarm", "init", "--advertise-addr", h1.address)
+        assert "failed to listen on remote API address" in refused.stderr
+        assert json.loads(_ok(h1, "info", "--format", "{{json .Swarm}}"))[
+            "LocalNodeState"] == "inactive"
+    finally:
+        taken.kill()
+        taken.wait()
     _init(h1, "--autolock")
     key = _ok(h1, "swarm", "unlock-key", "-q").strip()
     assert key.startswith("SWMKEY-1-")
@@ -276,3 +297,34 @@ def test_autolock_a_restarted_manager_stays_locked_until_unlocked(
     h1.start()
     assert "invalid key provided" in h1.docker("swarm", "unlock", input=key + "\n").stderr
     assert h1.docker("swarm", "unlock", input=new_key + "\n").returncode == 0
+
+
+def test_promote_and_demote(cluster: ClusterFactory) -> None:
+    c = cluster(3, client=False)
+    h1, h2, h3 = c.hosts
+    _init(h1, "--dispatcher-heartbeat", "1s")
+    _join(h2, h1, "worker")
+    _join(h3, h1, "worker")
+    _ok(h1, "node", "promote", "h2", "h3")
+
+    def managers_reachable() -> bool:
+        nodes = _by_hostname(h1)
+        return all(nodes[h]["ManagerStatus"] == "Reachable" for h in ("h2", "h3"))
+
+    _eventually(managers_reachable, within=20)
+    for host in (h2, h3):
+        info = json.loads(_ok(host, "info", "--format", "{{json .Swarm}}"))
+        assert info["ControlAvailable"] is True and info["Managers"] == 3
+    assert _by_hostname(h3)["h1"]["ManagerStatus"] == "Leader"
+
+    _ok(h1, "node", "demote", "h3")
+    _eventually(lambda: not json.loads(
+        _ok(h3, "info", "--format", "{{json .Swarm}}"))["ControlAvailable"], within=15)
+    nodes = _by_hostname(h2)
+    assert nodes["h3"]["ManagerStatus"] == "" and nodes["h3"]["Status"] == "Ready"
+    assert "Worker nodes can't be used" in h3.docker("node", "ls").stderr
+    # a demoted node can leave without --force and be removed
+    _ok(h3, "swarm", "leave")
+    _eventually(lambda: _by_hostname(h1)["h3"]["Status"] == "Down", within=5)
+    _ok(h2, "node", "rm", "h3")
+    assert set(_by_hostname(h1)) == {"h1", "h2"}

@@ -153,3 +153,24 @@ async def test_certificate_without_the_advertise_ip_is_refused(
         await member.start_new("c1")
     assert member.pid is None
     assert not await asyncio.to_thread(layout.swarm_etcd_pidfile.exists)
+
+
+@pytest.fixture
+def worker_tls(tmp_path: Path) -> MemberTLS:
+    root = RootCA.create()
+    key, csr = new_node_key_and_csr()
+    cert = root.sign_node_csr(csr, "node1", NodeRole.WORKER, "c1", addresses=[V4])
+    tls = MemberTLS(tmp_path / "ca.crt", tmp_path / "node.crt", tmp_path / "node.key")
+    tls.ca_file.write_bytes(root.bundle_pem)
+    tls.cert_file.write_bytes(cert)
+    tls.key_file.write_bytes(key)
+    return tls
+
+
+@pytest.mark.asyncio
+async def test_a_worker_certificate_is_refused(tmp_path: Path, worker_tls: MemberTLS) -> None:
+    layout = Layout(tmp_path / "data", tmp_path / "exec")
+    member = EtcdMember(layout, MemberConfig("node1", V4, worker_tls))
+    with pytest.raises(InvalidParameter, match="not a manager's"):
+        await member.start_new("c1")
+    assert member.pid is None

@@ -220,20 +220,24 @@ def managers(module_cluster: ClusterFactory) -> Iterator[Cluster]:
 
 
 def test_restarted_manager_answers_at_once(managers: Cluster, against_dockerd: bool) -> None:
-    _h1, h2, _h3 = managers.hosts
+    """"At once": the first cluster call after the daemon answers /_ping is answered, no
+    retry. (How long the start takes is bench/'s swarm_manager_restart: dockerd 20.10
+    needs 13-17 s before its API answers, notes §12, and even then its first node ls
+    may fail with "context deadline exceeded": under --against-dockerd it is polled.)"""
+    h1, h2, _h3 = managers.hosts
     h2.stop()
-    t0 = time.monotonic()
     h2.start()  # returns once /_ping answers
-    ping_s = time.monotonic() - t0
-    rows = wait_for(lambda: nodes_by_hostname(h2), 30, "node ls on the restarted h2")
-    answered_s = time.monotonic() - t0
+    if against_dockerd:
+        rows = wait_for(lambda: nodes_by_hostname(h2), 60, "node ls on the restarted h2")
+    else:
+        rows = nodes_by_hostname(h2)
     assert sorted(rows) == ["h1", "h2", "h3"]
     assert rows["h2"]["Self"] is True
-    assert swarm_info(h2)["ControlAvailable"] is True
-    if not against_dockerd:
-        # dockerd 20.10 needs 13-17 s here (notes §12); wharfd answers at once
-        assert answered_s <= 5.0, f"/_ping after {ping_s:.1f}s, node ls after {answered_s:.1f}s"
+    s = swarm_info(h2)
+    assert s["LocalNodeState"] == "active" and s["ControlAvailable"] is True
     wait_for(lambda: leader_hostname(h2) == "h1", 30, "h1 still the leader")
+    wait_for(lambda: nodes_by_hostname(h1)["h2"]["Status"] == "Ready", 30,
+             "h2 Ready on h1")
 
 
 def test_partitioned_manager_cannot_touch_cluster_state(managers: Cluster,

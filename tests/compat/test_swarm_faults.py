@@ -32,7 +32,7 @@ import pytest
 
 from tests.harness.cli import import_busybox
 from tests.harness.cluster import Cluster, Host
-from tests.harness.daemon import DaemonProcess
+from tests.harness.daemon import DaemonProcess, pid_alive
 from tests.harness.swarm import (
     CLUSTER_PORT,
     fails,
@@ -117,9 +117,18 @@ def workers(module_cluster: ClusterFactory, busybox_tar: Path) -> Iterator[Clust
     yield c
 
 
+#: the pid of h2's container "kept" before its daemon was killed
+KEPT: dict[str, int] = {}
+
+
+def _run_kept(h2: Host) -> None:
+    ok(h2, "run", "-d", "--name", "kept", "busybox", "sleep", "600")
+    KEPT["pid"] = int(ok(h2, "inspect", "--format", "{{.State.Pid}}", "kept"))
+
+
 def test_killed_worker_goes_down_within_three_heartbeats(workers: Cluster) -> None:
     h1, h2 = workers.hosts[:2]
-    ok(h2, "run", "-d", "--name", "kept", "busybox", "sleep", "600")
+    _run_kept(h2)
     t0 = time.monotonic()
     h2.kill9()
     wait_for(lambda: node_status(h1, "h2") == "Down", 30, "h2 Down after kill -9")
@@ -139,13 +148,15 @@ def test_killed_worker_back_ready_with_its_containers(workers: Cluster,
                     "unreachable)")
     h1, h2 = workers.hosts[:2]
     if h2.require_daemon().running:  # alone with -k: kill it here
-        ok(h2, "run", "-d", "--name", "kept", "busybox", "sleep", "600")
+        _run_kept(h2)
         h2.kill9()
         wait_for(lambda: node_status(h1, "h2") == "Down", 30, "h2 Down after kill -9")
+    assert pid_alive(KEPT["pid"])  # the container outlived its daemon
     h2.start()
     wait_for(lambda: node_status(h1, "h2") == "Ready", 10 * HEARTBEAT_S, "h2 Ready again")
     state = json.loads(ok(h2, "inspect", "--format", "{{json .State}}", "kept"))
     assert state["Running"] is True, state
+    assert state["Pid"] == KEPT["pid"], state  # the same process, not a restart
     s = swarm_info(h2)
     assert s["LocalNodeState"] == "active"
     assert s["ControlAvailable"] is False

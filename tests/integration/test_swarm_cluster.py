@@ -167,6 +167,13 @@ def test_update_leave_and_rm(cluster: ClusterFactory) -> None:
     assert json.loads(_ok(h3, "info", "--format", "{{json .Swarm}}"))["LocalNodeState"] == (
         "inactive")
 
+    # a ready worker goes only with --force, and then it is out of the swarm itself too
+    _ok(h1, "node", "rm", "--force", "h2")
+    assert set(_by_hostname(h1)) == {"h1"}
+    _eventually(lambda: json.loads(_ok(h2, "info", "--format", "{{json .Swarm}}"))[
+        "LocalNodeState"] == "inactive", within=10)
+    assert "as a worker" in _join(h2, h1, "worker")
+
 
 def test_worker_killed_goes_down_and_comes_back(
     cluster: ClusterFactory, busybox_tar: Path
@@ -328,3 +335,14 @@ def test_promote_and_demote(cluster: ClusterFactory) -> None:
     _eventually(lambda: _by_hostname(h1)["h3"]["Status"] == "Down", within=5)
     _ok(h2, "node", "rm", "h3")
     assert set(_by_hostname(h1)) == {"h1", "h2"}
+
+
+def test_ca_rotation_is_refused_not_faked(cluster: ClusterFactory) -> None:
+    c = cluster(1, client=False)
+    (h1,) = c.hosts
+    _init(h1)
+    before = _ok(h1, "swarm", "ca")
+    refused = h1.docker("swarm", "ca", "--rotate", timeout=30)
+    assert refused.returncode != 0
+    assert "CA rotation is not supported by this daemon yet" in refused.stderr
+    assert _ok(h1, "swarm", "ca") == before

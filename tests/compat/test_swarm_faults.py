@@ -167,46 +167,55 @@ def test_killed_worker_back_ready_with_its_containers(workers: Cluster,
 
 # -- joins that must be refused --------------------------------------------------------------------
 
-def _assert_nothing_joined(workers: Cluster, h1_ids: list[str], h4_ids: list[str]) -> None:
+def _before(workers: Cluster) -> tuple[list[str], list[str], set[int]]:
+    """What a refused join must leave alone: both swarms' node lists and the set of
+    processes in h3's namespace (no etcd member, no helper started by the attempt)."""
+    h1, _h2, h3, h4 = workers.hosts
+    return _ids(h1), _ids(h4), set(h3.netns.pids())
+
+
+def _assert_nothing_joined(workers: Cluster, before: tuple[list[str], list[str], set[int]],
+                           ) -> None:
     h1, _h2, h3, h4 = workers.hosts
     s = swarm_info(h3)
     assert s["LocalNodeState"] == "inactive", s
     assert s["NodeID"] == ""
-    assert _ids(h1) == h1_ids
-    assert _ids(h4) == h4_ids
+    assert _ids(h1) == before[0]
+    assert _ids(h4) == before[1]
+    assert set(h3.netns.pids()) == before[2]
 
 
 def test_join_with_a_wrong_secret_is_refused(workers: Cluster) -> None:
-    h1, _h2, h3, h4 = workers.hosts
-    before1, before4 = _ids(h1), _ids(h4)
+    h1, _h2, h3, _h4 = workers.hosts
+    before = _before(workers)
     good = join_token(h1, "worker")
     prefix, version, digest, secret = good.split("-")
     wrong_secret = secret[::-1] if secret[::-1] != secret else "0" * len(secret)
     wrong = "-".join((prefix, version, digest, wrong_secret))
     r = fails(h3, "swarm", "join", "--token", wrong, f"{h1.address}:{CLUSTER_PORT}")
     assert INVALID_TOKEN in r.stderr, r.stderr
-    _assert_nothing_joined(workers, before1, before4)
+    _assert_nothing_joined(workers, before)
 
 
 def test_join_with_a_malformed_token_is_refused(workers: Cluster) -> None:
-    h1, _h2, h3, h4 = workers.hosts
-    before1, before4 = _ids(h1), _ids(h4)
+    h1, _h2, h3, _h4 = workers.hosts
+    before = _before(workers)
     r = fails(h3, "swarm", "join", "--token", "SWMTKN-1-nonsense", f"{h1.address}:{CLUSTER_PORT}")
     # dockerd parses the token before any call: its text has no rpc prefix
     assert r.stderr.strip() == "Error response from daemon: invalid join token", r.stderr
-    _assert_nothing_joined(workers, before1, before4)
+    _assert_nothing_joined(workers, before)
 
 
 def test_join_with_another_swarms_token_is_refused(workers: Cluster) -> None:
     """h4's token names h4's CA; presented to h1 the CA digest does not match h1's CA."""
     h1, _h2, h3, h4 = workers.hosts
-    before1, before4 = _ids(h1), _ids(h4)
+    before = _before(workers)
     foreign = join_token(h4, "worker")
     assert foreign.split("-")[2] != join_token(h1).split("-")[2]
     for token in (foreign, join_token(h4, "manager")):
         r = fails(h3, "swarm", "join", "--token", token, f"{h1.address}:{CLUSTER_PORT}")
         assert "remote CA does not match fingerprint. Expected: " in r.stderr, r.stderr
-        _assert_nothing_joined(workers, before1, before4)
+        _assert_nothing_joined(workers, before)
 
 
 def test_refused_joins_left_nothing_half_joined(workers: Cluster) -> None:

@@ -415,7 +415,7 @@ class SwarmManager:
             node = Node(
                 ID=node_id, CreatedAt=now, UpdatedAt=now,
                 Spec=NodeSpec(Role="manager", Availability=availability),
-                Description=self._description(root),
+                Description=await asyncio.to_thread(self._description, root),
                 Status=NodeStatus(State="ready", Addr=address),
                 ManagerStatus=NodeManagerStatus(Addr=state.manager_addr),
             )
@@ -437,6 +437,7 @@ class SwarmManager:
         return node_id
 
     def _description(self, root: RootCA) -> NodeDescription:
+        """Blocking (reads /proc): call it in a thread."""
         return host_description(self._engine_version, tls_info_for_root(root.bundle_pem))
 
     async def _force_new_cluster(self, membership: _Membership) -> str:
@@ -513,7 +514,8 @@ class SwarmManager:
     ) -> _Membership:
         key, csr = await asyncio.to_thread(new_node_key_and_csr)
         root = RootCA.from_pem(bundle)
-        description = self._description(root).model_dump(mode="json", exclude_none=True)
+        description = (await asyncio.to_thread(self._description, root)).model_dump(
+            mode="json", exclude_none=True)
         try:
             answer = await peers.join(remote, bundle, peers.JoinPeerRequest(
                 token=token, csr=csr.decode(), advertise_addr=address,

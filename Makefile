@@ -22,7 +22,7 @@ BENCH_ARGS ?=
 # what the engine, its tests and the benchmarks run on this machine
 DEB_PACKAGES := runc crun conmon busybox-static iproute2 util-linux systemd docker.io \
                 docker-registry apache2-utils nftables socat tmux python3-venv tini curl \
-                docker-compose etcd-server openssl prometheus
+                docker-compose etcd-server openssl prometheus libfaketime
 
 .PHONY: help setup debs venv run test lint ruff mypy importlint pytest bench proto clean distclean
 

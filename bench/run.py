@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import buildbench, netbench  # noqa: E402
+from bench import buildbench, netbench, swarmbench  # noqa: E402
 from tests.harness import rawhttp  # noqa: E402
 from tests.harness.busybox import BusyboxArtifacts  # noqa: E402
 from tests.harness.cli import docker_binary, import_busybox  # noqa: E402
@@ -698,6 +698,39 @@ def m_bk_big_context(d: BaseDaemon, a: argparse.Namespace) -> float:
 
 def m_bk_two_stages(d: BaseDaemon, a: argparse.Namespace) -> float:
     return buildbench.bk_two_stages(d)
+def _swarm(measure: Callable[[], float]) -> float:
+    try:
+        return measure()
+    except (swarmbench.SwarmBenchError, AssertionError) as e:
+        raise MetricError(str(e)[:1500]) from e
+
+
+def m_swarm_init(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return _swarm(lambda: swarmbench.init_seconds(d))
+
+
+def m_swarm_join(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return _swarm(lambda: swarmbench.join_seconds(d))
+
+
+def m_swarm_worker_down_5s(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return _swarm(lambda: swarmbench.worker_down_seconds(d, heartbeat=None))
+
+
+def m_swarm_worker_down_1s(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return _swarm(lambda: swarmbench.worker_down_seconds(d, heartbeat="1s"))
+
+
+def m_swarm_leader_failover(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return _swarm(lambda: swarmbench.leader_failover_seconds(d))
+
+
+def m_swarm_leader_host_lost(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return _swarm(lambda: swarmbench.leader_failover_seconds(d, host_lost=True))
+
+
+def m_swarm_manager_restart(d: BaseDaemon, a: argparse.Namespace) -> float:
+    return _swarm(lambda: swarmbench.manager_restart_seconds(d))
 
 
 def m_net_loopback(d: BaseDaemon, a: argparse.Namespace) -> float:
@@ -785,6 +818,20 @@ METRICS = [
            "s", "lower", "<= 1x", m_bk_big_context, heavy=True),
     Metric("bk_two_stages", "compose build (BuildKit), two independent 2 s stages", "s",
            "lower", "(none)", m_bk_two_stages),
+    Metric("swarm_init", "docker swarm init --advertise-addr", "s", "lower",
+           "(none)", m_swarm_init, heavy=True),
+    Metric("swarm_join", "docker swarm join of a worker", "s", "lower", "(none)",
+           m_swarm_join, heavy=True),
+    Metric("swarm_worker_down_5s", "kill -9 worker daemon -> Down (heartbeat 5s)", "s",
+           "lower", "<= 15 s (3 heartbeats)", m_swarm_worker_down_5s, heavy=True),
+    Metric("swarm_worker_down_1s", "kill -9 worker daemon -> Down (heartbeat 1s)", "s",
+           "lower", "<= 3 s (3 heartbeats)", m_swarm_worker_down_1s, heavy=True),
+    Metric("swarm_leader_failover", "kill -9 leader (3 mgrs) -> new leader+write", "s",
+           "lower", "<= 0.25x and <= 5 s", m_swarm_leader_failover, heavy=True),
+    Metric("swarm_leader_host_lost", "leader host lost (kill -9 + cable) -> same", "s",
+           "lower", "<= 0.25x and <= 5 s", m_swarm_leader_host_lost, heavy=True),
+    Metric("swarm_manager_restart", "manager restart -> its node ls answers", "s",
+           "lower", "<= 1 s", m_swarm_manager_restart, heavy=True),
     Metric("net_loopback", "TCP N MiB via published port, from lo", "MiB/s", "higher",
            ">= 1x", m_net_loopback, heavy=True, network=True),
     Metric("net_other_netns", "TCP N MiB via published port, other netns", "MiB/s",

@@ -501,10 +501,9 @@ class SwarmManager:
 
     async def _join(self, request: JoinRequest) -> _Membership:
         token = request.JoinToken
-        try:
-            parse_join_token(token)
-        except InvalidParameter as err:
-            raise InvalidParameter(INVALID_ARGUMENT + str(err)) from None
+        # A token that does not parse is refused by the daemon itself, before any call
+        # (dockerd: plain "invalid join token", no gRPC prefix).
+        parse_join_token(token)
         availability = checked_availability(request.Availability)
         listen_host, listen_port = split_host_port(request.ListenAddr)
         failures: list[str] = []

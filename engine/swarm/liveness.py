@@ -36,11 +36,17 @@ from engine.swarm.store import (
 
 log = logging.getLogger(__name__)
 
-# A node is down after its lease of this many heartbeat periods lapses (swarmkit's grace
-# multiplier), and etcd refuses leases shorter than its own minimum (about 2 s).
+# A node is down within this many heartbeat periods (swarmkit's grace multiplier). Its
+# lease is a second shorter than that, since etcd notices a lapsed lease up to half a
+# second late and the leader still has to write the node down; the lease is renewed
+# twice a period, so one late renewal does not take a live node down. etcd refuses
+# leases shorter than its own minimum (about 2 s).
 HEARTBEAT_GRACE = 3
+RENEWALS_PER_PERIOD = 2
 MIN_LEASE_TTL = 2
-LEADER_LEASE_TTL = 3
+# The leader's claim: as short as etcd allows, so that a dead leader's host is replaced
+# quickly (etcd also extends every lease by its TTL when its own leader changes).
+LEADER_LEASE_TTL = 2
 RETRY_DELAY = 0.5
 DOWN_MESSAGE = "heartbeat failure"
 
@@ -63,13 +69,14 @@ class Heartbeat:
             except (Unavailable, NotFound) as err:
                 self.ok.clear()
                 log.warning("swarm heartbeat failed: %s", err)
-            await asyncio.sleep(self.period if self.ok.is_set() else min(self.period, 1.0))
+            renewal = self.period / RENEWALS_PER_PERIOD
+            await asyncio.sleep(renewal if self.ok.is_set() else min(renewal, 1.0))
 
     async def _beat(self) -> None:
         cluster = await self._store.read(CLUSTER_KEY, Cluster)
         if cluster is not None:
             self.period = effective_heartbeat_period(cluster.doc.Spec) / SECOND
-        ttl = max(math.ceil(HEARTBEAT_GRACE * self.period), MIN_LEASE_TTL)
+        ttl = max(math.ceil(HEARTBEAT_GRACE * self.period) - 1, MIN_LEASE_TTL)
         if self._lease and ttl == self._ttl:
             try:
                 await self._client.keepalive_once(self._lease)

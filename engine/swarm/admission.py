@@ -24,10 +24,9 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from engine.errors import Conflict, EngineError, InvalidParameter, Unavailable
+from engine.errors import Conflict, InvalidParameter, Unavailable
 from engine.ids import new_swarm_id
 from engine.swarm import peers
-from engine.swarm.access import add_node_user, remove_node_user
 from engine.swarm.ca import (
     NodeIdentity,
     NodeRole,
@@ -189,25 +188,19 @@ class Admission:
             cert_expiry(cluster.Spec), None, [address])
         manager_addr = f"{request.advertise_addr}:{request.listen_port}"
         node = _joining_node(node_id, role, request, manager_addr)
-        etcd_cert = await asyncio.to_thread(
-            root.sign_etcd_client_csr, request.csr.encode(), self._cluster,
-            cert_expiry(cluster.Spec))
         async with quorum():
             # Read before the member is added: the answer lists the managers as they are.
             endpoints, manager_addrs = await manager_endpoints(self._client, self._store)
             await self._store.create(node_key(node_id), node)
             initial: str | None = None
             member_id: int | None = None
-            try:
-                credentials = await add_node_user(self._client, node_id, role)
-                if role is NodeRole.MANAGER:
+            if role is NodeRole.MANAGER:
+                try:
                     initial, member_id = await add_learner(
                         self._client, node_id, address, request.listen_port)
-            except BaseException:
-                await self._store.delete(node_key(node_id))
-                with contextlib.suppress(EngineError):
-                    await remove_node_user(self._client, node_id)
-                raise
+                except BaseException:
+                    await self._store.delete(node_key(node_id))
+                    raise
         if role is NodeRole.MANAGER:
             endpoints.append(client_url_for(address, request.listen_port))
             manager_addrs.append(manager_addr)
@@ -218,8 +211,7 @@ class Admission:
             ca_key=secrets.ca_key if role is NodeRole.MANAGER else None,
             etcd_endpoints=endpoints, manager_addrs=manager_addrs,
             initial_cluster=initial, member_name=node_id if initial else None,
-            member_id=member_id, etcd_certificate=etcd_cert.decode(),
-            etcd_user=credentials.user, etcd_password=credentials.password,
+            member_id=member_id,
         )
 
     async def handle_certificate(
@@ -237,12 +229,9 @@ class Admission:
         cert = await asyncio.to_thread(
             root.sign_node_csr, request.csr.encode(), caller.node_id, role, self._cluster,
             cert_expiry(cluster.Spec), None, [ip(stored.doc.Status.Addr)])
-        etcd_cert = await asyncio.to_thread(
-            root.sign_etcd_client_csr, request.csr.encode(), self._cluster,
-            cert_expiry(cluster.Spec))
         return peers.CertificateAnswer(
             role=role.value, ca_bundle=self._root.bundle_pem.decode(),
-            certificate=cert.decode(), etcd_certificate=etcd_cert.decode(),
+            certificate=cert.decode(),
             ca_key=secrets.ca_key if role is NodeRole.MANAGER else None,
         )
 

@@ -43,9 +43,6 @@ ROOT_CA_EXPIRY = timedelta(days=20 * 365)
 # clock runs behind still accepts them; the expiry still counts from the moment of signing.
 ROOT_CA_BACKDATE = timedelta(hours=1)
 NODE_CERT_BACKDATE = timedelta(hours=1)
-# The OU of a node's etcd client certificate: neither role, so peers (which read the role
-# from the OU) never take it for a node certificate.
-ETCD_CLIENT_OU = "swarm-etcd-client"
 DEFAULT_NODE_CERT_EXPIRY = timedelta(days=90)
 MIN_NODE_CERT_EXPIRY = timedelta(hours=1)
 
@@ -241,57 +238,6 @@ class RootCA:
                 ),
                 critical=False,
             )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert_public_key()),
-                critical=False,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        return cert.public_bytes(serialization.Encoding.PEM)
-
-    def sign_etcd_client_csr(
-        self,
-        csr_pem: bytes,
-        cluster_id: str,
-        expiry: timedelta = DEFAULT_NODE_CERT_EXPIRY,
-        now: datetime | None = None,
-    ) -> bytes:
-        """A client-only certificate for the node's key (the same CSR as its node
-        certificate) with no CN: etcd's JSON gateway refuses client certificates with a
-        CN once auth is on, so nodes reach etcd with this one and their etcd user's token
-        (docs/swarm.md, "Who may read and write what")."""
-        if self.key is None:
-            raise InvalidParameter("this root CA has no signing key")
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as err:
-            raise InvalidParameter(f"invalid certificate signing request: {err}") from err
-        if not csr.is_signature_valid:
-            raise InvalidParameter("certificate signing request has an invalid signature")
-        now = now or datetime.now(UTC)
-        not_after = min(now + expiry, self.cert.not_valid_after_utc)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ETCD_CLIENT_OU),
-            ]))
-            .issuer_name(self.cert.subject)
-            .public_key(csr.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - NODE_CERT_BACKDATE)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=True,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                    crl_sign=False, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert_public_key()),
                 critical=False,

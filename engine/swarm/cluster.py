@@ -31,7 +31,6 @@ from engine.errors import (
 from engine.ids import new_swarm_id
 from engine.layout import Layout
 from engine.swarm import peers
-from engine.swarm.access import enable_auth, remove_node_user, set_node_access
 from engine.swarm.admission import (
     Admission,
     ClusterSecrets,
@@ -55,7 +54,7 @@ from engine.swarm.ca import (
     renewal_time,
     verify_node_certificate,
 )
-from engine.swarm.etcd import AccessDenied, ClusterMember, EtcdClient
+from engine.swarm.etcd import ClusterMember, EtcdClient
 from engine.swarm.liveness import (
     Election,
     Heartbeat,
@@ -228,7 +227,6 @@ class SwarmManager:
             return
         try:
             await asyncio.to_thread(self._files.unseal, "")
-            state = await asyncio.to_thread(self._files.load_state) or state  # + password
             await self._restore(state)
         except Exception as err:
             # The daemon still starts (containers do not depend on the swarm); /info
@@ -272,18 +270,16 @@ class SwarmManager:
 
     # ------------------------------------------------------------------ building blocks
     def _member_tls(self) -> MemberTLS:
-        return MemberTLS(self._files.ca_cert, self._files.node_cert, self._files.live_node_key,
-                         self._files.etcd_client_cert)
+        return MemberTLS(self._files.ca_cert, self._files.node_cert, self._files.live_node_key)
 
     def _member_for(self, state: LocalState) -> EtcdMember:
         config = MemberConfig(state.node_id, ip(state.advertise_addr), self._member_tls(),
-                              state.cluster_port, state.etcd_credentials)
+                              state.cluster_port)
         return EtcdMember(self._layout, config)
 
     async def _open(self, state: LocalState, root: RootCA) -> _Membership:
         client = EtcdClient(_own_endpoint_first(state), tls=self._member_tls().client_tls(),
-                            timeout=ETCD_TIMEOUT, connect_timeout=1.0,
-                            credentials=state.etcd_credentials)
+                            timeout=ETCD_TIMEOUT, connect_timeout=1.0)
         await client.open()
         return _Membership(state, root, client)
 
@@ -385,8 +381,6 @@ class SwarmManager:
         cert = await asyncio.to_thread(
             root.sign_node_csr, csr, node_id, NodeRole.MANAGER, cluster_id,
             cert_expiry(spec), None, [ip(address)])
-        etcd_cert = await asyncio.to_thread(root.sign_etcd_client_csr, csr, cluster_id,
-                                            cert_expiry(spec))
         unlock_key = new_unlock_key() if spec.EncryptionConfig.AutoLockManagers else ""
         state = LocalState(
             node_id=node_id, cluster_id=cluster_id, role="manager",
@@ -397,7 +391,7 @@ class SwarmManager:
             sealed_with=unlock_key_fingerprint(unlock_key),
         )
         await asyncio.to_thread(self._files.save_certificates, root.bundle_pem, cert, key,
-                                unlock_key, etcd_cert)
+                                unlock_key)
         member = self._member_for(state)
         membership: _Membership | None = None
         try:
@@ -429,13 +423,6 @@ class SwarmManager:
             await store.create(CLUSTER_KEY, cluster)
             await store.create(SECRETS_KEY, secrets)
             await store.create(node_key(node_id), node)
-            credentials = await enable_auth(membership.client, node_id)
-            state = state.model_copy(update={"etcd_user": credentials.user,
-                                             "etcd_password": credentials.password})
-            membership.state = state
-            member.use_credentials(credentials)  # its health checks need the user now
-            await asyncio.to_thread(self._files.save_etcd_password, credentials.password,
-                                    unlock_key)
             await asyncio.to_thread(self._files.save_state, state)
         except BaseException:
             await self._undo_membership(membership, member)
@@ -545,15 +532,13 @@ class SwarmManager:
         except InvalidParameter as err:
             raise InvalidParameter(INVALID_ARGUMENT + str(err)) from None
         await asyncio.to_thread(self._files.save_certificates, answer.ca_bundle.encode(),
-                                answer.certificate.encode(), key, "",
-                                answer.etcd_certificate.encode())
+                                answer.certificate.encode(), key)
         root = RootCA.from_pem(answer.ca_bundle.encode())
         state = LocalState(
             node_id=answer.node_id, cluster_id=answer.cluster_id, role=answer.role,
             listen_addr=request.ListenAddr, advertise_addr=address, cluster_port=cluster_port,
             data_path_addr=request.DataPathAddr, etcd_endpoints=answer.etcd_endpoints,
             manager_addrs=answer.manager_addrs,
-            etcd_user=answer.etcd_user, etcd_password=answer.etcd_password,
         )
         membership: _Membership | None = None
         member: EtcdMember | None = None
@@ -568,7 +553,6 @@ class SwarmManager:
                     await self._promote_own_member(state, answer.member_id)
             membership = await self._open(state, root)
             membership.member = member
-            await asyncio.to_thread(self._files.save_etcd_password, answer.etcd_password)
             await asyncio.to_thread(self._files.save_state, state)
         except BaseException:
             await self._undo_membership(membership, member)
@@ -599,8 +583,7 @@ class SwarmManager:
         others = [e for e in state.etcd_endpoints if e != own]
         deadline = time.monotonic() + PROMOTE_PATIENCE
         async with EtcdClient(others, tls=self._member_tls().client_tls(),
-                              timeout=ETCD_TIMEOUT, connect_timeout=1.0,
-                              credentials=state.etcd_credentials) as client:
+                              timeout=ETCD_TIMEOUT, connect_timeout=1.0) as client:
             while True:
                 try:
                     await client.member_promote(member_id)
@@ -700,15 +683,6 @@ class SwarmManager:
                     elif not membership.state.is_manager:
                         self._after(self._removed(membership))
                         return
-            except AccessDenied as err:
-                if _user_is_gone(err) and not membership.state.is_manager:
-                    # Only `node rm` deletes a node's etcd user (passwords never change):
-                    # the watch missed the document's deletion, the node is removed all
-                    # the same.
-                    self._after(self._removed(membership))
-                    return
-                log.warning("swarm: following our node: %s", err)
-                await asyncio.sleep(1.0)
             except EngineError as err:
                 # A role change that failed half way is tried again from a fresh read.
                 log.warning("swarm: following our node: %s", err)
@@ -743,24 +717,17 @@ class SwarmManager:
             else:
                 await self._become_worker(membership)
 
-    async def _new_certificate(
-        self, membership: _Membership, from_others: bool = False
-    ) -> peers.CertificateAnswer:
-        """A new key and certificate from a manager; ``from_others``: not from this node
-        (demoted, it may no longer read the CA key in etcd)."""
+    async def _new_certificate(self, membership: _Membership) -> peers.CertificateAnswer:
         key, csr = await asyncio.to_thread(new_node_key_and_csr)
         state = membership.state
-        addrs = [a for a in state.manager_addrs
-                 if not (from_others and a == state.manager_addr)]
         answer = await peers.request_certificate(
-            addrs, membership.root.bundle_pem, self._files.node_cert,
+            state.manager_addrs, membership.root.bundle_pem, self._files.node_cert,
             self._files.live_node_key, peers.CertificateRequest(csr=csr.decode()))
         await asyncio.to_thread(verify_node_certificate, answer.certificate.encode(),
                                 membership.root)
         # Sealed again (with the current unlock key) by the managers loop if autolock is on.
         await asyncio.to_thread(self._files.save_certificates, answer.ca_bundle.encode(),
-                                answer.certificate.encode(), key, "",
-                                answer.etcd_certificate.encode())
+                                answer.certificate.encode(), key)
         membership.state = membership.state.model_copy(update={"sealed_with": ""})
         return answer
 
@@ -793,7 +760,7 @@ class SwarmManager:
         log.info("this node is now a swarm manager")
 
     async def _become_worker(self, membership: _Membership) -> None:
-        answer = await self._new_certificate(membership, from_others=True)
+        answer = await self._new_certificate(membership)
         if answer.role != "worker":
             return
         await asyncio.to_thread(self._files.reseal, "")  # autolock is for managers only
@@ -966,8 +933,6 @@ class SwarmManager:
                 raise Conflict("swarm is not locked")
             await asyncio.to_thread(self._files.unseal, key)
             self._locked = None
-            # Loaded again: the etcd password was sealed with the key too.
-            state = await asyncio.to_thread(self._files.load_state) or state
             await self._restore(state)
             log.info("swarm unlocked")
 
@@ -1055,31 +1020,17 @@ class SwarmManager:
                 raise NotFound(f"node {ref} not found")
             doc = stored.doc.model_copy(deep=True)
             demoted = doc.Spec.Role == "manager" and new_spec.Role == "worker"
-            promoted = doc.Spec.Role == "worker" and new_spec.Role == "manager"
             doc.Spec = new_spec
             doc.UpdatedAt = timestamp_now()
             if demoted:
                 doc.ManagerStatus = None
-            if promoted:
-                # Before the document says so: the node, seeing it, adds its etcd
-                # member at once, which needs the root role.
-                await set_node_access(membership.client, node.ID, NodeRole.MANAGER)
-            try:
-                await membership.store.replace(node_key(node.ID), doc, version)
-            except BaseException:
-                if promoted:
-                    with contextlib.suppress(EngineError):
-                        await set_node_access(membership.client, node.ID, NodeRole.WORKER)
-                raise
+            await membership.store.replace(node_key(node.ID), doc, version)
         if demoted:
             try:
                 await self._remove_member_of(membership, node.ID)
             except EngineError as err:
-                # The node removes its own member when it sees its demotion (while its
-                # user still has the root role, taken next).
+                # The node removes its own member when it sees its demotion.
                 log.warning("etcd member of demoted node %s not removed: %s", node.ID, err)
-            async with quorum():
-                await set_node_access(membership.client, node.ID, NodeRole.WORKER)
 
     async def _remove_member_of(self, membership: _Membership, node_id: str) -> None:
         """A demoted or leaving manager's etcd member goes at once, so the quorum is
@@ -1097,7 +1048,6 @@ class SwarmManager:
         async with quorum():
             await membership.store.delete(node_key(node.ID))
             await membership.client.delete(alive_key(node.ID))
-            await remove_node_user(membership.client, node.ID)
 
 
 async def _logged(work: Awaitable[None]) -> None:
@@ -1132,11 +1082,6 @@ def _check_can_listen(host: str, port: int) -> None:
             raise InvalidParameter(
                 f"failed to listen on remote API address: listen tcp {host}:{port}: "
                 f"bind: {err.strerror or err}") from None
-
-
-def _user_is_gone(err: AccessDenied) -> bool:
-    """etcd refused our user's password: the user was deleted."""
-    return "authentication failed" in str(err)
 
 
 def _own_endpoint_first(state: LocalState) -> list[str]:

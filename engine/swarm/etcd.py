@@ -8,14 +8,6 @@ sticks to the one that answered; when none answers the caller gets
 (list, add, remove, promote) and per-member status serve the swarm's etcd members
 (engine/swarm/member.py). Nothing here blocks the event loop (the TLS files are
 read in a thread).
-
-With :class:`EtcdCredentials` the client uses etcd's own auth: it authenticates (user
-and password) for a simple token, sends it in the ``Authorization`` header of every
-request and watch, and authenticates again when a member answers that the token is
-invalid (expired, or issued before a restart). etcd refuses every gateway request from a
-client certificate with a CN once auth is on, so the TLS pair given here must have none
-(docs/swarm.md, "Who may read and write what"). The user and role calls
-(``user_add``, ``role_grant``...) serve the swarm's per-node users.
 """
 
 from __future__ import annotations
@@ -27,7 +19,7 @@ import json
 import logging
 import ssl
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
@@ -35,7 +27,6 @@ import aiohttp
 from engine.errors import (
     Conflict,
     EngineError,
-    Forbidden,
     InvalidParameter,
     NotFound,
     SystemError_,
@@ -46,10 +37,8 @@ log = logging.getLogger(__name__)
 
 # gRPC status codes the gateway puts in its error bodies.
 _GRPC_NOT_FOUND = 5
-_GRPC_PERMISSION_DENIED = 7
 _GRPC_FAILED_PRECONDITION = 9
 _GRPC_UNAVAILABLE = 14
-_GRPC_UNAUTHENTICATED = 16
 
 
 class OutOfSequence(EngineError):
@@ -93,23 +82,6 @@ class EtcdTLS:
     ca_file: str
     cert_file: str | None = None
     key_file: str | None = None
-
-
-@dataclass(frozen=True)
-class EtcdCredentials:
-    """An etcd user and its password (exchanged for a simple token)."""
-
-    user: str
-    password: str = field(repr=False)
-
-
-@dataclass(frozen=True)
-class Permission:
-    """A key (``prefix=False``) or every key under a prefix, and what may be done there."""
-
-    key: str
-    access: Literal["READ", "WRITE", "READWRITE"]
-    prefix: bool = False
 
 
 @dataclass(frozen=True)
@@ -271,19 +243,6 @@ class _NoLeader(_NotSent):
     """The member refused the request because it knows no leader now."""
 
 
-class _TokenRefused(_NotSent):
-    """The member does not know our token (expired, or the member restarted)."""
-
-
-class _UnknownName(Exception):
-    """etcd does not know that user or role (or the user has not that role)."""
-
-
-class AccessDenied(Forbidden):
-    """etcd refused the request: this node's etcd user may not do that (or, without a
-    token while auth is on, has no user at all)."""
-
-
 # gRPC metadata through the gateway: a member that knows no leader refuses at once
 # ("etcdserver: no leader") instead of holding the request until etcd's own request
 # timeout (several seconds) while an election is under way or the quorum is lost.
@@ -291,9 +250,6 @@ _REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 _NO_LEADER = "etcdserver: no leader"
 _UNHEALTHY = "etcdserver: unhealthy cluster"
 _LEARNER_REFUSES = "etcdserver: rpc not supported for learner"
-# Auth changed (a user or role added) between the member taking the request and applying
-# it: nothing was applied, the request can be sent again.
-_OLD_AUTH_REVISION = "etcdserver: revision of auth store is old"
 _LEADER_POLL = 0.2  # seconds between rounds while the members know no leader
 _MEMBER_CHANGE_PATIENCE = 10.0  # etcd counts a member as started 5 s after it connected
 
@@ -351,16 +307,12 @@ class EtcdClient:
         timeout: float = 5.0,
         connect_timeout: float = 2.0,
         leader_patience: float = 3.0,
-        credentials: EtcdCredentials | None = None,
     ) -> None:
         if not endpoints:
             raise InvalidParameter("etcd: no endpoints given")
         self._endpoints = [e.rstrip("/") for e in endpoints]
         self._current = 0
         self._tls = tls
-        self._credentials = credentials
-        self._token = ""
-        self._token_lock = asyncio.Lock()
         self._connect = connect_timeout
         self._leader_patience = leader_patience
         self._request_timeout = timeout
@@ -405,62 +357,6 @@ class EtcdClient:
         self._endpoints = [e.rstrip("/") for e in endpoints]
         self._current = 0
 
-    def set_credentials(self, credentials: EtcdCredentials | None) -> None:
-        """Use this user from the next request on (auth was just enabled, or the node's
-        user changed)."""
-        self._credentials = credentials
-        self._token = ""
-
-    # -- auth ----------------------------------------------------------------------------
-    def _headers(self, require_leader: bool, with_token: bool = True) -> dict[str, str]:
-        headers = dict(_REQUIRE_LEADER) if require_leader else {}
-        if with_token and self._token:
-            headers["Authorization"] = self._token
-        return headers
-
-    async def _authenticate(self, endpoint: str, stale: str) -> None:
-        """A fresh token from ``endpoint`` (tokens are valid on every member), unless
-        another request already replaced ``stale``."""
-        if self._credentials is None:
-            raise AccessDenied("etcd: auth is on and this client has no credentials")
-        async with self._token_lock:
-            if self._token != stale:
-                return
-            session = self._require_session()
-            answer = await self._post_once(
-                session,
-                endpoint + "/v3/auth/authenticate",
-                {"name": self._credentials.user, "password": self._credentials.password},
-                self._timeout,
-                require_leader=False,
-                authenticated=False,
-            )
-            token = answer.get("token")
-            if not token:
-                raise AccessDenied("etcd: authentication gave no token")
-            self._token = str(token)
-
-    async def _post_authenticated(
-        self,
-        session: aiohttp.ClientSession,
-        endpoint: str,
-        path: str,
-        body: dict[str, Any],
-        budget: aiohttp.ClientTimeout,
-        require_leader: bool,
-    ) -> dict[str, Any]:
-        """One request; with credentials, a token first, and once more with a new token
-        when the member did not know ours."""
-        if self._credentials is not None and not self._token:
-            await self._authenticate(endpoint, "")
-        try:
-            return await self._post_once(session, endpoint + path, body, budget, require_leader)
-        except _TokenRefused:
-            if self._credentials is None:
-                raise
-            await self._authenticate(endpoint, self._token)
-            return await self._post_once(session, endpoint + path, body, budget, require_leader)
-
     # -- transport -----------------------------------------------------------------------
     def _order(self) -> list[str]:
         """Endpoints starting with the one that answered last."""
@@ -501,8 +397,8 @@ class EtcdClient:
             leaderless = False
             for endpoint in self._order():
                 try:
-                    answer = await self._post_authenticated(
-                        session, endpoint, path, body, self._timeout, require_leader
+                    answer = await self._post_once(
+                        session, endpoint + path, body, self._timeout, require_leader
                     )
                 except _NoLeader as err:
                     leaderless = True
@@ -531,21 +427,12 @@ class EtcdClient:
         body: dict[str, Any],
         patience: float,
         require_leader: bool = True,
-        authenticated: bool = True,
     ) -> dict[str, Any]:
-        """One request to one endpoint (no failover); Unavailable if it does not answer.
-        ``authenticated=False``: without a token, for what etcd answers to anyone (a
-        learner, for one, cannot issue tokens)."""
+        """One request to one endpoint (no failover); Unavailable if it does not answer."""
         session = self._require_session()
         budget = aiohttp.ClientTimeout(total=patience, sock_connect=min(patience, self._connect))
         try:
-            if not authenticated:
-                return await self._post_once(
-                    session, endpoint + path, body, budget, require_leader, authenticated=False
-                )
-            return await self._post_authenticated(
-                session, endpoint, path, body, budget, require_leader
-            )
+            return await self._post_once(session, endpoint + path, body, budget, require_leader)
         except _EndpointDown as err:
             raise Unavailable(f"etcd member {endpoint} unavailable: {err}") from err
 
@@ -556,9 +443,8 @@ class EtcdClient:
         body: dict[str, Any],
         budget: aiohttp.ClientTimeout,
         require_leader: bool = True,
-        authenticated: bool = True,
     ) -> dict[str, Any]:
-        headers = self._headers(require_leader, with_token=authenticated)
+        headers = _REQUIRE_LEADER if require_leader else None
         try:
             async with session.post(url, json=body, timeout=budget, headers=headers) as resp:
                 text = await resp.text()
@@ -566,7 +452,6 @@ class EtcdClient:
             raise _NotSent(str(err) or type(err).__name__) from err
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
             raise _EndpointDown(str(err) or type(err).__name__) from err
-        _refuse_common_name(resp.status, text)
         try:
             answer: dict[str, Any] = json.loads(text) if text else {}
         except ValueError as err:
@@ -666,49 +551,6 @@ class EtcdClient:
         with contextlib.suppress(NotFound):
             await self._call("/v3/lease/revoke", {"ID": str(lease_id)})
 
-    # -- users and roles (etcd auth; the caller needs the root role once auth is on) -----
-    async def user_add(self, user: str, password: str) -> None:
-        await self._call("/v3/auth/user/add", {"name": user, "password": password})
-
-    async def user_delete(self, user: str) -> None:
-        """Remove a user; an unknown one is not an error."""
-        with contextlib.suppress(_UnknownName):
-            await self._auth_call("/v3/auth/user/delete", {"name": user})
-
-    async def role_add(self, role: str) -> None:
-        await self._call("/v3/auth/role/add", {"name": role})
-
-    async def role_delete(self, role: str) -> None:
-        """Remove a role; an unknown one is not an error."""
-        with contextlib.suppress(_UnknownName):
-            await self._auth_call("/v3/auth/role/delete", {"role": role})
-
-    async def role_grant(self, role: str, permission: Permission) -> None:
-        perm: dict[str, Any] = {"permType": permission.access, "key": _b64(permission.key)}
-        if permission.prefix:
-            perm["range_end"] = _prefix_end(permission.key)
-        await self._call("/v3/auth/role/grant", {"name": role, "perm": perm})
-
-    async def user_grant_role(self, user: str, role: str) -> None:
-        await self._call("/v3/auth/user/grant", {"user": user, "role": role})
-
-    async def user_revoke_role(self, user: str, role: str) -> None:
-        """Take a role from a user; a role it does not have is not an error."""
-        with contextlib.suppress(_UnknownName):
-            await self._auth_call("/v3/auth/user/revoke", {"name": user, "role": role})
-
-    async def auth_enable(self) -> None:
-        """Turn auth on (a ``root`` user with the ``root`` role must exist)."""
-        await self._call("/v3/auth/enable", {})
-
-    async def _auth_call(self, path: str, body: dict[str, Any]) -> None:
-        try:
-            await self._call(path, body)
-        except EngineError as err:  # etcd says FailedPrecondition for these
-            if "not found" in str(err) or "not granted" in str(err):
-                raise _UnknownName(str(err)) from err
-            raise
-
     # -- membership ----------------------------------------------------------------------
     async def member_list(self, linearizable: bool = True) -> list[ClusterMember]:
         """The cluster's members.
@@ -793,11 +635,9 @@ class EtcdClient:
         unreachable.
         """
         endpoint = endpoint.rstrip("/")
-        # Answered from the member's own state, with or without a leader, and to anyone
-        # with a certificate (no token: a learner could not issue one).
+        # Answered from the member's own state, with or without a leader.
         answer = await self._post_to(
-            endpoint, "/v3/maintenance/status", {}, patience, require_leader=False,
-            authenticated=False,
+            endpoint, "/v3/maintenance/status", {}, patience, require_leader=False
         )
         header = answer.get("header", {})
         return EndpointStatus(
@@ -872,19 +712,11 @@ class EtcdClient:
                     }
                 }
                 try:
-                    if self._credentials is not None and not self._token:
-                        await self._authenticate(endpoint, "")
                     async for event in self._watch_stream(endpoint, request):
                         self._remember(endpoint)
                         failing_since = None
                         next_revision = event.revision + 1
                         yield event
-                except _TokenRefused as err:
-                    # Reopened at once with a fresh token (not counted as a failure).
-                    last_errors[endpoint] = str(err)
-                    with contextlib.suppress(_EndpointDown):
-                        await self._authenticate(endpoint, self._token)
-                    continue
                 except _EndpointDown as err:
                     last_errors[endpoint] = str(err)
                     if failing_since is None:
@@ -907,10 +739,9 @@ class EtcdClient:
                 timeout=self._stream_timeout,
                 # A member cut off from the quorum ends the stream (no leader) instead of
                 # keeping it open with no events: the loop then moves to another endpoint.
-                headers=self._headers(require_leader=True),
+                headers=_REQUIRE_LEADER,
             ) as resp:
                 if resp.status != 200:
-                    _refuse_common_name(resp.status, await resp.text())
                     raise _EndpointDown(f"watch: HTTP {resp.status}")
                 buffer = b""
                 async for chunk in resp.content.iter_any():
@@ -933,15 +764,6 @@ def _watch_events(line: bytes) -> list[WatchEvent]:
     compact = _int(result.get("compact_revision"))
     if compact:
         raise WatchCompacted(compact)
-    if result.get("canceled"):
-        # etcd cancels a watch it may not serve: a token it does not know, or no read
-        # permission on the range.
-        reason = str(result.get("cancel_reason") or "canceled")
-        if "invalid auth token" in reason:
-            raise _TokenRefused(f"watch: {reason}")
-        if "permission denied" in reason or "user name is empty" in reason:
-            raise AccessDenied(f"etcd watch: {reason}")
-        raise _EndpointDown(f"watch: {reason}")
     events = []
     for raw in result.get("events") or []:
         kind: Literal["PUT", "DELETE"] = "DELETE" if raw.get("type") == "DELETE" else "PUT"
@@ -962,24 +784,11 @@ def _put_body(key: str, value: bytes, lease: int) -> dict[str, Any]:
     return body
 
 
-def _refuse_common_name(status: int, text: str) -> None:
-    """With auth on, etcd's gateway refuses any client certificate that has a CN, before
-    looking at the request (its answer is plain text)."""
-    if status == 400 and "CommonName of client" in text:
-        raise AccessDenied(f"etcd: {text.strip()}")
-
-
 def _raise_gateway_error(answer: dict[str, Any], status: int) -> None:
     code = _int(answer.get("code"))
     message = answer.get("message") or answer.get("error") or f"HTTP {status}"
     if code == _GRPC_UNAVAILABLE and message == _NO_LEADER:
         raise _NoLeader(str(message))
-    if code == _GRPC_UNAUTHENTICATED or message == _OLD_AUTH_REVISION:
-        raise _TokenRefused(str(message))
-    if code == _GRPC_PERMISSION_DENIED or "user name is empty" in str(message):
-        raise AccessDenied(f"etcd: {message}")
-    if "authentication failed" in str(message):
-        raise AccessDenied(f"etcd: {message}")
     if message == _LEARNER_REFUSES:
         raise _NotSent(str(message))  # a learner serves no writes nor linearizable reads
     if code == _GRPC_UNAVAILABLE and message == _UNHEALTHY:

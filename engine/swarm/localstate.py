@@ -27,7 +27,6 @@ from engine.errors import InvalidParameter, Unauthorized
 from engine.layout import Layout
 from engine.store.atomic import atomic_write, ensure_dir
 from engine.swarm.ca import RootCA
-from engine.swarm.etcd import EtcdCredentials
 from engine.swarm.objects import (
     EngineDescription,
     NodeDescription,
@@ -40,8 +39,6 @@ from engine.swarm.objects import (
 CA_CERT = "swarm-root-ca.crt"
 NODE_CERT = "swarm-node.crt"
 NODE_KEY = "swarm-node.key"
-ETCD_CLIENT_CERT = "swarm-etcd-client.crt"  # the node key's CN-less etcd client certificate
-ETCD_PASSWORD = "swarm-etcd-password"  # sealed like the node key under autolock
 
 NO_SYSTEM_ADDRESS = "could not find the system's IP address"
 BAD_ADVERTISE = ("advertise address must be a non-zero IP address or network interface "
@@ -61,12 +58,6 @@ class LocalState(BaseModel):
     etcd_endpoints: list[str] = Field(default_factory=list)  # managers' etcd client URLs
     manager_addrs: list[str] = Field(default_factory=list)  # managers' ip:port
     sealed_with: str = ""  # fingerprint of the unlock key the node key is sealed with
-    # This node's etcd user (its node id) and password (docs/swarm.md, "Who may read and
-    # write what"). The password is not in state.json: it is kept like the node key
-    # (SwarmFiles.save_etcd_password), sealed under autolock, and filled in from the
-    # live copy when the state is loaded.
-    etcd_user: str = ""
-    etcd_password: str = Field(default="", repr=False, exclude=True)
 
     @property
     def manager_addr(self) -> str:
@@ -75,12 +66,6 @@ class LocalState(BaseModel):
     @property
     def is_manager(self) -> bool:
         return self.role == "manager"
-
-    @property
-    def etcd_credentials(self) -> EtcdCredentials | None:
-        if not self.etcd_user:
-            return None
-        return EtcdCredentials(self.etcd_user, self.etcd_password)
 
 
 @dataclass(frozen=True)
@@ -103,21 +88,12 @@ class SwarmFiles:
     def node_key(self) -> Path:
         return self.certs / NODE_KEY
 
-    @property
-    def etcd_client_cert(self) -> Path:
-        return self.certs / ETCD_CLIENT_CERT
-
     def load_state(self) -> LocalState | None:
         try:
             text = self.layout.swarm_state_file.read_bytes()
         except FileNotFoundError:
             return None
-        state = LocalState.model_validate_json(text)
-        try:
-            password = self.live_etcd_password.read_text()
-        except FileNotFoundError:
-            return state  # locked (autolock) until unsealed, or no etcd user
-        return state.model_copy(update={"etcd_password": password})
+        return LocalState.model_validate_json(text)
 
     def save_state(self, state: LocalState) -> None:
         ensure_dir(self.layout.swarm_dir, 0o700)
@@ -129,32 +105,12 @@ class SwarmFiles:
         the exec root, so that with autolock the key on the data disk stays sealed."""
         return self.layout.swarm_exec_dir / NODE_KEY
 
-    @property
-    def etcd_password(self) -> Path:
-        return self.certs / ETCD_PASSWORD
-
-    @property
-    def live_etcd_password(self) -> Path:
-        """The etcd password as the client reads it (plain, under the exec root), like
-        the live node key."""
-        return self.layout.swarm_exec_dir / ETCD_PASSWORD
-
-    def save_etcd_password(self, password: str, unlock_key: str = "") -> None:
-        """Keep the node's etcd password: plain under the exec root, and on the data
-        disk sealed with ``unlock_key`` (autolock) or plain."""
-        ensure_dir(self.layout.swarm_exec_dir, 0o700)
-        ensure_dir(self.certs, 0o700)
-        plain = password.encode()
-        atomic_write(self.live_etcd_password, plain)
-        atomic_write(self.etcd_password, seal(plain, unlock_key) if unlock_key else plain)
-
     def save_certificates(
         self,
         ca_bundle: bytes,
         node_cert: bytes,
         node_key: bytes | None = None,
         unlock_key: str = "",
-        etcd_client_cert: bytes | None = None,
     ) -> None:
         """Write what is given; the node key first so the pair never mismatches for long.
         ``unlock_key`` (autolock) seals the key kept on the data disk."""
@@ -164,8 +120,6 @@ class SwarmFiles:
             ensure_dir(self.layout.swarm_exec_dir, 0o700)
             atomic_write(self.live_node_key, node_key)
             atomic_write(self.node_key, seal(node_key, unlock_key) if unlock_key else node_key)
-        if etcd_client_cert is not None:
-            atomic_write(self.etcd_client_cert, etcd_client_cert, mode=0o644)
         atomic_write(self.node_cert, node_cert, mode=0o644)
         atomic_write(self.ca_cert, ca_bundle, mode=0o644)
 
@@ -176,10 +130,6 @@ class SwarmFiles:
         """Store the (live) node key sealed with ``unlock_key``, or plain when it is ""."""
         plain = self.live_node_key.read_bytes()
         atomic_write(self.node_key, seal(plain, unlock_key) if unlock_key else plain)
-        if self.live_etcd_password.exists():
-            password = self.live_etcd_password.read_bytes()
-            sealed = seal(password, unlock_key) if unlock_key else password
-            atomic_write(self.etcd_password, sealed)
 
     def unseal(self, unlock_key: str) -> None:
         """Make the live key from the one on disk (sealed or not); a wrong key is 401."""
@@ -187,10 +137,6 @@ class SwarmFiles:
         plain = unseal(stored, unlock_key) if stored.startswith(_SEALED) else stored
         ensure_dir(self.layout.swarm_exec_dir, 0o700)
         atomic_write(self.live_node_key, plain)
-        if self.etcd_password.exists():
-            stored = self.etcd_password.read_bytes()
-            password = unseal(stored, unlock_key) if stored.startswith(_SEALED) else stored
-            atomic_write(self.live_etcd_password, password)
 
     def drop_live_key(self) -> None:
         self.live_node_key.unlink(missing_ok=True)
@@ -203,7 +149,6 @@ class SwarmFiles:
         self.layout.swarm_state_file.unlink(missing_ok=True)
         shutil.rmtree(self.layout.swarm_dir, ignore_errors=True)
         self.live_node_key.unlink(missing_ok=True)
-        self.live_etcd_password.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- autolock

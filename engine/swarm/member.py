@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import enum
 import ipaddress
 import logging
@@ -43,7 +42,7 @@ from engine.errors import Conflict, InvalidParameter, NotFound, SystemError_, Un
 from engine.layout import Layout
 from engine.store.atomic import atomic_write
 from engine.swarm.ca import NodeRole
-from engine.swarm.etcd import EtcdClient, EtcdCredentials, EtcdTLS
+from engine.swarm.etcd import EtcdClient, EtcdTLS
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +94,10 @@ class MemberTLS:
     ca_file: Path
     cert_file: Path
     key_file: Path
-    # The node key's CN-less client certificate (ca.sign_etcd_client_csr): with auth on,
-    # etcd's gateway refuses a client certificate with a CN, such as the node's.
-    client_cert_file: Path | None = None
 
     def client_tls(self) -> EtcdTLS:
-        """The files for our own client of the cluster."""
-        cert = self.client_cert_file or self.cert_file
-        return EtcdTLS(str(self.ca_file), str(cert), str(self.key_file))
+        """The same files for our own client of the cluster."""
+        return EtcdTLS(str(self.ca_file), str(self.cert_file), str(self.key_file))
 
 
 @dataclass(frozen=True)
@@ -113,7 +108,6 @@ class MemberConfig:
     advertise_address: IPAddress
     tls: MemberTLS
     cluster_port: int = 2377
-    credentials: EtcdCredentials | None = None  # the node's etcd user (auth on)
 
     @property
     def client_port(self) -> int:
@@ -251,14 +245,9 @@ class EtcdMember:
     def peer_url(self) -> str:
         return self.config.peer_url
 
-    def use_credentials(self, credentials: EtcdCredentials) -> None:
-        """The etcd user for this member's own checks, once auth is on (init)."""
-        self.config = dataclasses.replace(self.config, credentials=credentials)
-
     def client(self, timeout: float = 5.0) -> EtcdClient:
         """An (unopened) client of this member alone, with the node's certificate."""
-        return EtcdClient([self.client_url], tls=self.config.tls.client_tls(), timeout=timeout,
-                          credentials=self.config.credentials)
+        return EtcdClient([self.client_url], tls=self.config.tls.client_tls(), timeout=timeout)
 
     async def has_data(self) -> bool:
         """True when the data dir holds a member (etcd then restarts from it)."""

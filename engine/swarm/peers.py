@@ -80,9 +80,6 @@ class JoinPeerAnswer(BaseModel):
     initial_cluster: str | None = None  # managers: etcd's --initial-cluster
     member_name: str | None = None
     member_id: int | None = None  # managers join as an etcd learner and promote it
-    etcd_certificate: str  # CN-less client certificate for the node key (etcd's gateway)
-    etcd_user: str  # the node's etcd user and password (engine.swarm.access)
-    etcd_password: str
 
 
 class CertificateRequest(BaseModel):
@@ -94,7 +91,6 @@ class CertificateAnswer(BaseModel):
     ca_bundle: str
     certificate: str
     ca_key: str | None = None
-    etcd_certificate: str
 
 
 class PeerHandlers(Protocol):

@@ -57,9 +57,6 @@ class ThrowawayPKI:
     server_key: Path
     client_cert: Path
     client_key: Path
-    # A client pair without a CN: etcd's gateway refuses one with a CN once auth is on.
-    anonymous_cert: Path
-    anonymous_key: Path
 
 
 def make_test_pki(directory: Path) -> ThrowawayPKI:
@@ -85,10 +82,9 @@ def make_test_pki(directory: Path) -> ThrowawayPKI:
         "/CN=test-ca",
     )
     pairs = {}
-    for name, ext, subject in (
-        ("server", "subjectAltName=IP:127.0.0.1", "/CN=server"),
-        ("client", "extendedKeyUsage=clientAuth", "/CN=client"),
-        ("anonymous", "extendedKeyUsage=clientAuth", "/O=test"),
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
     ):
         key, csr, cert = (directory / f"{name}.{s}" for s in ("key", "csr", "pem"))
         openssl(
@@ -103,7 +99,7 @@ def make_test_pki(directory: Path) -> ThrowawayPKI:
             "-out",
             str(csr),
             "-subj",
-            subject,
+            f"/CN={name}",
         )
         extfile = directory / f"{name}.ext"
         extfile.write_text(ext + "\n")
@@ -125,7 +121,7 @@ def make_test_pki(directory: Path) -> ThrowawayPKI:
             str(cert),
         )
         pairs[name] = (cert, key)
-    return ThrowawayPKI(ca, *pairs["server"], *pairs["client"], *pairs["anonymous"])
+    return ThrowawayPKI(ca, *pairs["server"], *pairs["client"])
 
 
 class EtcdMember:

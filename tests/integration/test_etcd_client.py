@@ -16,16 +16,7 @@ import pytest
 import pytest_asyncio
 
 from engine.errors import Unavailable
-from engine.swarm.etcd import (
-    AccessDenied,
-    EtcdClient,
-    EtcdCredentials,
-    EtcdTLS,
-    OutOfSequence,
-    Permission,
-    WatchCompacted,
-    WatchEvent,
-)
+from engine.swarm.etcd import EtcdClient, EtcdTLS, OutOfSequence, WatchCompacted, WatchEvent
 from tests.harness.etcd import EtcdMember, thread_in_netns
 from tests.harness.netns import NetNS
 
@@ -288,60 +279,3 @@ async def test_tls_with_client_certificates(
     async with EtcdClient([url], tls=EtcdTLS(str(pki.ca))) as anonymous:
         with pytest.raises(Unavailable, match="certificate"):
             await anonymous.get(key)
-
-
-@pytest.mark.asyncio
-async def test_auth_with_a_user_token_refreshed_transparently(
-    tls_member: EtcdMember, request: pytest.FixtureRequest
-) -> None:
-    """etcd auth through the gateway: a user confined to one prefix reads and writes
-    there, is refused elsewhere (AccessDenied), watches with its token, and gets a new
-    token by itself when the member no longer knows the one it holds. Without a token,
-    or with a client certificate that has a CN, nothing is served once auth is on."""
-    pki, url = tls_member.pki, tls_member.client_url
-    assert pki is not None
-    mine, theirs = _prefix(request) + "mine/", _prefix(request) + "theirs/"
-    anonymous = EtcdTLS(str(pki.ca), str(pki.anonymous_cert), str(pki.anonymous_key))
-    user = EtcdCredentials("confined", "confined-secret")
-    async with EtcdClient([url], tls=anonymous) as setup:
-        await setup.put(theirs + "secret", b"s")
-        await setup.user_add("root", "root-secret")
-        await setup.user_grant_role("root", "root")
-        await setup.role_add("confined")
-        await setup.role_grant("confined", Permission(mine, "READWRITE", prefix=True))
-        await setup.user_add(user.user, user.password)
-        await setup.user_grant_role(user.user, "confined")
-        await setup.auth_enable()
-        with pytest.raises(AccessDenied):
-            await setup.get(theirs + "secret")  # auth is on, this client has no user
-    async with EtcdClient([url], tls=anonymous, credentials=user) as client:
-        revision = await client.put(mine + "a", b"1")
-        with pytest.raises(AccessDenied):
-            await client.get(theirs + "secret")
-        with pytest.raises(AccessDenied):
-            await client.put(theirs + "secret", b"overwritten")
-        lease = await client.grant_lease(5)
-        await client.put(mine + "leased", b"", lease)
-        assert await client.keepalive_once(lease) > 0
-
-        client._token = "not-a-token-the-member-knows"  # as after a member restart
-        kv = await client.get(mine + "a")
-        assert kv is not None and kv.value == b"1"
-        assert client._token != "not-a-token-the-member-knows"
-
-        client._token = "not-a-token-the-member-knows"
-        stream = client.watch_prefix(mine, revision)
-        events = await asyncio.wait_for(_collect(stream, 2), 10)
-        assert [e.kv.key for e in events] == [mine + "a", mine + "leased"]
-        with pytest.raises(AccessDenied):
-            async for _ in client.watch_prefix(theirs, 1):
-                break
-        await client.revoke_lease(lease)
-    async with EtcdClient([url], tls=anonymous,
-                          credentials=EtcdCredentials(user.user, "wrong")) as wrong:
-        with pytest.raises(AccessDenied):
-            await wrong.get(mine + "a")
-    named = EtcdTLS(str(pki.ca), str(pki.client_cert), str(pki.client_key))
-    async with EtcdClient([url], tls=named, credentials=user) as with_cn:
-        with pytest.raises(AccessDenied, match="CommonName"):
-            await with_cn.get(mine + "a")

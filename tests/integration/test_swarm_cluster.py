@@ -5,22 +5,17 @@ a manager's restart. Broader scenarios and faults live in the swarm scenario tes
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
-import threading
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from engine.swarm.etcd import EtcdClient, EtcdCredentials, EtcdTLS
 from tests.harness.cli import import_busybox
 from tests.harness.cluster import Cluster, Host
-from tests.harness.etcd import thread_in_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -287,11 +282,6 @@ def test_autolock_a_restarted_manager_stays_locked_until_unlocked(
     _init(h1, "--autolock")
     key = _ok(h1, "swarm", "unlock-key", "-q").strip()
     assert key.startswith("SWMKEY-1-")
-    # the etcd password (it opens the CA key in etcd) is sealed on the data disk too
-    swarm = h1.require_daemon().data_root / "swarm"
-    assert "etcd_password" not in (swarm / "state.json").read_text()
-    sealed = (swarm / "certificates" / "swarm-etcd-password").read_bytes()
-    assert sealed.startswith(b"WHARFD-SEALED-KEY-1\n")
     h1.stop()
     h1.start()
     info = json.loads(_ok(h1, "info", "--format", "{{json .Swarm}}"))
@@ -356,147 +346,3 @@ def test_ca_rotation_is_refused_not_faked(cluster: ClusterFactory) -> None:
     assert refused.returncode != 0
     assert "CA rotation is not supported by this daemon yet" in refused.stderr
     assert _ok(h1, "swarm", "ca") == before
-
-
-# -- who may read and write what in etcd (docs/swarm.md) ------------------------------------
-
-SECRETS_KEY = "/wharfd/swarm/cluster-secrets"
-CLUSTER_KEY = "/wharfd/swarm/cluster"
-NODES_PREFIX = "/wharfd/swarm/nodes/"
-
-
-@dataclass(frozen=True)
-class _NodeFiles:
-    """What a node keeps to reach etcd (read from its roots, as an intruder on it would)."""
-
-    node_id: str
-    credentials: EtcdCredentials
-    ca: str
-    node_cert: str
-    etcd_cert: str
-    key: str
-
-
-def _node_files(host: Host, into: Path) -> _NodeFiles:
-    """Copies (into ``into``) of what ``host`` keeps, so they outlive its leaving."""
-    daemon = host.require_daemon()
-    swarm = daemon.data_root / "swarm"
-    state = json.loads((swarm / "state.json").read_text())
-    certs = swarm / "certificates"
-    into.mkdir(parents=True, exist_ok=True)
-    copies = {}
-    for name, source in (("ca", certs / "swarm-root-ca.crt"),
-                         ("node_cert", certs / "swarm-node.crt"),
-                         ("etcd_cert", certs / "swarm-etcd-client.crt"),
-                         ("key", daemon.exec_root / "swarm" / "swarm-node.key")):
-        copies[name] = into / name
-        copies[name].write_bytes(source.read_bytes())
-    password = (daemon.exec_root / "swarm" / "swarm-etcd-password").read_text()
-    return _NodeFiles(
-        node_id=state["node_id"],
-        credentials=EtcdCredentials(state["etcd_user"], password),
-        ca=str(copies["ca"]), node_cert=str(copies["node_cert"]),
-        etcd_cert=str(copies["etcd_cert"]), key=str(copies["key"]),
-    )
-
-
-async def _outcome(call: Awaitable[object]) -> str:
-    """"ok", or the name of the error the client raised."""
-    try:
-        await call
-    except Exception as err:  # the kind of refusal is the answer
-        return type(err).__name__
-    return "ok"
-
-
-async def _set_role(client: EtcdClient, key: str, role: str) -> None:
-    kv = await client.get(key)
-    assert kv is not None, key
-    doc = json.loads(kv.value)
-    doc["Spec"]["Role"] = role
-    await client.put_if_mod_revision(key, json.dumps(doc).encode(), kv.mod_revision)
-
-
-def _probe_etcd(
-    host: Host, manager: Host, files: _NodeFiles, *, use_node_cert: bool = False,
-    with_credentials: bool = True, other_node: str = "", writes: bool = True,
-) -> dict[str, str]:
-    """From ``host``'s network namespace, try reads (and ``writes``, meant to be refused:
-    they would break the swarm) on ``manager``'s etcd member with ``files``' certificate
-    (the node's own, or its CN-less etcd one) and user."""
-    tls = EtcdTLS(files.ca, files.node_cert if use_node_cert else files.etcd_cert, files.key)
-    credentials = files.credentials if with_credentials else None
-    own = NODES_PREFIX + files.node_id
-
-    async def probe() -> dict[str, str]:
-        async with EtcdClient([f"https://{manager.address}:2379"], tls=tls,
-                              credentials=credentials) as client:
-            outcomes = {
-                "read secrets": await _outcome(client.get(SECRETS_KEY)),
-                "read cluster": await _outcome(client.get(CLUSTER_KEY)),
-                "read own node": await _outcome(client.get(own)),
-            }
-            if writes:
-                outcomes["write own role"] = await _outcome(_set_role(client, own, "manager"))
-                outcomes["delete cluster"] = await _outcome(client.delete(CLUSTER_KEY))
-            if writes and other_node:
-                outcomes["write other node"] = await _outcome(
-                    _set_role(client, NODES_PREFIX + other_node, "manager"))
-            return outcomes
-
-    answer: dict[str, dict[str, str]] = {}
-
-    def run() -> None:
-        with thread_in_netns(host.netns):
-            answer["outcomes"] = asyncio.run(probe())
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(60)
-    return answer["outcomes"]
-
-
-def test_a_worker_reads_and_writes_only_its_share_of_etcd(
-    cluster: ClusterFactory, tmp_path: Path
-) -> None:
-    c = cluster(3, client=False)
-    h1, h2, h3 = c.hosts
-    _init(h1, "--dispatcher-heartbeat", "1s")
-    _join(h2, h1, "worker")
-    _join(h3, h1, "worker")
-    worker, other = _node_files(h2, tmp_path / "h2"), _node_files(h3, tmp_path / "h3")
-
-    # its etcd user reads what it needs, and no secret; it writes no node document
-    outcomes = _probe_etcd(h2, h1, worker, other_node=other.node_id)
-    assert outcomes == {
-        "read secrets": "AccessDenied", "read cluster": "ok", "read own node": "ok",
-        "write own role": "AccessDenied", "delete cluster": "AccessDenied",
-        "write other node": "AccessDenied",
-    }
-    # its node certificate alone (no token) gets nothing at all; nor does its etcd
-    # certificate without the user's token
-    for use_node_cert in (True, False):
-        outcomes = _probe_etcd(h2, h1, worker, use_node_cert=use_node_cert,
-                               with_credentials=False, other_node=other.node_id)
-        assert set(outcomes.values()) == {"AccessDenied"}, (use_node_cert, outcomes)
-    assert _inspect(h1, "h2")["Spec"]["Role"] == "worker"
-    assert _inspect(h1, "h3")["Spec"]["Role"] == "worker"
-    # a manager's user reads the secrets (it signs certificates with the CA key there)
-    manager = _probe_etcd(h1, h1, _node_files(h1, tmp_path / "h1"), writes=False)
-    assert manager == {"read secrets": "ok", "read cluster": "ok", "read own node": "ok"}
-
-    # a promoted node gets the managers' access, a demoted one loses it again
-    _ok(h1, "node", "promote", "h3")
-    _eventually(lambda: _by_hostname(h1)["h3"]["ManagerStatus"] == "Reachable", within=20)
-    promoted = _node_files(h3, tmp_path / "h3-manager")
-    assert _probe_etcd(h3, h1, promoted, writes=False)["read secrets"] == "ok"
-    _ok(h1, "node", "demote", "h3")
-    _eventually(lambda: not json.loads(
-        _ok(h3, "info", "--format", "{{json .Swarm}}"))["ControlAvailable"], within=15)
-    demoted = _node_files(h3, tmp_path / "h3-worker")
-    assert _probe_etcd(h3, h1, demoted, writes=False)["read secrets"] == "AccessDenied"
-
-    # a removed node's user is gone: its password opens nothing any more
-    _ok(h1, "node", "rm", "--force", "h2")
-    outcomes = _probe_etcd(h2, h1, worker, writes=False)
-    assert set(outcomes.values()) == {"AccessDenied"}, outcomes

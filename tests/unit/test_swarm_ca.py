@@ -457,19 +457,3 @@ def test_mutual_tls_refuses_other_ca_and_wrong_role(root: RootCA, tmp_path: Path
     client_ctx = mutual_tls_context(False, *manager_files, root)
     with pytest.raises(ssl.SSLCertVerificationError):
         handshake(worker_server, client_ctx, "swarm-manager")
-
-
-def test_etcd_client_certificate_has_no_cn_and_is_no_node_identity(root: RootCA) -> None:
-    """etcd's gateway refuses client certificates with a CN once auth is on: the node's
-    etcd certificate has none, certifies the node key, and is not taken for a node."""
-    key_pem, csr = new_node_key_and_csr()
-    cluster = new_swarm_id()
-    cert = x509.load_pem_x509_certificate(root.sign_etcd_client_csr(csr, cluster))
-    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME) == []
-    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == cluster
-    key = serialization.load_pem_private_key(key_pem, None)
-    assert cert.public_key() == key.public_key()
-    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
-    with pytest.raises(Unauthorized, match="exactly one common name"):
-        identity_of(cert)

@@ -80,34 +80,6 @@ def test_files_seal_on_disk_and_keep_a_plain_live_copy(tmp_path: Path) -> None:
     assert not files.live_node_key.exists()
 
 
-def test_etcd_password_is_kept_like_the_node_key_not_in_state_json(tmp_path: Path) -> None:
-    files = SwarmFiles(Layout(data_root=tmp_path / "data", exec_root=tmp_path / "exec"))
-    key = _key()
-    files.save_certificates(b"CA", b"CERT", b"PLAIN-KEY", key)
-    files.save_etcd_password("etcd-secret", key)
-    state = LocalState(node_id="n", cluster_id="c", role="manager",
-                       listen_addr="0.0.0.0:2377", advertise_addr="10.0.0.1",
-                       cluster_port=2377, etcd_user="n", etcd_password="etcd-secret")
-    files.save_state(state)
-    assert b"etcd-secret" not in files.layout.swarm_state_file.read_bytes()
-    assert b"etcd-secret" not in files.etcd_password.read_bytes()  # sealed on disk
-    loaded = files.load_state()
-    assert loaded is not None and loaded.etcd_credentials is not None
-    assert loaded.etcd_credentials.password == "etcd-secret"  # from the live copy
-    # locked (after a reboot: no live copies) until unsealed with the key
-    files.live_etcd_password.unlink()
-    files.drop_live_key()
-    locked = files.load_state()
-    assert locked is not None and locked.etcd_password == ""
-    files.unseal(key)
-    unlocked = files.load_state()
-    assert unlocked is not None and unlocked.etcd_password == "etcd-secret"
-    files.reseal("")  # autolock off: plain on disk again
-    assert files.etcd_password.read_bytes() == b"etcd-secret"
-    files.remove_all()
-    assert not files.live_etcd_password.exists()
-
-
 def test_advertise_address_choices() -> None:
     assert advertise_address("192.168.77.1", "0.0.0.0", 2377) == ("192.168.77.1", 2377)
     assert advertise_address("192.168.77.1:4000", "0.0.0.0", 2377) == ("192.168.77.1", 4000)

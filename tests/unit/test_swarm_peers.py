@@ -59,9 +59,6 @@ class FakeManager:
             node_id=node_id, cluster_id=self.cluster, role=role.value,
             ca_bundle=self.root.bundle_pem.decode(), certificate=cert.decode(),
             etcd_endpoints=[], manager_addrs=[],
-            etcd_certificate=self.root.sign_etcd_client_csr(
-                request.csr.encode(), self.cluster).decode(),
-            etcd_user=node_id, etcd_password="not-used-here",
         )
 
     async def handle_certificate(
@@ -72,9 +69,7 @@ class FakeManager:
                                        self.cluster)
         return peers.CertificateAnswer(role=caller.role.value,
                                        ca_bundle=self.root.bundle_pem.decode(),
-                                       certificate=cert.decode(),
-                                       etcd_certificate=self.root.sign_etcd_client_csr(
-                                           request.csr.encode(), self.cluster).decode())
+                                       certificate=cert.decode())
 
 
 def _manager_files(tmp_path: Path) -> tuple[FakeManager, ssl.SSLContext]:

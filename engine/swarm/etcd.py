@@ -250,6 +250,8 @@ _REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 _NO_LEADER = "etcdserver: no leader"
 _UNHEALTHY = "etcdserver: unhealthy cluster"
 _LEARNER_REFUSES = "etcdserver: rpc not supported for learner"
+_RAFT_STOPPED = "raft: stopped"
+_SERVER_STOPPED = "etcdserver: server stopped"
 _LEADER_POLL = 0.2  # seconds between rounds while the members know no leader
 _MEMBER_CHANGE_PATIENCE = 10.0  # etcd counts a member as started 5 s after it connected
 
@@ -791,6 +793,12 @@ def _raise_gateway_error(answer: dict[str, Any], status: int) -> None:
         raise _NoLeader(str(message))
     if message == _LEARNER_REFUSES:
         raise _NotSent(str(message))  # a learner serves no writes nor linearizable reads
+    if message == _RAFT_STOPPED:
+        # A member just removed from the cluster (a demotion, a leave): its raft node
+        # stopped before anything was proposed, so the next endpoint may take it.
+        raise _NotSent(str(message))
+    if message == _SERVER_STOPPED:
+        raise _EndpointDown(str(message))  # stopping: what it had proposed may commit
     if code == _GRPC_UNAVAILABLE and message == _UNHEALTHY:
         raise ClusterNotReady(f"etcd: {message}")
     if code == _GRPC_FAILED_PRECONDITION:

@@ -130,13 +130,9 @@ class HijackedConnection:
             self._protocol._original.connection_lost(None)
 
 
-async def hijack(request: web.Request, content_type: str) -> HijackedConnection:
-    """Take the connection over from aiohttp and send the 101 (or 200 for old clients).
-
-    The status line and headers are written on their own and drained before any stream
-    data: docker-py reads the stream from the raw socket under http.client's buffer and
-    loses bytes that arrive together with the headers.
-    """
+def _take_over(request: web.Request) -> HijackedConnection:
+    """Swap aiohttp's protocol for ours on the request's connection; bytes aiohttp had
+    already read past the request are handed on, not lost."""
     transport = request.transport
     if transport is None or transport.is_closing():
         raise ConnectionResetError("client connection closed")
@@ -146,6 +142,17 @@ async def hijack(request: web.Request, content_type: str) -> HijackedConnection:
     leftover = request.content.read_nowait() if not request.content.at_eof() else b""
     if leftover:
         protocol.data_received(leftover)
+    return HijackedConnection(transport, protocol)
+
+
+async def hijack(request: web.Request, content_type: str) -> HijackedConnection:
+    """Take the connection over from aiohttp and send the 101 (or 200 for old clients).
+
+    The status line and headers are written on their own and drained before any stream
+    data: docker-py reads the stream from the raw socket under http.client's buffer and
+    loses bytes that arrive together with the headers.
+    """
+    connection = _take_over(request)
     upgrade = request.headers.get("Upgrade", "").lower() == "tcp"
     if upgrade:
         head = ["HTTP/1.1 101 UPGRADED", f"Content-Type: {content_type}",
@@ -153,7 +160,6 @@ async def hijack(request: web.Request, content_type: str) -> HijackedConnection:
     else:
         head = ["HTTP/1.1 200 OK", f"Content-Type: {content_type}"]
     head += [f"{name}: {value}" for name, value in common_headers().items()]
-    connection = HijackedConnection(transport, protocol)
     await connection.write(("\r\n".join(head) + "\r\n\r\n").encode())
     await asyncio.sleep(0)
     return connection
@@ -162,16 +168,7 @@ async def hijack(request: web.Request, content_type: str) -> HijackedConnection:
 async def hijack_h2c(request: web.Request) -> HijackedConnection:
     """Take the connection over for BuildKit's HTTP/2 (``/grpc``, ``/session``) and send
     dockerd's exact 101: no other headers (buildkit-notes §4.2)."""
-    transport = request.transport
-    if transport is None or transport.is_closing():
-        raise ConnectionResetError("client connection closed")
-    original = transport.get_protocol()
-    protocol = _HijackProtocol(transport, original)
-    transport.set_protocol(protocol)
-    leftover = request.content.read_nowait() if not request.content.at_eof() else b""
-    if leftover:
-        protocol.data_received(leftover)
-    connection = HijackedConnection(transport, protocol)
+    connection = _take_over(request)
     await connection.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
                            b"Upgrade: h2c\r\n\r\n")
     return connection
